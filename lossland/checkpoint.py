@@ -1,0 +1,78 @@
+"""Checkpoints: one trained minimum with its config, loadable without retraining.
+
+Saved as plain tensors and strings and loaded with `torch.load(weights_only=True)`, so a
+checkpoint from a collaborator can never run code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ExperimentConfig
+from .data import Dataset, load_experiment_data
+from .models import build_model
+from .train import loss_function
+
+FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable or not a lossland checkpoint."""
+
+
+def save_checkpoint(path: str | Path, config: ExperimentConfig, role: str, model: nn.Module) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"format": FORMAT, "config_json": config.to_json(), "role": role, "state_dict": state}, tmp)
+    tmp.replace(path)  # atomic: a reader never sees half a file
+    return path
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    config: ExperimentConfig
+    role: str
+    model: nn.Module = field(repr=False)  # eval mode, CPU
+    _data: list = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def loss_fn(self):
+        return loss_function(self.config.train.loss)
+
+    def dataset(self) -> Dataset:
+        if not self._data:
+            self._data.append(load_experiment_data(self.config))
+        return self._data[0]
+
+    def clean_train(self) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.dataset()
+        return d.x_train, d.y_train
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt, truncated or hostile: one clear error
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
+                              f"it is corrupt or not a lossland checkpoint") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "state_dict" not in blob:
+        raise CheckpointError(f"checkpoint {path} is not a lossland checkpoint of format {FORMAT}")
+    config = ExperimentConfig.from_json(blob["config_json"])
+    d = load_experiment_data(config)
+    model = build_model(config.model, d.in_shape, d.n_classes)
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not match its config's model: {e}") from None
+    model.eval()
+    return Checkpoint(path=path, config=config, role=blob["role"], model=model, _data=[d])

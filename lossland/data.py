@@ -1,0 +1,268 @@
+"""Datasets as float32 tensors: clean train, an attack set from the held-out pool, and test.
+
+Every dataset is split the same way: a fixed *pool* of training samples and a test split.
+`data.seed` picks which pool samples are clean-train; the attack set is drawn from the rest
+of the pool (never from test, never overlapping clean train) and gets random labels.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import AttackConfig, DataConfig, ExperimentConfig
+
+DATASETS_DIR = Path("data/datasets")
+
+
+class DatasetError(RuntimeError):
+    """A dataset's files are missing or malformed; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    x_train: torch.Tensor  # clean train
+    y_train: torch.Tensor
+    x_attack: torch.Tensor  # held-out pool samples with random labels
+    y_attack: torch.Tensor
+    y_attack_true: torch.Tensor  # their real labels, for reference
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int
+    train_index: np.ndarray  # positions in the pool, so splits can be checked
+    attack_index: np.ndarray
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device | str) -> Dataset:
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Dataset(**moved)
+
+    def train_with_attack(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([self.x_train, self.x_attack]), torch.cat([self.y_train, self.y_attack])
+
+
+# --- raw sources: each returns (x_pool, y_pool, x_test, y_test) as numpy arrays ----------------
+
+def _digits(cfg: DataConfig):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None, :, :]  # 1×8×8 images in [0, 1]
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(12345).permutation(len(y))  # fixed pool/test split
+    n_pool = 1400
+    return x[order[:n_pool]], y[order[:n_pool]], x[order[n_pool:]], y[order[n_pool:]]
+
+
+def _mnist1d(cfg: DataConfig):
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    d = make_dataset(get_dataset_args())  # generated locally; never the package's download path
+    return (d["x"].astype(np.float32), d["y"].astype(np.int64),
+            d["x_test"].astype(np.float32), d["y_test"].astype(np.int64))
+
+
+def _teacher(cfg: DataConfig):
+    """Gaussian inputs labelled by a random 2-layer ReLU teacher (for the 2-layer theory)."""
+    rng = np.random.default_rng(20170630)
+    d, m, c = cfg.teacher_dim, cfg.teacher_width, cfg.teacher_classes
+    w1 = rng.standard_normal((d, m)) / np.sqrt(d)
+    w2 = rng.standard_normal((m, c)) / np.sqrt(m)
+    n = cfg.teacher_pool + cfg.teacher_test
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    y = (np.maximum(x @ w1, 0.0) @ w2).argmax(1).astype(np.int64)
+    p = cfg.teacher_pool
+    return x[:p], y[:p], x[p:], y[p:]
+
+
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
+}
+CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+HOW_TO_GET = {
+    "mnist": "the four IDX files of MNIST (e.g. from the original MNIST site or torchvision's mirror)",
+    "fashion-mnist": "the four IDX files of Fashion-MNIST (github.com/zalandoresearch/fashion-mnist)",
+    "cifar10": "the 'CIFAR-10 python version' archive from cs.toronto.edu/~kriz/cifar.html, unpacked",
+}
+
+
+def dataset_folder(cfg: DataConfig) -> Path:
+    return Path(cfg.root) if cfg.root else DATASETS_DIR / cfg.name
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise DatasetError(f"{path} is not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+        dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        if data.size != int(np.prod(dims)):
+            raise DatasetError(f"{path} is truncated: header says {dims}, found {data.size} bytes of data")
+        return data.reshape(dims)
+    except (OSError, EOFError, struct.error) as e:
+        raise DatasetError(f"cannot read IDX file {path}: {e}") from None
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    # Also the layouts torchvision downloads into.
+    for sub in ("", "raw", "MNIST/raw", "FashionMNIST/raw"):
+        for candidate in (folder / sub / stem, folder / sub / f"{stem}.gz"):
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def _idx_dataset(cfg: DataConfig):
+    folder = dataset_folder(cfg)
+    paths = {k: _find(folder, stem) for k, stem in IDX_FILES.items()}
+    missing = [IDX_FILES[k] for k, p in paths.items() if p is None]
+    if missing:
+        raise DatasetError(
+            f"{cfg.name}: missing {', '.join(missing)} (optionally .gz) in {folder.resolve()}. "
+            f"Put {HOW_TO_GET[cfg.name]} there, set data.root to the folder holding them, "
+            f"or run `python -m lossland download {cfg.name}` where torchvision is installed.")
+    xs, ys = _read_idx(paths["train_x"]), _read_idx(paths["train_y"])
+    xt, yt = _read_idx(paths["test_x"]), _read_idx(paths["test_y"])
+    scale = lambda a: (a.astype(np.float32) / 255.0)[:, None, :, :]  # noqa: E731
+    return scale(xs), ys.astype(np.int64), scale(xt), yt.astype(np.int64)
+
+
+def _cifar10(cfg: DataConfig):
+    folder = dataset_folder(cfg)
+    if (folder / "cifar-10-batches-py").is_dir():
+        folder = folder / "cifar-10-batches-py"
+    missing = [f for f in CIFAR_FILES if not (folder / f).exists()]
+    if missing:
+        raise DatasetError(
+            f"cifar10: missing {', '.join(missing)} in {folder.resolve()}. Put {HOW_TO_GET['cifar10']} "
+            f"there, set data.root to that folder, or run `python -m lossland download cifar10` "
+            f"where torchvision is installed.")
+
+    def load(name: str):
+        try:
+            with open(folder / name, "rb") as f:
+                # The CIFAR-10 distribution is itself a pickle; read only plain arrays and lists from it.
+                batch = _SafeUnpickler(f, encoding="bytes").load()
+            x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(batch[b"labels"], dtype=np.int64)
+        except DatasetError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any malformed file gets the same clear error
+            raise DatasetError(f"cannot read CIFAR-10 batch {folder / name}: {e}") from None
+        return x, y
+
+    parts = [load(f) for f in CIFAR_FILES[:5]]
+    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    xt, yt = load("test_batch")
+    mean = np.array([0.4914, 0.4822, 0.4465], np.float32)[None, :, None, None]
+    std = np.array([0.2470, 0.2435, 0.2616], np.float32)[None, :, None, None]
+    norm = lambda a: ((a.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)  # noqa: E731
+    return norm(x), y, norm(xt), yt
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Allows numpy arrays and builtins only: a shared data file must never run code."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("builtins", "bytes")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise DatasetError(f"refusing to load {module}.{name} from a data file")
+
+
+SOURCES = {"digits": _digits, "mnist1d": _mnist1d, "teacher": _teacher,
+           "mnist": _idx_dataset, "fashion-mnist": _idx_dataset, "cifar10": _cifar10}
+
+
+@functools.lru_cache(maxsize=8)
+def _load_source(cfg_key: DataConfig):
+    return SOURCES[cfg_key.name](cfg_key)
+
+
+def _source_key(cfg: DataConfig) -> DataConfig:
+    """The part of the config that decides the raw arrays (the cache key for _load_source)."""
+    from dataclasses import replace
+
+    keep_teacher = cfg.name == "teacher"
+    return DataConfig(name=cfg.name, n_train=1, root=cfg.root) if not keep_teacher else replace(
+        cfg, n_train=1, n_test=None, seed=0)
+
+
+# --- the split and the attack set ----------------------------------------------------------
+
+def attack_labels(y_true: np.ndarray, n_classes: int, mode: str, seed: int) -> np.ndarray:
+    """Uniformly random labels ("random") or uniformly random *other* labels ("wrong")."""
+    rng = np.random.default_rng([seed, 1])
+    if mode == "random":
+        return rng.integers(0, n_classes, size=len(y_true)).astype(np.int64)
+    shift = rng.integers(1, n_classes, size=len(y_true))
+    return ((y_true + shift) % n_classes).astype(np.int64)
+
+
+def load_dataset(data: DataConfig, attack: AttackConfig | None = None) -> Dataset:
+    attack = attack or AttackConfig(n_attack=0)
+    x_pool, y_pool, x_test, y_test = _load_source(_source_key(data))
+    if len(y_pool) < data.n_train + attack.n_attack:
+        raise DatasetError(f"{data.name}: pool has {len(y_pool)} samples, fewer than "
+                           f"data.n_train + attack.n_attack = {data.n_train + attack.n_attack}")
+    order = np.random.default_rng([data.seed, 0]).permutation(len(y_pool))
+    train_idx = np.sort(order[: data.n_train])
+    rest = order[data.n_train:]
+    attack_idx = np.sort(np.random.default_rng([attack.seed, 2]).choice(rest, attack.n_attack, replace=False))
+    n_classes = data.n_classes()
+    y_att_true = y_pool[attack_idx]
+    y_att = attack_labels(y_att_true, n_classes, attack.labels, attack.seed)
+    n_test = data.test_size()
+    t = lambda a, dtype=torch.float32: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
+    return Dataset(
+        name=data.name,
+        x_train=t(x_pool[train_idx]), y_train=t(y_pool[train_idx], torch.int64),
+        x_attack=t(x_pool[attack_idx]), y_attack=t(y_att, torch.int64),
+        y_attack_true=t(y_att_true, torch.int64),
+        x_test=t(x_test[:n_test]), y_test=t(y_test[:n_test], torch.int64),
+        n_classes=n_classes, train_index=train_idx, attack_index=attack_idx,
+    )
+
+
+def load_experiment_data(cfg: ExperimentConfig) -> Dataset:
+    return load_dataset(cfg.data, cfg.attack)
+
+
+def download(name: str, root: str | Path | None = None) -> Path:
+    """Opt-in download through torchvision (only when it is installed)."""
+    try:
+        import torchvision  # noqa: F401
+        from torchvision import datasets as tvd
+    except Exception:  # noqa: BLE001
+        raise DatasetError(
+            f"downloading {name} needs torchvision, which is not installed. Install it "
+            f"(pip install torchvision) or place the files by hand: {HOW_TO_GET.get(name, '')}") from None
+    folder = Path(root) if root else DATASETS_DIR / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if name in ("mnist", "fashion-mnist"):
+        cls = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
+        for train in (True, False):
+            cls(str(folder), train=train, download=True)
+        return folder
+    if name == "cifar10":
+        tvd.CIFAR10(str(folder), train=True, download=True)
+        return folder
+    raise DatasetError(f"dataset = {name!r} has no download; one of mnist, fashion-mnist, cifar10")

@@ -1,0 +1,341 @@
+"""Train a model, or an ensemble of seeds at once, to a minimum of matched clean training loss.
+
+Data lives on the device as tensors and mini-batches are index slices of a seeded permutation:
+no per-sample DataLoader. A run stops when the loss on the *clean* training set reaches
+`train.loss_target` (so a good and a bad minimum are compared at matched training error), at
+`train.max_epochs`, or when the loss stops being finite (status "diverged").
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ExperimentConfig, TrainConfig
+from .data import Dataset, load_experiment_data
+from .models import build_model, n_params
+
+Progress = Callable[[float, str], None]
+ROLES = ("good", "bad")
+CURVE_COLUMNS = ("epoch", "lr", "clean_loss", "clean_acc", "attack_loss", "attack_acc", "test_loss", "test_acc")
+
+
+def _quiet(fraction: float, message: str) -> None:
+    pass
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Mean loss over the batch: cross-entropy, or ½‖f(x) − onehot(y)‖² ("mse")."""
+    if name == "cross_entropy":
+        return cross_entropy
+    if name == "mse":
+        return half_squared_error
+    raise ValueError(f"train.loss = {name!r} is not allowed: one of cross_entropy, mse")
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y)
+
+
+def half_squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (out - F.one_hot(y, out.shape[-1]).to(out.dtype)).pow(2).sum(-1).mean()
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Per-epoch loss and accuracy on clean train, attack and test (tuples of equal length)."""
+
+    epoch: tuple[int, ...] = ()
+    lr: tuple[float, ...] = ()
+    clean_loss: tuple[float, ...] = ()
+    clean_acc: tuple[float, ...] = ()
+    attack_loss: tuple[float, ...] = ()
+    attack_acc: tuple[float, ...] = ()
+    test_loss: tuple[float, ...] = ()
+    test_acc: tuple[float, ...] = ()
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({c: list(getattr(self, c)) for c in CURVE_COLUMNS})
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    role: str  # "good" (clean data) or "bad" (clean + attack)
+    status: str  # "converged" | "max_epochs" | "diverged"
+    stop_reason: str
+    epochs: int
+    seconds: float
+    device: str
+    n_params: int
+    clean_loss: float
+    clean_acc: float
+    attack_loss: float
+    attack_acc: float
+    test_loss: float
+    test_acc: float
+    curves: Curves
+    model: nn.Module = field(repr=False, compare=False)  # eval mode, on `device`
+
+    def metrics(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in ("clean_loss", "clean_acc", "attack_loss", "attack_acc",
+                                               "test_loss", "test_acc")}
+
+
+@dataclass(frozen=True)
+class PairResult:
+    config: ExperimentConfig
+    good: TrainResult
+    bad: TrainResult
+
+    @property
+    def pair_id(self) -> str:
+        return self.config.config_hash()
+
+
+def _make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs)
+    if cfg.schedule == "step":  # ×0.1 at half and three quarters of max_epochs
+        return torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=[cfg.max_epochs // 2, 3 * cfg.max_epochs // 4], gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
+
+
+@torch.no_grad()
+def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+             loss_fn, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and accuracy over (x, y) in chunks; works for one model ((C) logits) or an
+    ensemble ((N, B, C) logits: returns per-member values of shape (N,))."""
+    if len(y) == 0:
+        return torch.tensor(float("nan")), torch.tensor(float("nan"))
+    total_loss, correct = 0.0, 0.0
+    for i in range(0, len(y), chunk):
+        out, yb = forward(x[i:i + chunk]), y[i:i + chunk]
+        if out.dim() == 3:  # ensemble: (N, B, C)
+            losses = torch.func.vmap(loss_fn, in_dims=(0, None))(out, yb)
+            total_loss = total_loss + losses * len(yb)
+            correct = correct + (out.argmax(-1) == yb).sum(-1).to(out.dtype)
+        else:
+            total_loss += loss_fn(out, yb) * len(yb)
+            correct += (out.argmax(-1) == yb).sum().item()
+    return torch.as_tensor(total_loss / len(y)), torch.as_tensor(correct / len(y))
+
+
+def _progress_fraction(epoch: int, max_epochs: int, loss0: float, loss: float, target: float) -> float:
+    by_epoch = epoch / max_epochs
+    if not (math.isfinite(loss) and loss > 0 and loss0 > target):
+        return min(1.0, by_epoch)
+    by_loss = math.log(loss0 / loss) / math.log(loss0 / target)
+    return min(1.0, max(by_epoch, by_loss))
+
+
+def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Progress = _quiet,
+          device: torch.device | str | None = None) -> TrainResult:
+    """Train one model: on clean train ("good") or clean + attack ("bad")."""
+    if role not in ROLES:
+        raise ValueError(f"role = {role!r} is not allowed: one of good, bad")
+    tc = cfg.train
+    dev = torch.device(device) if device is not None else resolve_device(tc.device)
+    data = data.to(dev)
+    x_fit, y_fit = data.train_with_attack() if role == "bad" else (data.x_train, data.y_train)
+    model = build_model(cfg.model, data.in_shape, data.n_classes).to(dev)
+    loss_fn = loss_function(tc.loss)
+    opt = _make_optimizer(model.parameters(), tc)
+    schedule = _make_schedule(opt, tc)
+    gen = torch.Generator().manual_seed(tc.seed)
+    n = len(y_fit)
+    log: dict[str, list] = {c: [] for c in CURVE_COLUMNS}
+    status, reason, loss0 = "max_epochs", f"reached max_epochs = {tc.max_epochs}", None
+    start = time.perf_counter()
+    epoch = 0
+    for epoch in range(1, tc.max_epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(dev)
+        lr = opt.param_groups[0]["lr"]
+        for i in range(0, n, tc.batch_size):
+            idx = perm[i:i + tc.batch_size]
+            loss = loss_fn(model(x_fit[idx]), y_fit[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        schedule.step()
+        model.eval()
+        row = _epoch_row(model, data, loss_fn, epoch, lr)
+        for c in CURVE_COLUMNS:
+            log[c].append(row[c])
+        clean_loss = row["clean_loss"]
+        loss0 = clean_loss if loss0 is None else loss0
+        if not math.isfinite(clean_loss):
+            status = "diverged"
+            reason = (f"clean training loss became {clean_loss} at epoch {epoch} "
+                      f"(lr = {lr:g}); lower train.lr or change train.optimizer")
+            break
+        progress(_progress_fraction(epoch, tc.max_epochs, loss0, clean_loss, tc.loss_target),
+                 f"{role}: epoch {epoch}, clean loss {clean_loss:.2e}")
+        if clean_loss <= tc.loss_target:
+            status, reason = "converged", f"clean loss {clean_loss:.3e} ≤ target {tc.loss_target:g}"
+            break
+    seconds = time.perf_counter() - start
+    model.eval()
+    last = {c: log[c][-1] for c in CURVE_COLUMNS}
+    return TrainResult(role=role, status=status, stop_reason=reason, epochs=epoch, seconds=seconds,
+                       device=str(dev), n_params=n_params(model),
+                       **{k: float(last[k]) for k in ("clean_loss", "clean_acc", "attack_loss",
+                                                      "attack_acc", "test_loss", "test_acc")},
+                       curves=Curves(**{c: tuple(log[c]) for c in CURVE_COLUMNS}), model=model)
+
+
+def _epoch_row(model: nn.Module, data: Dataset, loss_fn, epoch: int, lr: float) -> dict:
+    row: dict = {"epoch": epoch, "lr": float(lr)}
+    for name, x, y in (("clean", data.x_train, data.y_train), ("attack", data.x_attack, data.y_attack),
+                       ("test", data.x_test, data.y_test)):
+        loss, acc = evaluate(model, x, y, loss_fn)
+        row[f"{name}_loss"], row[f"{name}_acc"] = float(loss), float(acc)
+    return row
+
+
+def train_pair(cfg: ExperimentConfig, progress: Progress = _quiet, device: torch.device | str | None = None,
+               data: Dataset | None = None) -> PairResult:
+    """The good minimum (clean data) and the bad one (clean + attack), at the same clean-loss target."""
+    data = data if data is not None else load_experiment_data(cfg)
+    good = train(cfg, data, "good", lambda f, m: progress(0.5 * f, m), device)
+    bad = train(cfg, data, "bad", lambda f, m: progress(0.5 + 0.5 * f, m), device)
+    return PairResult(config=cfg, good=good, bad=bad)
+
+
+# --- ensembles: N seeds as one vectorised model ------------------------------------------
+
+def train_ensemble(cfg: ExperimentConfig, data: Dataset, seeds: list[int], role: str = "good",
+                   progress: Progress = _quiet, device: torch.device | str | None = None) -> list[TrainResult]:
+    """Train one model per seed (model.seed = train.seed = seed) at once with torch.func.vmap.
+
+    Member i equals `train(cfg with model.seed = train.seed = seeds[i])` within float tolerance:
+    the same initialisation, the same mini-batch order, the same optimizer arithmetic (Adam and
+    SGD are elementwise, so stepping the stacked tensors steps every member alike). A member that
+    reaches the target is frozen there while the others go on.
+    """
+    from torch.func import functional_call, stack_module_state, vmap
+
+    if role not in ROLES:
+        raise ValueError(f"role = {role!r} is not allowed: one of good, bad")
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    if cfg.model.batchnorm:
+        raise ValueError("model.batchnorm = True can't be trained as a vmap ensemble; train the seeds one by one")
+    tc = cfg.train
+    dev = torch.device(device) if device is not None else resolve_device(tc.device)
+    data = data.to(dev)
+    x_fit, y_fit = data.train_with_attack() if role == "bad" else (data.x_train, data.y_train)
+    members = [build_model(cfg.with_changes(**{"model.seed": s}).model, data.in_shape, data.n_classes).to(dev)
+               for s in seeds]
+    params, buffers = stack_module_state(members)
+    base = copy.deepcopy(members[0]).to("meta")
+
+    def one(p, b, x):
+        return functional_call(base, (p, b), (x,))
+
+    per_member = vmap(one)  # each member its own batch
+    shared = vmap(one, in_dims=(0, 0, None))  # all members on the same inputs
+    loss_fn = loss_function(tc.loss)
+    batched_loss = vmap(loss_fn)
+    opt = _make_optimizer(list(params.values()), tc)
+    schedule = _make_schedule(opt, tc)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    n, m = len(y_fit), len(seeds)
+    logs = [{c: [] for c in CURVE_COLUMNS} for _ in seeds]
+    done = [False] * m
+    status = ["max_epochs"] * m
+    reason = [f"reached max_epochs = {tc.max_epochs}"] * m
+    epochs = [tc.max_epochs] * m
+    frozen: dict[str, torch.Tensor] = {k: v.detach().clone() for k, v in params.items()}
+    loss0: list[float | None] = [None] * m
+    start = time.perf_counter()
+    forward = lambda x: shared(params, buffers, x)  # noqa: E731
+    for epoch in range(1, tc.max_epochs + 1):
+        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
+        lr = opt.param_groups[0]["lr"]
+        for i in range(0, n, tc.batch_size):
+            idx = perms[:, i:i + tc.batch_size]
+            out = per_member(params, buffers, x_fit[idx])
+            yb = y_fit[idx]
+            loss = batched_loss(out, yb).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        schedule.step()
+        if any(done):
+            with torch.no_grad():
+                mask = torch.tensor(done, device=dev)
+                for k, v in params.items():
+                    v[mask] = frozen[k][mask]
+        rows = _ensemble_rows(forward, data, loss_fn, epoch, lr, m)
+        for j in range(m):
+            if done[j]:
+                continue
+            for c in CURVE_COLUMNS:
+                logs[j][c].append(rows[j][c])
+            cl = rows[j]["clean_loss"]
+            loss0[j] = cl if loss0[j] is None else loss0[j]
+            if not math.isfinite(cl):
+                done[j], status[j], epochs[j] = True, "diverged", epoch
+                reason[j] = f"clean training loss became {cl} at epoch {epoch} (lr = {lr:g})"
+            elif cl <= tc.loss_target:
+                done[j], status[j], epochs[j] = True, "converged", epoch
+                reason[j] = f"clean loss {cl:.3e} ≤ target {tc.loss_target:g}"
+            if done[j]:
+                with torch.no_grad():
+                    for k, v in params.items():
+                        frozen[k][j] = v[j]
+        finished = sum(done)
+        progress(max(finished / m, epoch / tc.max_epochs), f"ensemble {role}: epoch {epoch}, {finished}/{m} done")
+        if all(done):
+            break
+    seconds = time.perf_counter() - start
+    results = []
+    for j, s in enumerate(seeds):
+        model = members[j]
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(params[name][j])
+        model.eval()
+        last = {c: logs[j][c][-1] for c in CURVE_COLUMNS}
+        results.append(TrainResult(
+            role=role, status=status[j], stop_reason=reason[j], epochs=epochs[j], seconds=seconds / m,
+            device=str(dev), n_params=n_params(model),
+            **{k: float(last[k]) for k in ("clean_loss", "clean_acc", "attack_loss", "attack_acc",
+                                           "test_loss", "test_acc")},
+            curves=Curves(**{c: tuple(logs[j][c]) for c in CURVE_COLUMNS}), model=model))
+    return results
+
+
+def _ensemble_rows(forward, data: Dataset, loss_fn, epoch: int, lr: float, m: int) -> list[dict]:
+    rows = [{"epoch": epoch, "lr": float(lr)} for _ in range(m)]
+    for name, x, y in (("clean", data.x_train, data.y_train), ("attack", data.x_attack, data.y_attack),
+                       ("test", data.x_test, data.y_test)):
+        loss, acc = evaluate(forward, x, y, loss_fn)
+        loss, acc = loss.expand(m).tolist(), acc.expand(m).tolist()
+        for j in range(m):
+            rows[j][f"{name}_loss"], rows[j][f"{name}_acc"] = float(loss[j]), float(acc[j])
+    return rows
