@@ -32,6 +32,21 @@ def _quiet(fraction: float, message: str) -> None:
     pass
 
 
+class _Throttled:
+    """Forwards progress at most every `interval` seconds, never moving the fraction backwards:
+    a UI that redraws on every epoch would cost more than the epoch."""
+
+    def __init__(self, progress: Progress, interval: float = 0.2):
+        self.progress, self.interval, self.last, self.best = progress, interval, -1e9, 0.0
+
+    def __call__(self, fraction: float, message: str, force: bool = False) -> None:
+        self.best = max(self.best, fraction)
+        now = time.perf_counter()
+        if force or now - self.last >= self.interval:
+            self.last = now
+            self.progress(self.best, message)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -160,6 +175,7 @@ def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Pr
     dev = torch.device(device) if device is not None else resolve_device(tc.device)
     data = data.to(dev)
     x_fit, y_fit = data.train_with_attack() if role == "bad" else (data.x_train, data.y_train)
+    progress = _Throttled(progress)
     model = build_model(cfg.model, data.in_shape, data.n_classes).to(dev)
     loss_fn = loss_function(tc.loss)
     opt = _make_optimizer(model.parameters(), tc)
@@ -198,6 +214,7 @@ def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Pr
             status, reason = "converged", f"clean loss {clean_loss:.3e} ≤ target {tc.loss_target:g}"
             break
     seconds = time.perf_counter() - start
+    progress(1.0 if status == "converged" else progress.best, f"{role}: {status} after {epoch} epochs", force=True)
     model.eval()
     last = {c: log[c][-1] for c in CURVE_COLUMNS}
     return TrainResult(role=role, status=status, stop_reason=reason, epochs=epoch, seconds=seconds,
@@ -248,6 +265,7 @@ def train_ensemble(cfg: ExperimentConfig, data: Dataset, seeds: list[int], role:
     dev = torch.device(device) if device is not None else resolve_device(tc.device)
     data = data.to(dev)
     x_fit, y_fit = data.train_with_attack() if role == "bad" else (data.x_train, data.y_train)
+    progress = _Throttled(progress)
     members = [build_model(cfg.with_changes(**{"model.seed": s}).model, data.in_shape, data.n_classes).to(dev)
                for s in seeds]
     params, buffers = stack_module_state(members)
@@ -314,7 +332,7 @@ def train_ensemble(cfg: ExperimentConfig, data: Dataset, seeds: list[int], role:
             break
     seconds = time.perf_counter() - start
     results = []
-    for j, s in enumerate(seeds):
+    for j in range(m):
         model = members[j]
         with torch.no_grad():
             for name, p in model.named_parameters():
