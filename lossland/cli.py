@@ -204,6 +204,187 @@ def format_spectrum(d: dict) -> str:
     return "\n".join(lines)
 
 
+# --- store: run, sweep, runs, show, query, export, import ---------------------------------
+
+def _store(args: argparse.Namespace):
+    from .store import Store, default_store_path
+
+    return Store(Path(args.store) if args.store else default_store_path())
+
+
+def _add_store_args(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
+    p.add_argument("--store", metavar="FILE", help="DuckDB store (default $LOSSLAND_STORE or data/runs.duckdb)")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _view_summary(view) -> dict:
+    runs = view.runs.set_index("role")
+    out = {"pair_id": str(runs["pair_id"].iloc[0])}
+    for role in ("good", "bad"):
+        if role not in runs.index:
+            continue
+        r = runs.loc[role]
+        out[role] = {k: (None if _isna(r[k]) else (r[k].item() if hasattr(r[k], "item") else r[k]))
+                     for k in ("run_id", "status", "epochs", "seconds", "clean_loss", "clean_acc", "attack_acc",
+                               "test_acc", "top_eigenvalue", "trace", "frobenius_sq", "log_volume", "checkpoint")}
+        out[role]["created_at"] = str(r["created_at"])
+    return out
+
+
+def _isna(v) -> bool:
+    try:
+        import pandas as pd
+
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def format_view(d: dict) -> str:
+    fields = [("status", "status", "s"), ("epochs", "epochs", "d"), ("seconds", "seconds", ".2f"),
+              ("clean-train loss", "clean_loss", ".2e"), ("clean-train acc", "clean_acc", ".2%"),
+              ("attack acc", "attack_acc", ".2%"), ("test acc", "test_acc", ".2%"),
+              ("top eigenvalue", "top_eigenvalue", ".5g"), ("trace", "trace", ".5g"),
+              ("‖H‖_F²", "frobenius_sq", ".5g"), ("log-volume", "log_volume", ".5g")]
+    g, b = d.get("good", {}), d.get("bad", {})
+    cell = lambda r, k, f: "—" if r.get(k) is None else format(r[k], f)  # noqa: E731
+    rows = [(label, cell(g, k, f), cell(b, k, f)) for label, k, f in fields]
+    return f"pair {d['pair_id']}\n" + _table(rows, ("", "good", "bad"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .experiments import run_pair
+
+    cfg = load_config(args)
+    store = _store(args)
+    progress, close = _progress_bar("run") if not args.quiet else (lambda f, m: None, lambda: None)
+    try:
+        outcome = run_pair(cfg, store, progress)
+    finally:
+        close()
+    d = _view_summary(outcome.view) | {"from_store": outcome.from_store}
+    if args.json:
+        print(json.dumps(d, indent=2, default=str))
+    else:
+        print(("answered from the store " if outcome.from_store else "computed and stored ") + f"({store.path})")
+        print(format_view(d))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .experiments import grid_configs, sweep
+
+    cfg = load_config(args)
+    grid = {}
+    for item in args.grid or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--grid {item!r}: expected section.field=v1,v2,... e.g. train.seed=0,1,2")
+        grid[key] = [json.loads(v) if v.strip() not in ("",) else v for v in _split_values(raw)]
+    n = len(grid_configs(cfg, grid))
+    store = _store(args)
+    progress, close = _progress_bar(f"sweep of {n} points") if not args.quiet else (lambda f, m: None, lambda: None)
+    try:
+        outcomes = sweep(cfg, grid, store, progress)
+    finally:
+        close()
+    rows = [_view_summary(o.view) | {"from_store": o.from_store} for o in outcomes]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        table = [(r["pair_id"], "stored" if r["from_store"] else "new", _fmt(r["good"]["test_acc"], ".1%"),
+                  _fmt(r["bad"]["test_acc"], ".1%"), _fmt(r["good"]["top_eigenvalue"]),
+                  _fmt(r["bad"]["top_eigenvalue"])) for r in rows]
+        print(_table(table, ("pair", "", "good test", "bad test", "good λ1", "bad λ1")))
+    return 0
+
+
+def _split_values(raw: str) -> list[str]:
+    """Split 'a,b,[1,2]' at top-level commas, so list values like [64,64] survive."""
+    parts, depth, cur = [], 0, ""
+    for ch in raw:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    store = _store(args)
+    filters = {}
+    for item in args.where or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--where {item!r}: expected column=value, e.g. dataset=digits")
+        try:
+            filters[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            filters[key] = raw
+    df = store.runs(**filters)
+    cols = ["run_id", "role", "status", "dataset", "model", "n_attack", "clean_acc", "test_acc",
+            "top_eigenvalue", "trace", "created_at"]
+    df = df[[c for c in cols if c in df.columns]].head(args.limit)
+    if args.json:
+        print(df.to_json(orient="records", date_format="iso", indent=2))
+    else:
+        print(df.to_string(index=False) if len(df) else f"no runs in {store.path}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    pair_id = args.run_id.rsplit("-", 1)[0] if args.run_id.endswith(("-good", "-bad")) else args.run_id
+    d = _view_summary(store.pair(pair_id))
+    print(json.dumps(d, indent=2, default=str) if args.json else format_view(d))
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    store = _store(args)
+    result = store.query(args.sql, max_rows=args.max_rows, timeout=args.timeout)
+    if args.json:
+        print(result.frame.to_json(orient="records", date_format="iso", indent=2))
+    else:
+        print(result.frame.to_string(index=False))
+        if result.truncated:
+            print(f"(first {args.max_rows} rows shown)", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = _store(args)
+    ids = []
+    for rid in args.run_ids:
+        ids += [f"{rid}-good", f"{rid}-bad"] if not rid.endswith(("-good", "-bad")) else [rid]
+    path = store.export(ids, Path(args.out))
+    print(json.dumps({"bundle": str(path), "run_ids": ids}) if args.json else f"wrote {path} ({len(ids)} runs)")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    store = _store(args)
+    report = store.import_bundle(Path(args.bundle))
+    if args.json:
+        print(json.dumps({"added": list(report.run_ids_added), "skipped": list(report.run_ids_skipped)}))
+    else:
+        print(f"imported {len(report.run_ids_added)} runs into {store.path}; "
+              f"{len(report.run_ids_skipped)} already there")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .data import download
+
+    print(f"files in {download(args.name, args.root)}")
+    return 0
+
+
 # --- config -------------------------------------------------------------------------------
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -240,6 +421,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_spectrum)
 
+    p = sub.add_parser("run", help="compute a good/bad pair into the store (or answer from it)",
+                       description="Train both minima, measure their spectra and store everything; a config "
+                                   "already in the store is answered at once without training.")
+    _add_config_args(p)
+    _add_store_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="run_pair over a grid; stored points are skipped",
+                       description="Every combination of the --grid values; an interrupted sweep resumes.")
+    _add_config_args(p)
+    p.add_argument("--grid", action="append", metavar="SECTION.FIELD=V1,V2",
+                   help="e.g. --grid train.seed=0,1,2 --grid attack.n_attack=100,500 --grid model.widths=[32],[64]")
+    _add_store_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("runs", help="table of stored runs", description="List stored runs, newest first.")
+    p.add_argument("--where", action="append", metavar="COLUMN=VALUE", help="filter, e.g. --where dataset=digits")
+    p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
+    _add_store_args(p)
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("show", help="one stored pair", description="Numbers of a stored pair (or one of its runs).")
+    p.add_argument("run_id", help="pair id, or run id (<pair>-good / <pair>-bad)")
+    _add_store_args(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("query", help="read-only SQL over the store",
+                       description="Run one read-only SQL statement on a sandboxed connection (no writes, no files, "
+                                   "no extensions), with a row cap and a time limit.")
+    p.add_argument("sql", help='e.g. "SELECT role, avg(test_acc) FROM runs GROUP BY role"')
+    p.add_argument("--max-rows", dest="max_rows", type=int, default=10_000)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    _add_store_args(p)
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("export", help="write stored runs to a bundle (zip) for a collaborator",
+                       description="Parquet tables + configs + checkpoints of the given runs in one zip.")
+    p.add_argument("run_ids", nargs="+", help="pair ids (both runs) or run ids")
+    p.add_argument("--out", required=True, metavar="ZIP", help="bundle to write")
+    _add_store_args(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="merge a bundle into the store (idempotent)",
+                       description="Merge a bundle written by `export`; runs already present are skipped.")
+    p.add_argument("bundle", help="a zip written by `export`")
+    _add_store_args(p)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("download", help="fetch MNIST / Fashion-MNIST / CIFAR-10 (needs torchvision)",
+                       description="Opt-in download through torchvision, only where it is installed.")
+    p.add_argument("name", choices=["mnist", "fashion-mnist", "cifar10"])
+    p.add_argument("--root", help="folder (default data/datasets/<name>/)")
+    p.set_defaults(func=cmd_download)
+
     p = sub.add_parser("config", help="print a preset (with overrides) as JSON, to edit and pass to --config")
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
@@ -252,8 +489,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        from .store import StoreError
+    except ImportError:  # the store module is optional for the compute-only commands
+        StoreError = ConfigError  # noqa: N806
+    try:
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError) as e:
+    except (ConfigError, DatasetError, CheckpointError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

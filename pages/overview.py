@@ -1,0 +1,51 @@
+"""Overview: the selected pair side by side — does the bad minimum sit in a sharper valley?"""
+
+import streamlit as st
+
+import ui
+from lossland import charts, report
+from lossland.config import DEFAULT_PRESET, preset
+
+store = ui.get_store()
+st.title("Good vs bad minimum")
+
+pair_id = ui.pair_picker(store, key="overview-pair")
+if pair_id is None:
+    st.info("The store is empty. Train the default pair — a 64-32-32-10 MLP on scikit-learn's 8×8 digits, "
+            "500 clean samples, plus 500 attack samples with random labels for the bad minimum — and compare "
+            "their Hessian spectra. It takes under a minute on a laptop CPU.")
+    cfg = preset(DEFAULT_PRESET)
+    job = ui.jobs().get(cfg.config_hash())
+    if ui.read_only():
+        st.warning("This dashboard is read-only, so it can't launch runs.")
+    elif job is None or job.state == "failed":
+        if st.button("Run the default experiment", type="primary", key="overview-run-default"):
+            ui.jobs().submit(cfg)
+            st.rerun()
+    if job is not None:
+        ui.job_progress(job.pair_id, key="overview-job")
+    st.stop()
+
+view = store.pair(pair_id)
+runs = view.runs
+st.write(report.pair_sentence(runs))
+
+left, right = st.columns([2, 3])
+with left:
+    st.dataframe(report.pair_table(runs), width="stretch")
+    cfg_row = runs.iloc[0]
+    st.caption(f"{cfg_row['dataset']} · {cfg_row['model']} ({cfg_row['widths']}) · {cfg_row['n_params']} parameters · "
+               f"{cfg_row['n_train']} clean + {cfg_row['n_attack']} attack samples · device {cfg_row['device']}")
+with right:
+    spec = charts.spectrum_chart(report.spectrum_frame(view.spectra, runs))
+    st.altair_chart(spec, width="stretch")
+    ui.chart_downloads(spec, f"spectrum-{pair_id}", key="overview-spec")
+
+acc = charts.accuracy_chart(runs[["role", "clean_acc", "attack_acc", "test_acc"]])
+st.altair_chart(acc, width="stretch")
+ui.chart_downloads(acc, f"accuracy-{pair_id}", key="overview-acc")
+
+st.download_button("Download this comparison as HTML", lambda: report.pair_html(runs, view.spectra, f"pair {pair_id}"),
+                   f"lossland-{pair_id}.html", "text/html", key="overview-html")
+st.page_link("pages/spectrum.py", label="Full spectra, densities and basin volume", icon="📈",
+             query_params={"pair": pair_id})

@@ -1,0 +1,135 @@
+"""Runs: every stored run — filter, compare, query with SQL, export and import bundles."""
+
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from lossland import charts, report
+from lossland.store import StoreError
+
+store = ui.get_store()
+st.title("Runs")
+runs = ui.runs_frame(store)
+if runs is None or len(runs) == 0:
+    st.info("No runs yet: start one on the Overview or New experiment page.")
+
+tab_table, tab_compare, tab_sql, tab_share = st.tabs(["Table", "Compare", "SQL", "Share"])
+
+SHOWN = ["run_id", "pair_id", "role", "status", "dataset", "model", "widths", "n_params", "n_train", "n_attack",
+         "seed", "clean_loss", "clean_acc", "attack_acc", "test_acc", "top_eigenvalue", "trace", "frobenius_sq",
+         "log_volume", "epochs", "seconds", "device", "created_at"]
+
+with tab_table:
+    if runs is not None and len(runs):
+        c1, c2, c3, c4 = st.columns(4)
+        ds = c1.multiselect("dataset", sorted(runs["dataset"].unique()), key="runs-ds")
+        roles = c2.multiselect("role", ["good", "bad"], key="runs-role")
+        statuses = c3.multiselect("status", sorted(runs["status"].unique()), key="runs-status")
+        sort = c4.selectbox("sort by", ["created_at", "test_acc", "top_eigenvalue", "trace", "n_attack"],
+                            key="runs-sort")
+        view = runs
+        for col, chosen in (("dataset", ds), ("role", roles), ("status", statuses)):
+            if chosen:
+                view = view[view[col].isin(chosen)]
+        view = view.sort_values(sort, ascending=sort != "created_at")[[c for c in SHOWN if c in runs.columns]]
+        st.dataframe(view, width="stretch", hide_index=True)
+        st.download_button("CSV of this table", lambda: view.to_csv(index=False), "runs.csv", "text/csv",
+                           key="runs-csv")
+
+with tab_compare:
+    if runs is not None and len(runs):
+        ids = list(runs["run_id"])
+        wanted = [r for r in st.query_params.get("runs", "").split(",") if r in ids]
+        chosen = st.multiselect("runs to compare (two or more)", ids, default=wanted, key="runs-compare")
+        st.query_params["runs"] = ",".join(chosen)
+        if len(chosen) >= 2:
+            sel = runs[runs["run_id"].isin(chosen)]
+            configs = {r["run_id"]: pd.json_normalize(json.loads(r["config_json"]), sep=".").iloc[0]
+                       for _, r in sel.iterrows()}
+            cfg = pd.DataFrame(configs).astype(str)
+            differs = cfg.nunique(axis=1) > 1
+            st.caption("Config fields that differ are highlighted.")
+            st.dataframe(cfg.style.apply(lambda row: ["background-color: #fff3b0" if differs[row.name] else ""
+                                                      for _ in row], axis=1), width="stretch")
+            pairs = {rid.rsplit("-", 1)[0] for rid in chosen}
+            views = [store.pair(p) for p in pairs]
+            curves = pd.concat([v.curves for v in views])
+            curves = curves[curves["run_id"].isin(chosen)].rename(columns={"run_id": "run"})
+            cchart = charts.curves_chart(curves, ["clean_loss", "attack_acc", "test_acc"], color="run")
+            st.altair_chart(cchart)
+            ui.chart_downloads(cchart, "curves", key="runs-curves")
+            spectra = pd.concat([v.spectra for v in views])
+            spectra = spectra[(spectra["run_id"].isin(chosen)) & (spectra["kind"] == "lanczos")]
+            schart = charts.spectrum_chart(spectra.rename(columns={"run_id": "run"}), color="run")
+            st.altair_chart(schart, width="stretch")
+            ui.chart_downloads(schart, "spectra", key="runs-spectra")
+        else:
+            st.caption("Pick two or more runs; the choice is kept in the URL for sharing.")
+
+with tab_sql:
+    left, right = st.columns([3, 1])
+    with right:
+        st.caption("Tables")
+        for name, cols in store.tables().items():
+            with st.expander(name):
+                st.code("\n".join(f"{c} {t}" for c, t in cols), language=None)
+    with left:
+        examples = {
+            "mean test accuracy by role": "SELECT role, count(*) AS runs, avg(test_acc) AS test_acc, "
+                                          "avg(top_eigenvalue) AS lambda1 FROM runs GROUP BY role",
+            "sharpness vs attack size": "SELECT n_attack, role, avg(top_eigenvalue) AS lambda1, avg(trace) AS trace "
+                                        "FROM runs GROUP BY ALL ORDER BY n_attack, role",
+            "top-5 eigenvalues of the latest pair": "SELECT r.role, s.idx, s.eigenvalue FROM spectra s JOIN runs r "
+                                                    "USING (run_id) WHERE r.pair_id = (SELECT pair_id FROM runs "
+                                                    "ORDER BY created_at DESC LIMIT 1) AND s.kind = 'lanczos' "
+                                                    "AND s.idx <= 5 ORDER BY r.role, s.idx",
+        }
+        example = st.selectbox("example", list(examples), key="runs-sql-example")
+        sql = st.text_area("SQL (read-only; one statement)", examples[example], height=120, key=f"runs-sql-{example}")
+        if st.button("Run query", key="runs-sql-run"):
+            try:
+                result = store.query(sql)
+            except StoreError as e:
+                st.error(str(e))
+            else:
+                st.dataframe(result.frame, width="stretch", hide_index=True)
+                note = f"{len(result.frame)} rows in {result.seconds * 1000:.0f} ms"
+                st.caption(note + (" — capped; refine the query for the rest" if result.truncated else ""))
+                st.download_button("CSV", result.frame.to_csv(index=False), "query.csv", "text/csv", key="runs-sql-csv")
+
+with tab_share:
+    st.subheader("Export")
+    if runs is not None and len(runs):
+        pairs = list(runs.drop_duplicates("pair_id")["pair_id"])
+        to_export = st.multiselect("pairs to export", pairs, key="runs-export")
+        if to_export:
+            ids = [f"{p}-{r}" for p in to_export for r in ("good", "bad") if f"{p}-{r}" in set(runs["run_id"])]
+
+            def bundle() -> bytes:
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = store.export(ids, Path(tmp) / "bundle.zip")
+                    return path.read_bytes()
+
+            st.download_button(f"Download bundle ({len(ids)} runs)", bundle, "lossland-bundle.zip",
+                               "application/zip", key="runs-export-dl")
+    st.subheader("Import")
+    if ui.read_only():
+        st.caption("Read-only dashboard: importing is switched off.")
+    else:
+        upload = st.file_uploader("bundle (.zip) from `lossland export` or this page", type=["zip"],
+                                  key="runs-import")
+        if upload is not None and st.button("Import", key="runs-import-go"):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "upload.zip"
+                path.write_bytes(upload.getvalue())
+                try:
+                    rep = store.import_bundle(path)
+                except StoreError as e:
+                    st.error(f"Import refused, nothing changed: {e}")
+                else:
+                    st.success(f"Imported {len(rep.run_ids_added)} runs; {len(rep.run_ids_skipped)} were already here.")
+                    ui.cached_runs.clear()

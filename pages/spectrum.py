@@ -1,0 +1,55 @@
+"""Spectrum: top-k eigenvalues, spectral densities, trace and Frobenius norm, log-volume vs k."""
+
+import streamlit as st
+
+import ui
+from lossland import charts, report
+
+store = ui.get_store()
+st.title("Hessian spectra")
+pair_id = ui.pair_picker(store, key="spectrum-pair")
+if pair_id is None:
+    st.info("No runs yet: start one on the Overview or New experiment page.")
+    st.stop()
+view = store.pair(pair_id)
+runs = view.runs
+
+st.subheader("Top eigenvalues (Lanczos)")
+top = charts.spectrum_chart(report.spectrum_frame(view.spectra, runs))
+st.altair_chart(top, width="stretch")
+ui.chart_downloads(top, f"eigenvalues-{pair_id}", key="spectrum-top")
+
+st.subheader("Spectral density (stochastic Lanczos quadrature)")
+sigma = st.slider("smoothing width (fraction of the spectral range)", 0.002, 0.2, 0.05, 0.002, format="%.3f",
+                  key="spectrum-sigma", help="Re-smooths the stored quadrature nodes and weights: no new HVPs.")
+density = report.density_frame(view.densities, runs, sigma)
+if len(density):
+    dchart = charts.density_chart(density)
+    st.altair_chart(dchart, width="stretch")
+    ui.chart_downloads(dchart, f"density-{pair_id}", key="spectrum-density")
+else:
+    st.caption("No density stored for this pair.")
+
+c1, c2 = st.columns(2)
+est = report.with_roles(view.estimates, runs)
+with c1:
+    st.subheader("Trace and ‖H‖_F²")
+    e = est[est["name"].isin(["trace", "frobenius_sq"])]
+    if len(e):
+        echart = charts.estimate_chart(e)
+        st.altair_chart(echart)
+        ui.chart_downloads(echart, f"estimates-{pair_id}", key="spectrum-est")
+        exact = est[est["name"].isin(["trace_exact", "frobenius_sq_exact", "log_volume_exact"])]
+        if len(exact):
+            st.caption("Exact values (dense Hessian): " + "; ".join(
+                f"{r['role']} {r['name'].replace('_exact', '')} = {r['value']:.5g}" for _, r in exact.iterrows()))
+with c2:
+    st.subheader("Basin volume proxy")
+    lv = est[est["name"] == "log_volume_k"]
+    if len(lv):
+        lchart = charts.log_volume_chart(lv[["k", "value", "role"]])
+        st.altair_chart(lchart, width="stretch")
+        ui.chart_downloads(lchart, f"logvolume-{pair_id}", key="spectrum-lv")
+        eps = lv["eps"].dropna()
+        st.caption(f"ε = {eps.iloc[0]:g}; negative eigenvalues are clipped at 0. Larger is a wider basin."
+                   if len(eps) else "")

@@ -1,0 +1,194 @@
+"""Reusable dashboard pieces (Streamlit side): the store, the job runner, pickers and downloads.
+
+Pages stay thin: widgets -> these helpers and lossland calls -> lossland.charts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import streamlit as st
+
+from lossland.config import ConfigError, ExperimentConfig
+from lossland.store import Store, StoreError, default_store_path
+
+COLORS = {"good": "#1f77b4", "bad": "#d62728"}
+
+
+def read_only() -> bool:
+    """Serving to collaborators: LOSSLAND_READONLY=1, or `streamlit run app.py -- --read-only`."""
+    return os.environ.get("LOSSLAND_READONLY", "").lower() in ("1", "true", "yes") or "--read-only" in sys.argv
+
+
+@st.cache_resource
+def _store(path: str) -> Store:
+    return Store(Path(path))
+
+
+def get_store() -> Store:
+    return _store(str(default_store_path()))
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def cached_runs(path: str, version: int) -> object:
+    return _store(path).runs()
+
+
+def runs_frame(store: Store):
+    return cached_runs(str(store.path), jobs().version)
+
+
+def device_label() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)}"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def sidebar(store: Store) -> None:
+    with st.sidebar:
+        st.caption("store")
+        st.code(str(store.path), language=None)
+        try:
+            n = store.count_runs()
+            st.metric("runs", n)
+        except StoreError as e:
+            st.error(str(e))
+        st.caption(device_label())
+        if read_only():
+            st.info("Read-only: browsing, comparing, SQL and downloads only.", icon="🔒")
+
+
+# --- background jobs -------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    pair_id: str
+    config: ExperimentConfig
+    state: str = "queued"  # queued | running | done | failed
+    fraction: float = 0.0
+    message: str = "queued"
+    error: str | None = None
+    from_store: bool = False
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+
+
+class JobRunner:
+    """One worker thread shared by every session: a long run never blocks a page, and the same
+    config submitted twice at once (two users, two clicks) is computed once."""
+
+    def __init__(self, store: Store, workers: int = 1):
+        self.store = store
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lossland-job")
+        self.jobs: dict[str, Job] = {}
+        self.lock = threading.Lock()
+        self.version = 0  # bumped when a job lands, so cached queries refresh
+
+    def submit(self, cfg: ExperimentConfig) -> Job:
+        pair_id = cfg.config_hash()
+        with self.lock:
+            job = self.jobs.get(pair_id)
+            if job is not None and job.state in ("queued", "running"):
+                return job
+            job = Job(pair_id=pair_id, config=cfg)
+            self.jobs[pair_id] = job
+        self.pool.submit(self._run, job)
+        return job
+
+    def _run(self, job: Job) -> None:
+        from lossland.experiments import run_pair
+
+        job.state = "running"
+
+        def progress(fraction: float, message: str) -> None:
+            job.fraction, job.message = min(max(fraction, 0.0), 1.0), message
+
+        try:
+            outcome = run_pair(job.config, self.store, progress)
+            job.from_store = outcome.from_store
+            job.state, job.fraction, job.message = "done", 1.0, "done"
+        except Exception as e:  # noqa: BLE001 - shown to the user; the store is left untouched
+            job.state, job.error = "failed", f"{type(e).__name__}: {e}"
+            job.message = "failed"
+            traceback.print_exc()
+        finally:
+            job.finished = time.time()
+            with self.lock:
+                self.version += 1
+
+    def get(self, pair_id: str) -> Job | None:
+        return self.jobs.get(pair_id)
+
+
+@st.cache_resource
+def _runner(path: str) -> JobRunner:
+    return JobRunner(_store(path))
+
+
+def jobs() -> JobRunner:
+    return _runner(str(default_store_path()))
+
+
+def job_progress(pair_id: str, key: str) -> None:
+    """Polls the job of `pair_id` once a second (a fragment), reruns the page when it lands."""
+
+    @st.fragment(run_every=1.0)
+    def poll() -> None:
+        job = jobs().get(pair_id)
+        if job is None:
+            return
+        if job.state in ("queued", "running"):
+            st.progress(job.fraction, text=f"{job.message} ({time.time() - job.started:.0f} s)")
+        elif job.state == "failed":
+            st.error(f"The run failed: {job.error}. Nothing was stored.")
+        elif st.session_state.get(f"{key}-seen") != job.finished:
+            st.session_state[f"{key}-seen"] = job.finished
+            st.rerun()
+
+    poll()
+
+
+# --- pickers and downloads -----------------------------------------------------------------
+
+def pair_label(row) -> str:
+    return f"{row['pair_id']} · {row['dataset']}/{row['model']} · attack {row['n_attack']} · {row['created_at']:%Y-%m-%d %H:%M}"
+
+
+def pair_picker(store: Store, key: str) -> str | None:
+    """Select a stored pair; the choice lives in the URL (?pair=...) so a copied link shows the same view."""
+    runs = runs_frame(store)
+    if runs is None or len(runs) == 0:
+        return None
+    pairs = runs.drop_duplicates("pair_id")
+    ids = list(pairs["pair_id"])
+    wanted = st.query_params.get("pair")
+    if wanted and wanted not in ids:
+        st.warning(f"Pair {wanted!r} from the link is not in this store; showing the latest instead.")
+        wanted = None
+    labels = {r["pair_id"]: pair_label(r) for _, r in pairs.iterrows()}
+    choice = st.selectbox("pair", ids, index=ids.index(wanted) if wanted else 0, format_func=labels.get, key=key)
+    st.query_params["pair"] = choice
+    return choice
+
+
+def chart_downloads(chart, name: str, key: str) -> None:
+    """PNG and SVG of a chart (rendered without a browser by vl-convert)."""
+    from lossland.charts import to_png, to_svg
+
+    c1, c2, _ = st.columns([1, 1, 6])
+    # Rendered only when clicked: a page with several charts stays fast.
+    c1.download_button("PNG", lambda: to_png(chart), f"{name}.png", "image/png", key=f"{key}-png")
+    c2.download_button("SVG", lambda: to_svg(chart), f"{name}.svg", "image/svg+xml", key=f"{key}-svg")
+
+
+def show_config_error(e: ConfigError) -> None:
+    st.error(f"Invalid setting — {e}")
