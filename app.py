@@ -10,10 +10,10 @@ store = ui.get_store()
 ui.sidebar(store)
 
 pages = [
-    st.Page("pages/overview.py", title="Overview", icon="⚖️", url_path="overview", default=True),
-    st.Page("pages/spectrum.py", title="Spectrum", icon="📈", url_path="spectrum"),
-    st.Page("pages/runs.py", title="Runs", icon="🗂️", url_path="runs"),
+    st.Page("pages/overview.py", title="Overview", icon=":material/balance:", url_path="overview", default=True),
+    st.Page("pages/spectrum.py", title="Spectrum", icon=":material/show_chart:", url_path="spectrum"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/table_view:", url_path="runs"),
 ]
 if not ui.read_only():
-    pages.insert(1, st.Page("pages/new_experiment.py", title="New experiment", icon="🧪", url_path="new"))
+    pages.insert(1, st.Page("pages/new_experiment.py", title="New experiment", icon=":material/science:", url_path="new"))
 st.navigation(pages).run()

@@ -69,15 +69,20 @@ def sidebar(store: Store) -> None:
 
 # --- background jobs -------------------------------------------------------------------------
 
+class JobCancelled(Exception):
+    """Raised inside a worker when its job was cancelled; nothing of the run is stored."""
+
+
 @dataclass
 class Job:
     pair_id: str
     config: ExperimentConfig
-    state: str = "queued"  # queued | running | done | failed
+    state: str = "queued"  # queued | running | done | failed | cancelled
     fraction: float = 0.0
     message: str = "queued"
     error: str | None = None
     from_store: bool = False
+    cancel: bool = False  # set by a Cancel button; the worker stops at its next progress report
     started: float = field(default_factory=time.time)
     finished: float | None = None
 
@@ -110,12 +115,16 @@ class JobRunner:
         job.state = "running"
 
         def progress(fraction: float, message: str) -> None:
+            if job.cancel:
+                raise JobCancelled(job.pair_id)
             job.fraction, job.message = min(max(fraction, 0.0), 1.0), message
 
         try:
             outcome = run_pair(job.config, self.store, progress)
             job.from_store = outcome.from_store
             job.state, job.fraction, job.message = "done", 1.0, "done"
+        except JobCancelled:
+            job.state, job.message, job.error = "cancelled", "cancelled", "cancelled by the user"
         except Exception as e:  # noqa: BLE001 - shown to the user; the store is left untouched
             job.state, job.error = "failed", f"{type(e).__name__}: {e}"
             job.message = "failed"
@@ -148,6 +157,10 @@ def job_progress(pair_id: str, key: str) -> None:
             return
         if job.state in ("queued", "running"):
             st.progress(job.fraction, text=f"{job.message} ({time.time() - job.started:.0f} s)")
+            if st.button("Cancel", key=f"{key}-cancel"):
+                job.cancel = True
+        elif job.state == "cancelled":
+            st.warning("The run was cancelled; nothing was stored.")
         elif job.state == "failed":
             st.error(f"The run failed: {job.error}. Nothing was stored.")
         elif st.session_state.get(f"{key}-seen") != job.finished:

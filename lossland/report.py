@@ -63,9 +63,10 @@ def pair_sentence(runs: pd.DataFrame) -> str:
     lam_g, lam_b = g.get("top_eigenvalue"), b.get("top_eigenvalue")
     if lam_g is not None and lam_b is not None and not (pd.isna(lam_g) or pd.isna(lam_b)) and lam_g > 0:
         ratio = lam_b / lam_g
+        dv = g["log_volume"] - b["log_volume"]
         text += (f"; it sits in a {'sharper' if ratio > 1 else 'flatter'} valley — top eigenvalue {ratio:.1f}× "
-                 f"the good one's, trace {_ratio(b['trace'], g['trace'])} and log-volume "
-                 f"{b['log_volume'] - g['log_volume']:+.1f} against it")
+                 f"the good one's, trace {_ratio(b['trace'], g['trace'])}, and a basin log-volume "
+                 f"{abs(dv):.1f} {'smaller' if dv > 0 else 'larger'}")
     return text + "."
 
 

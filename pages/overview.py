@@ -18,7 +18,7 @@ if pair_id is None:
     job = ui.jobs().get(cfg.config_hash())
     if ui.read_only():
         st.warning("This dashboard is read-only, so it can't launch runs.")
-    elif job is None or job.state == "failed":
+    elif job is None or job.state in ("failed", "cancelled"):
         if st.button("Run the default experiment", type="primary", key="overview-run-default"):
             ui.jobs().submit(cfg)
             st.rerun()
@@ -29,6 +29,13 @@ if pair_id is None:
 view = store.pair(pair_id)
 runs = view.runs
 st.write(report.pair_sentence(runs))
+g, b = view.run("good"), view.run("bad")
+m = st.columns(4)
+m[0].metric("test accuracy · good", f"{g['test_acc']:.1%}")
+m[1].metric("test accuracy · bad", f"{b['test_acc']:.1%}", f"{b['test_acc'] - g['test_acc']:+.1%}")
+m[2].metric("top eigenvalue · good", f"{g['top_eigenvalue']:.4g}")
+m[3].metric("top eigenvalue · bad", f"{b['top_eigenvalue']:.4g}",
+            f"×{b['top_eigenvalue'] / g['top_eigenvalue']:.1f}" if g["top_eigenvalue"] else None, delta_color="inverse")
 
 left, right = st.columns([2, 3])
 with left:

@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny real config and a store filled by really running it (once per session)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lossland.config import ExperimentConfig
+
+# Tests never write into the working tree's data/: every store lives under a temporary folder.
+os.environ.setdefault("LOSSLAND_STORE", str(Path(os.environ.get("TMPDIR", "/tmp")) / "lossland-test-default.duckdb"))
+
+
+def tiny_config(**changes) -> ExperimentConfig:
+    """digits, 100 clean + 100 attack samples, a 64-16-10 MLP (1,210 parameters): a pair in seconds."""
+    base = ExperimentConfig().with_changes(**{
+        "data.n_train": 100, "attack.n_attack": 100, "model.widths": (16,), "train.lr": 0.02,
+        "train.batch_size": 50, "train.max_epochs": 1500, "train.loss_target": 1e-2, "spectrum.k": 5,
+        "spectrum.slq_vectors": 2, "spectrum.slq_steps": 20, "spectrum.trace_samples": 12,
+        "spectrum.max_steps": 120, "spectrum.exact_max_params": 2000, "spectrum.tol": 1e-5})
+    return base.with_changes(**changes) if changes else base
+
+
+@pytest.fixture(scope="session")
+def filled_store(tmp_path_factory):
+    """A store holding two real tiny pairs (attack 100 and attack 50); returns (store, [pair ids])."""
+    from lossland.experiments import run_pair
+    from lossland.store import Store
+
+    store = Store(tmp_path_factory.mktemp("store") / "runs.duckdb")
+    ids = [run_pair(tiny_config(**{"attack.n_attack": n}), store).pair_id for n in (50, 100)]
+    return store, ids

@@ -1,0 +1,150 @@
+"""Synthetic pairs for the store tests, and a subprocess driver for the multi-process ones.
+
+    python tests/store_writer.py loop STORE ROUNDS     save pairs 0..4 ROUNDS times, then print "done"
+    python tests/store_writer.py read STORE ROUNDS     list runs ROUNDS times, then print "done"
+    python tests/store_writer.py hang STORE SEED       commit pair SEED, then hang inside a re-save of it
+    python tests/store_writer.py forever STORE         save big pairs 0, 1, 2, ... until killed
+    python tests/store_writer.py hold STORE            open STORE read-write and wait until killed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+K, N_VECTORS, M_NODES, N_EXACT = 5, 2, 8, 12
+
+
+def spectrum_type():
+    """SpectrumResult, with trace_exact/frobenius_sq_exact added while curvature.py lacks them."""
+    from lossland.curvature import SpectrumResult
+
+    if "trace_exact" in {f.name for f in dataclasses.fields(SpectrumResult)}:
+        return SpectrumResult
+
+    @dataclasses.dataclass(frozen=True)
+    class Spectrum(SpectrumResult):
+        trace_exact: float | None = None
+        frobenius_sq_exact: float | None = None
+
+    return Spectrum
+
+
+def make_pair(seed: int = 0, epochs: int = 5, dataset: str = "digits", exact: bool = True):
+    """A PairResult with made-up numbers and its spectra by role; the config differs per seed."""
+    import torch
+    from torch import nn
+
+    from lossland.config import ExperimentConfig, SpectrumConfig
+    from lossland.curvature import Estimate
+    from lossland.lanczos import DensityResult, EigenResult
+    from lossland.train import Curves, PairResult, TrainResult
+
+    cfg = ExperimentConfig().with_changes(**{"model.seed": seed, "data.name": dataset})
+    rng = np.random.default_rng(seed)
+    results, spectra = {}, {}
+    for r, role in enumerate(("good", "bad")):
+        e = np.arange(1, epochs + 1)
+        loss = (np.exp(-e / 3) + r).tolist()
+        curves = Curves(epoch=tuple(int(i) for i in e), lr=(0.005,) * epochs, clean_loss=tuple(loss),
+                        clean_acc=tuple(rng.uniform(size=epochs)), attack_loss=tuple(loss),
+                        attack_acc=(float("nan"),) * epochs, test_loss=tuple(loss),
+                        test_acc=tuple(rng.uniform(size=epochs)))
+        torch.manual_seed(seed)
+        results[role] = TrainResult(
+            role=role, status="converged", stop_reason="clean loss ≤ target", epochs=epochs, seconds=1.5 + r,
+            device="cpu", n_params=8, clean_loss=loss[-1], clean_acc=1.0, attack_loss=2.0 + r, attack_acc=0.1 + r,
+            test_loss=0.2 + r, test_acc=0.95 - 0.5 * r, curves=curves, model=nn.Linear(3, 2))
+        top = tuple(sorted(rng.uniform(1, 10, K), reverse=True))
+        settings = SpectrumConfig(k=K)
+        fields = dict(
+            top=EigenResult(eigenvalues=top, residuals=tuple(rng.uniform(0, 1e-6, K)), hvps=40, seconds=0.1,
+                            converged=True, which="largest", tol=1e-6),
+            density=DensityResult(nodes=rng.normal(size=(N_VECTORS, M_NODES)),
+                                  weights=np.full((N_VECTORS, M_NODES), 1 / M_NODES), n_params=8, hvps=16,
+                                  seconds=0.05),
+            trace=Estimate(value=12.5 + r, stderr=0.5, samples=30, hvps=30, method="hutch++"),
+            frobenius_sq=Estimate(value=80.0 + r, stderr=4.0, samples=30, hvps=30, method="gaussian-frobenius"),
+            log_volume_k=tuple(-0.5 * np.cumsum(np.log(np.array(top) + settings.eps))),
+            log_volume_exact=-3.25 - r if exact else None,
+            exact_eigenvalues=tuple(sorted(rng.normal(size=N_EXACT), reverse=True)) if exact else None,
+            n_params=8, hvps=150, seconds=0.3, settings=settings)
+        if exact:
+            fields |= {"trace_exact": 12.0 + r, "frobenius_sq_exact": 79.0 + r}
+        spectra[role] = spectrum_type()(**fields)
+    return PairResult(config=cfg, good=results["good"], bad=results["bad"]), spectra
+
+
+def expected_counts(epochs: int = 5, exact: bool = True) -> dict[str, int]:
+    """Rows per table of one run saved from make_pair(epochs=epochs, exact=exact) with spectra."""
+    from lossland.store import GRID_POINTS
+
+    return {"runs": 1, "curves": epochs, "spectra": K + (N_EXACT if exact else 0), "densities": N_VECTORS * M_NODES,
+            "density_grid": GRID_POINTS, "estimates": 2 + K + (3 if exact else 0)}
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def main(argv: list[str]) -> None:
+    mode, path = argv[0], argv[1]
+    if mode == "hold":
+        import duckdb
+
+        con = duckdb.connect(path)
+        con.execute("SELECT 1").fetchall()
+        _say("holding")
+        time.sleep(600)
+        return
+    from lossland import store as store_module
+    from lossland.store import Store
+
+    store = Store(path, lock_timeout=60)
+    if mode == "loop":
+        pairs = [make_pair(seed) for seed in range(5)]
+        for _ in range(int(argv[2])):
+            for pair, spectra in pairs:
+                store.save_pair(pair, spectra)
+        _say("done")
+    elif mode == "read":
+        for _ in range(int(argv[2])):
+            store.runs()
+            store.count_runs()
+        _say("done")
+    elif mode == "hang":
+        pair, spectra = make_pair(int(argv[2]), epochs=5)
+        store.save_pair(pair, spectra)
+        _say("committed")
+        bigger, bigger_spectra = make_pair(int(argv[2]), epochs=3000)
+        insert = store_module._insert
+
+        def slow_insert(con, table, rows):
+            insert(con, table, rows)
+            _say(f"inserted {table}")
+            if table == "curves":
+                time.sleep(600)
+
+        store_module._insert = slow_insert
+        store.save_pair(bigger, bigger_spectra)
+    elif mode == "forever":
+        seed = 0
+        while True:
+            pair, spectra = make_pair(seed, epochs=20_000)
+            store.save_pair(pair, spectra)
+            _say(f"saved {seed}")
+            seed += 1
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

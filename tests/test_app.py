@@ -1,0 +1,207 @@
+"""Every dashboard page under Streamlit's AppTest, against a store filled by a tiny real run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from conftest import tiny_config
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TIMEOUT = 60
+
+
+@pytest.fixture(autouse=True)
+def _clean_caches(monkeypatch):
+    monkeypatch.delenv("LOSSLAND_READONLY", raising=False)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def _app(store_path, page: str | None = None, query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.fixture
+def store_env(filled_store, monkeypatch):
+    store, ids = filled_store
+    monkeypatch.setenv("LOSSLAND_STORE", str(store.path))
+    return store, ids
+
+
+def _texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [m.value for m in at.caption] + [m.value for m in at.info]
+    parts += [m.value for m in at.error] + [m.value for m in at.warning] + [m.value for m in at.success]
+    return "\n".join(parts)
+
+
+def test_overview_shows_the_latest_pair_numbers_and_spectra(store_env):
+    store, ids = store_env
+    at = _app(store.path)
+    latest = store.latest_pair_id()
+    assert at.selectbox(key="overview-pair").value == latest
+    runs = store.pair(latest).runs.set_index("role")
+    table = at.dataframe[0].value
+    assert table.loc["test accuracy", "good"] == f"{runs.loc['good', 'test_acc']:.1%}"
+    assert table.loc["test accuracy", "bad"] == f"{runs.loc['bad', 'test_acc']:.1%}"
+    assert table.loc["top eigenvalue λ₁", "bad"] == f"{runs.loc['bad', 'top_eigenvalue']:.4g}"
+    assert "Both minima fit the clean training set" in _texts(at)
+    specs = [c.proto.spec for c in at.get("vega_lite_chart")]
+    assert any('"symlog"' in s for s in specs), "the spectrum chart is drawn on a symlog scale"
+    sidebar = "\n".join(m.value for m in at.sidebar.get("metric")) if hasattr(at.sidebar, "get") else ""
+    assert at.sidebar.get("metric")[0].value == str(store.count_runs()), sidebar
+
+
+def test_deep_link_selects_the_pair_in_the_url(store_env):
+    store, ids = store_env
+    older = [i for i in ids if i != store.latest_pair_id()][0]
+    at = _app(store.path, query={"pair": older})
+    assert at.selectbox(key="overview-pair").value == older
+    assert at.query_params["pair"] == [older] or at.query_params["pair"] == older
+
+
+def test_unknown_deep_link_warns_and_falls_back(store_env):
+    store, _ = store_env
+    at = _app(store.path, query={"pair": "doesnotexist"})
+    assert "not in this store" in _texts(at)
+    assert at.selectbox(key="overview-pair").value == store.latest_pair_id()
+
+
+def test_spectrum_page_resmooths_without_new_hvps(store_env):
+    store, ids = store_env
+    at = _app(store.path, "pages/spectrum.py", {"pair": ids[0]})
+    charts_before = [c.proto.spec for c in at.get("vega_lite_chart")]
+    assert len(charts_before) >= 4  # eigenvalues, density, estimates, log-volume
+    assert any('"type": "log"' in s or '"type":"log"' in s for s in charts_before)
+    at.slider(key="spectrum-sigma").set_value(0.01).run()
+    assert not at.exception
+    assert len(at.get("vega_lite_chart")) == len(charts_before)
+    assert "Exact values" in _texts(at)
+
+
+def test_new_experiment_shows_validation_errors_beside_the_form(store_env):
+    store, _ = store_env
+    at = _app(store.path, "pages/new_experiment.py")
+    at.number_input(key="ne-digits-mlp-lr").set_value(-0.5)
+    at.button(key="FormSubmitter:ne-digits-mlp-form-Run").click().run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert errors and "train.lr" in errors[0] and "-0.5" in errors[0]
+    at.text_input(key="ne-digits-mlp-w").set_value("32, -4")
+    at.number_input(key="ne-digits-mlp-lr").set_value(0.01)
+    at.button(key="FormSubmitter:ne-digits-mlp-form-Run").click().run()
+    assert "model.widths" in at.error[0].value
+
+
+def test_new_experiment_answers_a_stored_config_from_the_store(store_env, monkeypatch):
+    store, ids = store_env
+    from lossland.config import PRESETS
+
+    cfg = tiny_config(**{"attack.n_attack": 100})
+    assert cfg.config_hash() in ids
+    monkeypatch.setitem(PRESETS, "digits-mlp", cfg)  # the form starts from this config
+    at = _app(store.path, "pages/new_experiment.py")
+    at.button(key="FormSubmitter:ne-digits-mlp-form-Run").click().run()
+    assert "came from the store" in _texts(at)
+
+
+def test_new_experiment_runs_in_the_background_and_lands(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSLAND_STORE", str(tmp_path / "runs.duckdb"))
+    from lossland.config import PRESETS
+
+    cfg = tiny_config(**{"train.seed": 7})
+    monkeypatch.setitem(PRESETS, "digits-mlp", cfg)
+    at = _app(tmp_path / "runs.duckdb", "pages/new_experiment.py")
+    at.button(key="FormSubmitter:ne-digits-mlp-form-Run").click().run()
+    assert not at.exception
+    import ui
+
+    job = ui.jobs().get(cfg.config_hash())
+    assert job is not None
+    deadline = time.time() + 120
+    while job.state in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.5)
+    assert job.state == "done", job.error
+    at.run()
+    assert f"Pair {cfg.config_hash()} is stored" in _texts(at)
+
+
+def test_empty_store_offers_the_default_run_with_progress_and_cancel(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSLAND_STORE", str(tmp_path / "empty.duckdb"))
+    at = _app(tmp_path / "empty.duckdb")
+    assert "The store is empty" in _texts(at)
+    at.button(key="overview-run-default").click().run()
+    assert not at.exception
+    import ui
+    from lossland.config import preset
+    from lossland.store import Store
+
+    job = ui.jobs().get(preset("digits-mlp").config_hash())
+    assert job is not None and job.state in ("queued", "running", "done")
+    assert at.get("progress") or job.state == "done"
+    job.cancel = True
+    deadline = time.time() + 30
+    while job.state in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.2)
+    assert job.state == "cancelled"
+    assert Store(tmp_path / "empty.duckdb").count_runs() == 0  # a cancelled run leaves nothing
+
+
+def test_runs_page_filters_compares_and_queries(store_env):
+    store, ids = store_env
+    at = _app(store.path, "pages/runs.py")
+    table = at.dataframe[0].value
+    assert len(table) == store.count_runs()
+    at.multiselect(key="runs-role").set_value(["bad"]).run()
+    assert set(at.dataframe[0].value["role"]) == {"bad"}
+    chosen = [f"{ids[0]}-good", f"{ids[1]}-bad"]
+    at.multiselect(key="runs-compare").set_value(chosen).run()
+    assert not at.exception
+    assert at.query_params["runs"] in (",".join(chosen), [",".join(chosen)])
+    assert len(at.get("vega_lite_chart")) >= 2  # curves and spectra overlaid
+    at.text_area(key="runs-sql-mean test accuracy by role").set_value("DELETE FROM runs")
+    at.button(key="runs-sql-run").click().run()
+    assert at.error, "a write in the SQL console is refused"
+    assert store.count_runs() == 4
+    at.text_area(key="runs-sql-mean test accuracy by role").set_value(
+        "SELECT role, count(*) AS n FROM runs GROUP BY role ORDER BY role")
+    at.button(key="runs-sql-run").click().run()
+    result = at.dataframe[-1].value
+    assert list(result["role"]) == ["bad", "good"] and list(result["n"]) == [2, 2]
+
+
+def test_read_only_mode_hides_launching_and_upload(store_env, monkeypatch):
+    store, _ = store_env
+    monkeypatch.setenv("LOSSLAND_READONLY", "1")
+    at = _app(store.path)
+    assert "Read-only" in "\n".join(i.value for i in at.sidebar.info)
+    at.switch_page("pages/runs.py")
+    at.run()
+    assert not at.exception
+    assert not at.get("file_uploader"), "no import in read-only mode"
+    assert "importing is switched off" in _texts(at)
+    at.switch_page("pages/new_experiment.py")
+    at.run()
+    assert not at.get("form"), "no launching in read-only mode"
+
+
+def test_read_only_empty_store_offers_no_run_button(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSLAND_STORE", str(tmp_path / "empty.duckdb"))
+    monkeypatch.setenv("LOSSLAND_READONLY", "1")
+    at = _app(tmp_path / "empty.duckdb")
+    assert not [b for b in at.button if b.key == "overview-run-default"]

@@ -1,0 +1,498 @@
+"""The store: schema and migrations, atomic writes, queries, the SQL sandbox, locks, bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from store_writer import expected_counts, make_pair  # noqa: E402
+
+from lossland import store as store_module  # noqa: E402
+from lossland.checkpoint import save_checkpoint  # noqa: E402
+from lossland.store import (  # noqa: E402
+    SCHEMA_VERSION,
+    TABLES,
+    BundleError,
+    QueryError,
+    Store,
+    StoreError,
+    StoreLockedError,
+    UnknownPairError,
+    create_v1_schema,
+    default_store_path,
+)
+
+WRITER = Path(__file__).resolve().parent / "store_writer.py"
+DATA_TABLES = ("runs", "curves", "spectra", "densities", "density_grid", "estimates")
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(tmp_path / "runs.duckdb", lock_timeout=5)
+
+
+@pytest.fixture(scope="module")
+def pair0():
+    return make_pair(0)
+
+
+def counts(store: Store, run_id: str) -> dict[str, int]:
+    with duckdb.connect(str(store.path), read_only=True) as con:
+        return {t: con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchone()[0]
+                for t in DATA_TABLES}
+
+
+def spawn(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(WRITER), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(proc: subprocess.Popen, line: str, timeout: float = 60) -> None:
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        for got in proc.stdout:
+            if got.strip() == line:
+                return
+        raise AssertionError(f"writer ended before {line!r}: {proc.stderr.read()}")
+    finally:
+        timer.cancel()
+
+
+def with_checkpoints(store: Store, pair) -> dict[str, str]:
+    out = {}
+    for role in ("good", "bad"):
+        path = store.checkpoint_dir / f"{pair.pair_id}-{role}.pt"
+        save_checkpoint(path, pair.config, role, getattr(pair, role).model)
+        out[role] = str(path)
+    return out
+
+
+# --- schema ---------------------------------------------------------------------------------
+
+def test_default_path_follows_the_environment(monkeypatch):
+    monkeypatch.delenv("LOSSLAND_STORE", raising=False)
+    assert default_store_path() == Path("data/runs.duckdb")
+    monkeypatch.setenv("LOSSLAND_STORE", "/x/y.duckdb")
+    assert default_store_path() == Path("/x/y.duckdb") and Store().path == Path("/x/y.duckdb")
+
+
+def test_first_use_creates_folders_and_the_current_schema(tmp_path):
+    s = Store(tmp_path / "a" / "b" / "runs.duckdb")
+    assert not s.path.exists()  # lazy: nothing opened on construction
+    assert s.count_runs() == 0
+    assert s.path.exists() and s.checkpoint_dir == tmp_path / "a" / "b" / "checkpoints"
+    schema = s.tables()
+    for name, columns in TABLES.items():
+        assert [c for c, _ in schema[name]] == [c for c, _ in columns]
+    assert s.table("meta").set_index("key")["value"]["schema_version"] == str(SCHEMA_VERSION)
+
+
+def test_v1_store_is_migrated_keeping_every_row(tmp_path, pair0):
+    path = tmp_path / "old.duckdb"
+    cfg = pair0[0].config
+    with duckdb.connect(str(path)) as con:
+        create_v1_schema(con)
+        for i, role in enumerate(("good", "bad")):
+            con.execute("INSERT INTO runs (run_id, pair_id, role, status, config_json, dataset, test_acc, created_at)"
+                        " VALUES (?, ?, ?, 'converged', ?, 'digits', ?, TIMESTAMP '2024-01-01 00:00:00' + ?::INTEGER"
+                        " * INTERVAL 1 SECOND)", [f"p-{role}", "p", role, cfg.to_json(), 0.9 - i / 2, i])
+            con.execute("INSERT INTO curves (run_id, epoch, clean_loss) SELECT ?, range, 1.0 / (range + 1) "
+                        "FROM range(7)", [f"p-{role}"])
+            con.execute("INSERT INTO spectra VALUES (?, 'lanczos', 0, 3.5, 1e-7)", [f"p-{role}"])
+            con.execute("INSERT INTO estimates (run_id, name, value) VALUES (?, 'trace', 12.0)", [f"p-{role}"])
+        before = {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+                  for t in ("curves", "spectra", "densities", "density_grid", "estimates")}
+    s = Store(path)
+    runs = s.runs()
+    assert list(runs["run_id"]) == ["p-bad", "p-good"] and list(runs["test_acc"]) == [0.4, 0.9]
+    assert set(runs["attack_labels"]) == {"random"}  # recovered from config_json
+    assert runs["git_commit"].isna().all() and runs["error"].isna().all()
+    with duckdb.connect(str(path), read_only=True) as con:
+        for t, rows in before.items():
+            assert con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() == rows
+    fresh = Store(tmp_path / "fresh.duckdb")
+    assert s.tables() == fresh.tables()  # a migrated store is column for column a fresh one
+    assert s.has_pair("p") and s.pair("p").curves.shape[0] == 14
+
+
+def test_failed_migration_changes_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "old.duckdb"
+    with duckdb.connect(str(path)) as con:
+        create_v1_schema(con)
+
+    def half_then_fail(con):
+        con.execute("DROP TABLE curves")
+        con.execute("SELECT no_such_column FROM runs")
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", [create_v1_schema, half_then_fail])
+    with pytest.raises(StoreError, match="from schema version 1 to 2 failed, nothing changed"):
+        Store(path).count_runs()
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT value FROM meta").fetchall() == [("1",)]
+        assert con.execute("SELECT count(*) FROM curves").fetchone() == (0,)
+
+
+def test_newer_schema_is_refused(store):
+    store.count_runs()
+    with duckdb.connect(str(store.path)) as con:
+        con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="schema version 7, newer than the 2.*upgrade lossland"):
+        Store(store.path).runs()
+
+
+def test_a_foreign_duckdb_file_is_refused(tmp_path):
+    with duckdb.connect(str(tmp_path / "other.duckdb")) as con:
+        con.execute("CREATE TABLE t (a INT)")
+    with pytest.raises(StoreError, match="not a lossland store"):
+        Store(tmp_path / "other.duckdb").runs()
+
+
+# --- writes and reads --------------------------------------------------------------------
+
+def test_save_pair_writes_every_row(store, pair0):
+    pair, spectra = pair0
+    run_ids = store.save_pair(pair, spectra, with_checkpoints(store, pair), extra={"sweep": "s1"})
+    assert run_ids == [f"{pair.pair_id}-good", f"{pair.pair_id}-bad"]
+    for run_id in run_ids:
+        assert counts(store, run_id) == expected_counts()
+    view = store.pair(pair.pair_id)
+    good = view.run("good")
+    assert good["status"] == "converged" and good["widths"] == "32,32" and good["dataset"] == "digits"
+    assert good["n_attack"] == 500 and good["attack_labels"] == "random" and good["n_params"] == 8
+    assert good["top_eigenvalue"] == spectra["good"].top.eigenvalues[0]
+    assert good["log_volume"] == pytest.approx(spectra["good"].log_volume_k[4])
+    assert good["trace"] == 12.5 and good["frobenius_sq"] == 80.0 and good["spectrum_hvps"] == 150
+    assert good["lossland_version"] and good["torch_version"] == torch.__version__
+    assert good["git_commit"] is None or pd.isna(good["git_commit"]) or re.fullmatch("[0-9a-f]{40}",
+                                                                                      good["git_commit"])
+    assert json.loads(good["extra_json"]) == {"sweep": "s1"} and pd.isna(good["error"])
+    assert good["checkpoint"] == f"checkpoints/{pair.pair_id}-good.pt"
+    assert store.checkpoint_path(run_ids[0]) == store.checkpoint_dir / f"{pair.pair_id}-good.pt"
+    assert list(view.runs["role"]) == ["good", "bad"]
+
+    curves = view.curves[view.curves["role"] == "bad"]
+    assert list(curves["clean_loss"]) == list(pair.bad.curves.clean_loss)
+    assert curves["attack_acc"].isna().all()  # NaN is stored as NULL
+    lanczos = view.spectra[(view.spectra["role"] == "good") & (view.spectra["kind"] == "lanczos")]
+    assert list(lanczos["eigenvalue"]) == list(spectra["good"].top.eigenvalues)
+    assert list(lanczos["residual"]) == list(spectra["good"].top.residuals)
+    assert view.spectra[view.spectra["kind"] == "exact"]["residual"].isna().all()
+    nodes = view.densities[view.densities["role"] == "good"].sort_values(["vector", "idx"])["node"]
+    assert np.array_equal(nodes.to_numpy(), spectra["good"].density.nodes.ravel())
+    grid = view.density_grid[view.density_grid["role"] == "good"]
+    assert np.trapezoid(grid["density"], grid["x"]) == pytest.approx(1.0, abs=0.02)
+    assert set(grid["sigma"]) == {pair.config.spectrum.sigma}
+    est = view.estimates[view.estimates["role"] == "good"]
+    assert set(est["name"]) == {"trace", "frobenius_sq", "trace_exact", "frobenius_sq_exact", "log_volume_exact",
+                                "log_volume_k"}
+    lv = est[est["name"] == "log_volume_k"].sort_values("k")
+    assert list(lv["k"]) == [1, 2, 3, 4, 5] and list(lv["value"]) == pytest.approx(spectra["good"].log_volume_k)
+    assert est.set_index("name").loc["trace_exact", "value"] == 12.0
+    assert json.loads(est["settings_json"].iloc[0])["k"] == 5
+
+
+def test_save_pair_replaces_earlier_rows(store):
+    pair, spectra = make_pair(1, epochs=9)
+    store.save_pair(pair, spectra)
+    store.save_pair(pair, spectra)
+    assert counts(store, f"{pair.pair_id}-bad") == expected_counts(epochs=9)
+    smaller, _ = make_pair(1, epochs=3)
+    store.save_pair(smaller, None)  # no spectra this time: their old rows go too
+    assert counts(store, f"{pair.pair_id}-bad") == {t: 0 for t in DATA_TABLES} | {"runs": 1, "curves": 3}
+    assert store.count_runs() == 2
+
+
+def test_failed_pairs(store, pair0):
+    pair, spectra = pair0
+    store.save_failed(pair.config, "RuntimeError: CUDA out of memory")
+    runs = store.runs(pair_id=pair.pair_id)
+    assert set(runs["status"]) == {"failed"} and set(runs["error"]) == {"RuntimeError: CUDA out of memory"}
+    assert counts(store, f"{pair.pair_id}-good") == {t: 0 for t in DATA_TABLES} | {"runs": 1}
+    assert not store.has_pair(pair.pair_id) and store.latest_pair_id() is None
+    store.save_pair(pair, spectra)
+    assert store.has_pair(pair.pair_id) and store.latest_pair_id() == pair.pair_id
+    assert set(store.runs(pair_id=pair.pair_id)["status"]) == {"converged"}
+
+
+def test_queries_filter_order_and_refuse_unknown_names(store):
+    ids = []
+    for seed, dataset in ((2, "digits"), (3, "teacher"), (4, "digits")):
+        pair, spectra = make_pair(seed, dataset=dataset, exact=False)
+        store.save_pair(pair, spectra)
+        ids.append(pair.pair_id)
+    assert store.count_runs() == 6 and store.latest_pair_id() == ids[-1]
+    runs = store.runs()
+    assert list(runs["pair_id"][::2]) == ids[::-1]  # newest first
+    bad_digits = store.runs(dataset="digits", role="bad")
+    assert sorted(bad_digits["run_id"]) == sorted(f"{i}-bad" for i in (ids[0], ids[2]))
+    assert len(store.runs(dataset=["digits", "teacher"], status="converged")) == 6
+    assert store.runs(git_commit="nope").empty
+    with pytest.raises(StoreError, match="unknown filter.*colour.*allowed: run_id, pair_id"):
+        store.runs(colour="red")
+    with pytest.raises(UnknownPairError, match="no pair 'nope'") as err:
+        store.pair("nope")
+    assert isinstance(err.value, KeyError)
+    assert not store.has_pair("nope")
+    assert len(store.table("curves")) == 30
+    with pytest.raises(StoreError, match="unknown table 'secrets'; allowed: runs, curves"):
+        store.table("secrets")
+
+
+# --- the SQL console ---------------------------------------------------------------------
+
+REFUSED = [
+    "INSERT INTO runs (run_id) VALUES ('x')", "UPDATE runs SET status = 'failed'", "DELETE FROM runs",
+    "CREATE TABLE x (a INT)", "CREATE TEMP TABLE x AS SELECT 1", "DROP TABLE runs", "ALTER TABLE runs ADD COLUMN z INT",
+    "PRAGMA threads = 1", "SET enable_external_access = true", "ATTACH 'other.duckdb' AS o",
+    "COPY runs TO 'out.csv'", "EXPORT DATABASE 'dump'", "INSTALL httpfs", "LOAD httpfs", "CHECKPOINT",
+    "SELECT 1; SELECT 2", "SELECT * FROM read_csv('/etc/passwd')", "SELECT * FROM read_text('/etc/passwd')",
+    "SELECT * FROM read_blob('/etc/passwd')", "SELECT * FROM glob('/*')",
+]
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory):
+    s = Store(tmp_path_factory.mktemp("sql") / "runs.duckdb")
+    pair, spectra = make_pair(5)
+    s.save_pair(pair, spectra)
+    return s
+
+
+@pytest.mark.parametrize("sql", REFUSED)
+def test_sql_console_refuses_writes_settings_and_files(filled, sql):
+    with pytest.raises(QueryError, match="refused|one statement at a time"):
+        filled.query(sql)
+
+
+def test_sql_console_refuses_reading_files_even_a_parquet_file(filled, tmp_path):
+    data = tmp_path / "x.parquet"
+    with duckdb.connect() as con:
+        con.execute(f"COPY (SELECT 1 AS a) TO '{data.as_posix()}' (FORMAT parquet)")
+    for sql in (f"SELECT * FROM read_parquet('{data}')", f"SELECT * FROM '{data}'"):
+        with pytest.raises(QueryError, match="refused: the SQL console can't read or write files"):
+            filled.query(sql)
+
+
+# Harmless in a read-only sandbox, so refused by the statement check alone: temp tables live in
+# memory and vanish with the connection; CHECKPOINT of a read-only file does nothing.
+HARMLESS = ("SELECT 1; SELECT 2", "CREATE TEMP TABLE x AS SELECT 1", "CHECKPOINT")
+
+
+@pytest.mark.parametrize("sql", [s for s in REFUSED if s not in HARMLESS])
+def test_the_sandbox_itself_refuses_without_the_statement_check(filled, sql, monkeypatch):
+    monkeypatch.setattr(store_module, "_check_select", lambda sql: None)
+    with pytest.raises(QueryError):
+        filled.query(sql)
+    assert filled.count_runs() == 2 and "x" not in filled.tables()
+
+
+def test_sql_console_answers_selects_capped_and_timed(filled):
+    r = filled.query("SELECT role, test_acc FROM runs ORDER BY role")
+    assert list(r.frame["role"]) == ["bad", "good"] and not r.truncated and r.seconds >= 0
+    r = filled.query("SELECT * FROM range(25000) t(i) ORDER BY i", max_rows=10_000)
+    assert r.truncated and len(r.frame) == 10_000 and r.frame["i"].iloc[-1] == 9_999
+    assert not filled.query("SELECT * FROM range(100)", max_rows=100).truncated
+    assert list(filled.query("SELECT * FROM runs WHERE false").frame.columns)[:2] == ["run_id", "pair_id"]
+    assert "Projection" in filled.query("EXPLAIN SELECT 1").frame["explain_value"][0]
+    with pytest.raises(QueryError, match="SQL syntax error"):
+        filled.query("SELEC 1")
+    with pytest.raises(QueryError, match="query failed: .*no_such"):
+        filled.query("SELECT no_such FROM runs")
+    start = time.monotonic()
+    with pytest.raises(QueryError, match="time limit of 1 s"):
+        filled.query("SELECT count(*) FROM range(10000000000) a, range(1000) b", timeout=1)
+    assert time.monotonic() - start < 5
+
+
+# --- sharing -----------------------------------------------------------------------------
+
+def test_export_import_round_trip_is_exact_and_idempotent(tmp_path):
+    a, b = Store(tmp_path / "a" / "runs.duckdb"), Store(tmp_path / "b" / "runs.duckdb")
+    ids = []
+    for seed in (6, 7):
+        pair, spectra = make_pair(seed)
+        ids += a.save_pair(pair, spectra, with_checkpoints(a, pair))
+    a.save_failed(make_pair(8)[0].config, "boom")
+    bundle = a.export(ids, tmp_path / "bundle.zip")
+    names = zipfile.ZipFile(bundle).namelist()
+    assert "manifest.json" in names and {f"checkpoints/{i}.pt" for i in ids} <= set(names)
+    manifest = json.loads(zipfile.ZipFile(bundle).read("manifest.json"))
+    assert manifest["schema_version"] == SCHEMA_VERSION and manifest["run_ids"] == ids
+
+    report = b.import_bundle(bundle)
+    assert sorted(report.run_ids_added) == sorted(ids) and report.run_ids_skipped == ()
+    for name in TABLES:
+        mine = a.table(name)
+        mine = mine[mine["run_id"].isin(ids)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, b.table(name))
+    for run_id in ids:
+        assert b.checkpoint_path(run_id).read_bytes() == a.checkpoint_path(run_id).read_bytes()
+        torch.load(b.checkpoint_path(run_id), weights_only=True)
+    again = b.import_bundle(bundle)
+    assert again.run_ids_added == () and sorted(again.run_ids_skipped) == sorted(ids)
+    assert b.count_runs() == 4
+    with pytest.raises(BundleError, match="not in store"):
+        a.export(["nope-good"], tmp_path / "x.zip")
+
+
+def rewrite(src: Path, dst: Path, drop: tuple[str, ...] = (), add: dict[str, bytes] | None = None,
+            manifest: dict | None = None) -> Path:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            if name in drop or name in (add or {}):
+                continue
+            data = zin.read(name)
+            if name == "manifest.json" and manifest:
+                data = json.dumps(json.loads(data) | manifest).encode()
+            zout.writestr(name, data)
+        for name, data in (add or {}).items():
+            zout.writestr(name, data)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    s = Store(root / "runs.duckdb")
+    pair, spectra = make_pair(9)
+    ids = s.save_pair(pair, spectra, with_checkpoints(s, pair))
+    return s.export(ids, root / "bundle.zip"), ids
+
+
+def parquet_bytes(sql: str, tmp_path: Path) -> bytes:
+    path = tmp_path / "t.parquet"
+    with duckdb.connect() as con:
+        con.execute(f"COPY ({sql}) TO '{path.as_posix()}' (FORMAT parquet)")
+    return path.read_bytes()
+
+
+class Hostile:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def bad_bundles(src: Path, ids: list[str], tmp: Path):
+    ckpt = tmp / "hostile.pt"
+    torch.save({"format": 1, "state_dict": {}, "x": Hostile()}, ckpt)
+    runs_sql = f"SELECT * FROM read_parquet('{tmp.as_posix()}/src/tables/runs.parquet')"
+    curves_sql = f"SELECT * REPLACE ('oops' AS epoch) FROM read_parquet('{tmp.as_posix()}/src/tables/curves.parquet')"
+    return {
+        "newer schema": (dict(manifest={"schema_version": SCHEMA_VERSION + 1}), "newer lossland.*upgrade lossland"),
+        "path traversal": (dict(add={"../evil.pt": b"x"}), "unsafe member name '../evil.pt'"),
+        "absolute name": (dict(add={"/etc/evil": b"x"}), "unsafe member name '/etc/evil'"),
+        "unexpected member": (dict(add={"tables/secrets.parquet": b"x"}), "unexpected member"),
+        "no manifest": (dict(drop=("manifest.json",)), "no manifest.json"),
+        "extra column": (dict(add={"tables/runs.parquet": parquet_bytes(f"SELECT *, 1 AS evil FROM ({runs_sql})",
+                                                                        tmp)}), "columns don't match.*evil"),
+        "stray run": (dict(add={"tables/runs.parquet": parquet_bytes(
+            f"SELECT * REPLACE (run_id || 'x' AS run_id) FROM ({runs_sql})", tmp)}), "not in the manifest"),
+        "bad types": (dict(add={"tables/curves.parquet": parquet_bytes(curves_sql, tmp)}), "importing bundle"),
+        "hostile checkpoint": (dict(add={f"checkpoints/{ids[0]}.pt": ckpt.read_bytes()}), "can't be loaded safely"),
+    }
+
+
+def test_bad_bundles_are_refused_and_change_nothing(bundle, tmp_path):
+    src, ids = bundle
+    with zipfile.ZipFile(src) as zf:
+        zf.extractall(tmp_path / "src")
+    target = Store(tmp_path / "t" / "runs.duckdb")
+    for name, (edit, message) in bad_bundles(src, ids, tmp_path).items():
+        with pytest.raises(BundleError, match=message):
+            target.import_bundle(rewrite(src, tmp_path / f"{name}.zip", **edit))
+        assert target.count_runs() == 0, name
+        assert not target.checkpoint_dir.exists() or not any(target.checkpoint_dir.iterdir()), name
+    with pytest.raises(BundleError, match="over the limit"):
+        Store(target.path, max_bundle_bytes=1000).import_bundle(src)
+    with pytest.raises(BundleError, match="not a readable run bundle"):
+        target.import_bundle(WRITER)
+    assert target.import_bundle(src).run_ids_added == tuple(ids)  # the genuine one goes in
+
+
+# --- processes and locks -------------------------------------------------------------------
+
+def test_a_killed_writer_leaves_the_old_rows_whole(store):
+    proc = spawn("hang", str(store.path), "10")
+    try:
+        wait_for(proc, "committed")
+        wait_for(proc, "inserted curves")  # inside the transaction, old rows deleted, new half written
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    pair, _ = make_pair(10)
+    for role in ("good", "bad"):
+        assert counts(store, f"{pair.pair_id}-{role}") == expected_counts(epochs=5)
+    assert store.has_pair(pair.pair_id)
+
+
+def test_a_writer_killed_at_a_random_moment_leaves_whole_runs_or_none(store):
+    proc = spawn("forever", str(store.path))
+    try:
+        wait_for(proc, "saved 0")
+        time.sleep(random.uniform(0.0, 0.5))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    runs = store.runs()
+    assert len(runs) >= 2
+    full = expected_counts(epochs=20_000)
+    for seed in range(len(runs) // 2 + 2):
+        pair_id = make_pair(seed)[0].pair_id
+        for role in ("good", "bad"):
+            got = counts(store, f"{pair_id}-{role}")
+            assert got in (full, dict.fromkeys(DATA_TABLES, 0)), (seed, role, got)
+
+
+def test_a_writer_and_a_reader_process_share_the_store(store):
+    store.count_runs()
+    writer, reader = spawn("loop", str(store.path), "4"), spawn("read", str(store.path), "40")
+    for proc in (writer, reader):
+        out, err = proc.communicate(timeout=80)
+        assert proc.returncode == 0 and out.strip() == "done", err
+    assert store.count_runs() == 10
+
+
+def test_a_lock_held_too_long_names_the_file_and_the_process(store):
+    store.count_runs()
+    holder = spawn("hold", str(store.path))
+    try:
+        wait_for(holder, "holding")
+        start = time.monotonic()
+        with pytest.raises(StoreLockedError) as err:
+            Store(store.path, lock_timeout=0.5).runs()
+        assert 0.5 <= time.monotonic() - start < 3
+    finally:
+        holder.kill()
+        holder.wait()
+    message = str(err.value)
+    assert str(store.path) in message and f"PID {holder.pid}" in message and "python" in message
+    assert store.count_runs() == 0  # free again
+
+
+def test_a_clash_inside_one_process_is_waited_out(store):
+    store.count_runs()
+    con = duckdb.connect(str(store.path))  # read-write beside the sandbox's read-only config
+    threading.Timer(0.3, con.close).start()
+    assert store.query("SELECT count(*) AS n FROM runs").frame["n"][0] == 0
+    con = duckdb.connect(str(store.path))
+    try:
+        with pytest.raises(StoreLockedError, match=f"PID {os.getpid()}"):
+            Store(store.path, lock_timeout=0.2).query("SELECT 1")
+    finally:
+        con.close()
