@@ -1,13 +1,14 @@
 """Hessian-vector products of the mean loss over a whole dataset; exact Hessian; trace and Frobenius.
 
 `HessianOperator` is the one abstraction: the Hessian of the mean loss over (x, y) as a linear
-operator on flat parameter vectors, evaluated in fixed chunks with torch.func. Everything else
-(Lanczos, SLQ, Hutch++) takes an operator and knows nothing of models. `spectrum` is the one call
-that runs them all for a trained model.
+operator on flat parameter vectors, evaluated in fixed chunks. Everything else (Lanczos, SLQ,
+Hutch++) takes an operator and knows nothing of models. `spectrum` is the one call that runs
+them all for a trained model.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -60,10 +61,14 @@ class DeterminismError(RuntimeError):
 class HessianOperator:
     """H = ∇² (1/N) Σ_i loss(model(x_i), y_i) as a linear operator on flat parameter vectors.
 
-    The flat order is that of `model.named_parameters()`. The sum runs over fixed chunks of
-    `chunk_size` samples, each weighted by its size / N. HVPs are forward-over-reverse
-    (jvp of grad) by default, batched over vectors with vmap in `matmat`. Vectors of any floating
-    dtype are cast to the model's dtype for the product and the result is returned in theirs.
+    The flat order is that of `model.named_parameters()`; the Hessian is taken at their values when
+    the operator is built. The sum runs over fixed chunks of `chunk_size` samples in the order
+    given, each weighted by its size / N. HVPs are double backward by default: the gradient's graph
+    is built with create_graph and each product is one backward pass through it, batched over the
+    columns of `matmat` (is_grads_batched). With a single chunk that graph is kept between products
+    (`cache_graph`), which halves their cost. method="forward-over-reverse" (torch.func jvp of grad,
+    vmapped over columns) is the alternative; benchmarks/spectrum.py measures both. Vectors of any
+    floating dtype are cast to the model's dtype for the product and returned in their own.
 
     With `eval_mode=True` the model is switched to eval mode; with False its mode is kept, and the
     construction check (loss and gradient evaluated twice must agree, buffers must not change)
@@ -72,7 +77,7 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
                  chunk_size: int = 2048, check_determinism: bool = True, eval_mode: bool = True,
-                 method: str = "forward-over-reverse"):
+                 method: str = "double-backward", cache_graph: bool | None = None):
         if method not in HVP_METHODS:
             raise ValueError(f"method = {method!r} is not allowed: one of {', '.join(HVP_METHODS)}")
         if chunk_size < 1:
@@ -102,6 +107,10 @@ class HessianOperator:
         self.chunks = [(x[i:i + chunk_size], y[i:i + chunk_size], min(chunk_size, n_samples - i) / n_samples)
                        for i in range(0, n_samples, chunk_size)]
         self._grad = grad(self._chunk_loss)
+        # Keeping the gradient's graph between HVPs halves their cost; with one chunk it is the graph
+        # every HVP builds anyway, so peak memory is unchanged. With several chunks it would keep them all.
+        self.cache_graph = len(self.chunks) == 1 if cache_graph is None else bool(cache_graph)
+        self._graphs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         if check_determinism:
             self._check_determinism()
 
@@ -111,7 +120,8 @@ class HessianOperator:
 
     # --- the loss as a function of a flat parameter vector -------------------------------
     def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: t.view(shape) for name, t, shape in zip(self._names, flat.split(self._numels), self._shapes)}
+        return {name: t.view(shape) for name, t, shape in zip(self._names, flat.split(self._numels), self._shapes,
+                                                               strict=True)}
 
     def _chunk_loss(self, flat: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         out = functional_call(self.model, (self._unflatten(flat), self._buffers), (xb,))
@@ -127,8 +137,10 @@ class HessianOperator:
 
     def gradient(self) -> torch.Tensor:
         g = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        for xb, yb, w in self.chunks:
-            g += w * self._grad(self._params, xb, yb)
+        with torch.enable_grad():
+            for xb, yb, w in self.chunks:
+                q = self._params.detach().requires_grad_(True)
+                g += w * torch.autograd.grad(self._chunk_loss(q, xb, yb), q)[0]
         return g
 
     # --- products -----------------------------------------------------------------------
@@ -147,13 +159,14 @@ class HessianOperator:
             return V.clone()
         rows = V.T.to(device=self.device, dtype=self.dtype).contiguous()  # (b, n)
         out = torch.zeros_like(rows)
-        for xb, yb, w in self.chunks:
-            out += w * self._chunk_hvps(rows, xb, yb)
+        for i, (_, _, w) in enumerate(self.chunks):
+            out += w * self._chunk_hvps(rows, i)
         return out.T.to(device=V.device, dtype=V.dtype)
 
     __matmul__ = matmat
 
-    def _chunk_hvps(self, rows: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def _chunk_hvps(self, rows: torch.Tensor, i: int) -> torch.Tensor:
+        xb, yb, _ = self.chunks[i]
         p = self._params
         if self.method == "forward-over-reverse":
             def hvp(v):
@@ -161,11 +174,22 @@ class HessianOperator:
 
             return hvp(rows[0])[None] if len(rows) == 1 else vmap(hvp)(rows)
         with torch.enable_grad():
-            q = p.detach().requires_grad_(True)
-            g = torch.autograd.grad(self._chunk_loss(q, xb, yb), q, create_graph=True)[0]
+            if self.cache_graph:
+                if self._graphs is None:
+                    self._graphs = [self._gradient_graph(j) for j in range(len(self.chunks))]
+                q, g = self._graphs[i]
+            else:
+                q, g = self._gradient_graph(i)
             if len(rows) == 1:
-                return torch.autograd.grad(g, q, grad_outputs=rows[0])[0][None]
-            return torch.autograd.grad(g, q, grad_outputs=rows, is_grads_batched=True)[0]
+                return torch.autograd.grad(g, q, grad_outputs=rows[0], retain_graph=self.cache_graph)[0][None]
+            return torch.autograd.grad(g, q, grad_outputs=rows, is_grads_batched=True,
+                                       retain_graph=self.cache_graph)[0]
+
+    def _gradient_graph(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q, ∇_q loss_i(q)) with the graph kept, so HVPs are one backward pass through it."""
+        xb, yb, _ = self.chunks[i]
+        q = self._params.detach().requires_grad_(True)
+        return q, torch.autograd.grad(self._chunk_loss(q, xb, yb), q, create_graph=True)[0]
 
     # --- the guard ----------------------------------------------------------------------
     def _check_determinism(self) -> None:
@@ -179,12 +203,15 @@ class HessianOperator:
                 f"or build the operator with eval_mode=True.")
         before = {k: b.clone() for k, b in self._buffers.items()}
         loss1, grad1 = self.loss(), self.gradient()
+        if not (math.isfinite(loss1) and bool(torch.isfinite(grad1).all())):
+            raise ValueError(f"the loss ({loss1!r}) or its gradient is not finite at these parameters: "
+                             f"the Hessian is undefined there")
         loss2, grad2 = self.loss(), self.gradient()
         changed = [k for k, b in self._buffers.items() if not torch.equal(b, before[k])]
         rtol = 1000 * torch.finfo(self.dtype).eps
         loss_ok = abs(loss1 - loss2) <= rtol * max(abs(loss1), 1e-30)
         grad_ok = float(torch.linalg.vector_norm(grad1 - grad2)) <= rtol * float(torch.linalg.vector_norm(grad1))
-        if changed or not (loss_ok and grad_ok and math.isfinite(loss1)):
+        if changed or not (loss_ok and grad_ok):
             what = (f"buffers {', '.join(changed[:3])} changed" if changed else
                     f"loss {loss1!r} then {loss2!r}, gradient norms differ by "
                     f"{float(torch.linalg.vector_norm(grad1 - grad2)):.3g}")
@@ -197,13 +224,18 @@ class HessianOperator:
 
 # --- the exact Hessian, for tiny models ------------------------------------------------------
 
-def exact_hessian(op: HessianOperator, max_params: int = 5000, block: int = 256) -> torch.Tensor:
-    """The dense (n, n) Hessian in op's dtype, from HVPs with identity columns in blocks (n HVPs)."""
+def exact_hessian(op: HessianOperator, max_params: int = 5000, block: int = 32) -> torch.Tensor:
+    """The dense (n, n) Hessian in op's dtype, symmetrised, from HVPs with identity columns in blocks
+    (n HVPs; blocks of 32 columns were fastest on CPU for the digits MLP)."""
     if op.n > max_params:
         raise ValueError(f"the exact Hessian of {op.n} parameters is refused above max_params = {max_params} "
                          f"({op.n ** 2 * 8 / 2 ** 30:.2g} GiB in float64); use top_eigenpairs or spectral_density")
-    eye = torch.eye(op.n, dtype=op.dtype, device=op.device)
-    H = torch.cat([op.matmat(eye[:, i:i + block]) for i in range(0, op.n, block)], dim=1)
+    H = torch.empty((op.n, op.n), dtype=op.dtype, device=op.device)
+    for i in range(0, op.n, block):
+        cols = torch.arange(i, min(i + block, op.n), device=op.device)
+        E = torch.zeros((op.n, len(cols)), dtype=op.dtype, device=op.device)
+        E[cols, torch.arange(len(cols), device=op.device)] = 1.0
+        H[:, i:i + len(cols)] = op.matmat(E)
     return 0.5 * (H + H.T)
 
 
@@ -240,14 +272,12 @@ def hutchpp_trace(op, n_samples: int, seed: int = 0) -> Estimate:
     is that of the Hutchinson part, which is the only randomness left once Q is fixed."""
     if n_samples < 3:
         raise ValueError(f"n_samples = {n_samples} is not allowed: at least 3 for Hutch++")
-    n_sketch = min(max(1, n_samples // 3), op.n)
+    n_sketch = min(n_samples // 3, op.n)
     n_rest = n_samples - 2 * n_sketch
-    if n_rest < 2:
-        n_sketch, n_rest = (n_samples - 2) // 2, n_samples - 2 * ((n_samples - 2) // 2)
     S = _random((op.n, n_sketch + n_rest), seed, "rademacher", op.device)
     S, G = S[:, :n_sketch], S[:, n_sketch:]
-    Q = torch.linalg.qr(op.matmat(S)).Q if n_sketch else S
-    top = float((Q * op.matmat(Q)).sum()) if n_sketch else 0.0
+    Q = torch.linalg.qr(op.matmat(S)).Q
+    top = float((Q * op.matmat(Q)).sum())
     G = G - Q @ (Q.T @ G)
     rest, stderr = _mean_stderr((G * op.matmat(G)).sum(0))
     return Estimate(top + rest, stderr, n_samples, 2 * n_sketch + n_rest, "hutch++")
@@ -265,15 +295,20 @@ def frobenius_sq(op, n_samples: int, seed: int = 0) -> Estimate:
 # --- the one call -------------------------------------------------------------------------------
 
 def spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, cfg: SpectrumConfig,
-             progress: Progress | None = None) -> SpectrumResult:
+             progress: Progress | None = None, dtype: torch.dtype | None = torch.float64) -> SpectrumResult:
     """Top-k eigenpairs (Lanczos), SLQ density, Hutch++ trace, Frobenius estimate and log-volumes of
     the Hessian of the mean loss over (x, y); plus the exact spectrum when n ≤ cfg.exact_max_params.
 
     Log-volume of the top k: −½ Σ_{i≤k} log(max(λ_i, 0) + eps), negative eigenvalues clipped at 0.
+    HVPs run in `dtype` (a copy of the model; the model itself is untouched): float64 by default,
+    because float32 HVPs carry ~1e-7·λ_max of noise, which the residual rule tol·|λ_i| cannot get
+    under for eigenvalues much smaller than λ_max. None keeps the model's dtype.
     """
     report = progress or (lambda fraction, message: None)
     start = time.perf_counter()
     report(0.0, "Hessian operator: checking the loss is deterministic")
+    if dtype is not None and next(model.parameters()).dtype != dtype:
+        model = copy.deepcopy(model).to(dtype)
     op = HessianOperator(model, x, y, loss_fn, chunk_size=cfg.chunk_size)
     k = min(cfg.k, op.n)
     report(0.05, f"Lanczos: top {k} of {op.n} eigenvalues")

@@ -139,6 +139,10 @@ def _idx_dataset(cfg: DataConfig):
             f"or run `python -m lossland download {cfg.name}` where torchvision is installed.")
     xs, ys = _read_idx(paths["train_x"]), _read_idx(paths["train_y"])
     xt, yt = _read_idx(paths["test_x"]), _read_idx(paths["test_y"])
+    for part, images, labels in (("train", xs, ys), ("test", xt, yt)):
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DatasetError(f"{cfg.name}: the {part} IDX files hold {len(images)} images but {len(labels)} labels "
+                               f"(shapes {images.shape} and {labels.shape}); they must be a matching pair")
     scale = lambda a: (a.astype(np.float32) / 255.0)[:, None, :, :]  # noqa: E731
     return scale(xs), ys.astype(np.int64), scale(xt), yt.astype(np.int64)
 
@@ -161,6 +165,8 @@ def _cifar10(cfg: DataConfig):
                 batch = _SafeUnpickler(f, encoding="bytes").load()
             x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             y = np.asarray(batch[b"labels"], dtype=np.int64)
+            if len(x) != len(y):
+                raise DatasetError(f"CIFAR-10 batch {folder / name} holds {len(x)} images but {len(y)} labels")
         except DatasetError:
             raise
         except Exception as e:  # noqa: BLE001 - any malformed file gets the same clear error

@@ -1,0 +1,140 @@
+"""How fast does lossland train? Its loop against a plain DataLoader loop, and an ensemble against seeds in turn.
+
+    python benchmarks/train_throughput.py [--device cpu|cuda] [--epochs N] [--repeats R] [--threads T]
+
+(a) `train.train` on the default preset (digits-mlp, bad role: 500 clean + 500 attack = 1,000 samples)
+    against the textbook loop: TensorDataset + DataLoader(shuffle=True) and torch.optim's optimizer with
+    its defaults, on the same model, data, hyperparameters, batch size and epochs. Both loops evaluate loss
+    and accuracy on clean, attack and test after every epoch with the same `evaluate`, as train() does,
+    so the difference is how lossland batches and steps.
+(b) `train.train_ensemble` of 16 seeds against 16 `train` calls one after another, same epochs.
+
+The loss target is set out of reach so every run trains exactly --epochs epochs. Each timing is the
+best of --repeats after one warm-up run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lossland.config import preset  # noqa: E402
+from lossland.data import load_experiment_data  # noqa: E402
+from lossland.models import build_model  # noqa: E402
+from lossland.train import evaluate, loss_function, train, train_ensemble  # noqa: E402
+
+N_SEEDS = 16
+TARGET_LOOP = 3.0  # lossland's loop at least this many times the DataLoader loop's samples/s
+TARGET_ENSEMBLE = 4.0  # the ensemble at least this many times faster than the seeds in turn (CPU)
+
+
+def dataloader_loop(cfg, data, device: torch.device) -> None:
+    """The textbook loop: what train() would be with a DataLoader, everything else alike."""
+    tc = cfg.train
+    data = data.to(device)
+    x_fit, y_fit = data.train_with_attack()
+    model = build_model(cfg.model, data.in_shape, data.n_classes).to(device)
+    loss_fn = loss_function(tc.loss)
+    opt = (torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+           if tc.optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay))
+    loader = DataLoader(TensorDataset(x_fit, y_fit), batch_size=tc.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(tc.seed))
+    for _ in range(tc.max_epochs):
+        model.train()
+        for xb, yb in loader:
+            loss = loss_fn(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        for x, y in ((data.x_train, data.y_train), (data.x_attack, data.y_attack), (data.x_test, data.y_test)):
+            loss, acc = evaluate(model, x, y, loss_fn)
+            float(loss), float(acc)  # train() reads them back to the host every epoch too
+
+
+def best_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: vmap tracing, allocator, lazy imports
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def machine(device: torch.device) -> str:
+    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
+    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{load}, "
+            f"python {platform.python_version()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} intra-op threads{gpu}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = preset("digits-mlp").with_changes(**{"train.device": args.device, "train.max_epochs": args.epochs,
+                                               "train.loss_target": 1e-9})
+    data = load_experiment_data(cfg)
+    n_fit = len(data.y_train) + len(data.y_attack)
+    short = cfg.with_changes(**{"train.max_epochs": 2})
+
+    print(f"machine: {machine(device)}")
+    print(f"workload: digits-mlp (3,466 parameters), bad role, {n_fit} samples, batch {cfg.train.batch_size}, "
+          f"{cfg.train.optimizer} lr {cfg.train.lr}, {args.epochs} epochs, best of {args.repeats}, device {device}")
+
+    t_lossland = best_seconds(lambda: train(cfg, data, "bad", device=device), args.repeats)
+    dataloader_loop(short, data, device)
+    t_loader = best_seconds(lambda: dataloader_loop(cfg, data, device), args.repeats)
+    seeds = list(range(N_SEEDS))
+    train_ensemble(short, data, seeds, "bad", device=device)
+    t_ensemble = best_seconds(lambda: train_ensemble(cfg, data, seeds, "bad", device=device), args.repeats)
+    t_sequential = best_seconds(
+        lambda: [train(cfg.with_changes(**{"model.seed": s, "train.seed": s}), data, "bad", device=device)
+                 for s in seeds], max(1, args.repeats - 1))
+
+    loop_ratio, ens_ratio = t_loader / t_lossland, t_sequential / t_ensemble
+    rows = [  # name, seconds, model-epochs in that time, note
+        ("(a) lossland train()", t_lossland, args.epochs, ""),
+        ("(a) DataLoader loop", t_loader, args.epochs, ""),
+        ("(a) lossland / DataLoader", None, None, f"{loop_ratio:.1f}× (target ≥ {TARGET_LOOP:g}×)"),
+        (f"(b) train_ensemble, {N_SEEDS} seeds", t_ensemble, N_SEEDS * args.epochs, ""),
+        (f"(b) {N_SEEDS} × train() in turn", t_sequential, N_SEEDS * args.epochs, ""),
+        ("(b) ensemble speedup", None, None, f"{ens_ratio:.1f}× (target ≥ {TARGET_ENSEMBLE:g}×)"),
+    ]
+    print()
+    print(f"{'loop':<32} {'seconds':>8} {'ms/model-epoch':>15} {'samples/s':>11}  result")
+    print("-" * 90)
+    for name, seconds, model_epochs, note in rows:
+        if seconds is None:
+            print(f"{name:<32} {'':>8} {'':>15} {'':>11}  {note}")
+        else:
+            print(f"{name:<32} {seconds:8.3f} {1e3 * seconds / model_epochs:15.2f} "
+                  f"{model_epochs * n_fit / seconds:11,.0f}")
+    missed = [what for what, ok in (("loop", loop_ratio >= TARGET_LOOP), ("ensemble", ens_ratio >= TARGET_ENSEMBLE))
+              if not ok and (what == "loop" or device.type == "cpu")]
+    print()
+    print("targets met" if not missed else f"target(s) missed: {', '.join(missed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
