@@ -15,5 +15,6 @@ pages = [
     st.Page("pages/runs.py", title="Runs", icon=":material/table_view:", url_path="runs"),
 ]
 if not ui.read_only():
-    pages.insert(1, st.Page("pages/new_experiment.py", title="New experiment", icon=":material/science:", url_path="new"))
+    pages.insert(1, st.Page("pages/new_experiment.py", title="New experiment", icon=":material/science:",
+                            url_path="new"))
 st.navigation(pages).run()

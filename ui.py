@@ -173,7 +173,8 @@ def job_progress(pair_id: str, key: str) -> None:
 # --- pickers and downloads -----------------------------------------------------------------
 
 def pair_label(row) -> str:
-    return f"{row['pair_id']} · {row['dataset']}/{row['model']} · attack {row['n_attack']} · {row['created_at']:%Y-%m-%d %H:%M}"
+    return (f"{row['pair_id']} · {row['dataset']}/{row['model']} · attack {row['n_attack']} · "
+            f"{row['created_at']:%Y-%m-%d %H:%M}")
 
 
 def pair_picker(store: Store, key: str) -> str | None:
@@ -197,10 +198,10 @@ def chart_downloads(chart, name: str, key: str) -> None:
     """PNG and SVG of a chart (rendered without a browser by vl-convert)."""
     from lossland.charts import to_png, to_svg
 
-    c1, c2, _ = st.columns([1, 1, 6])
+    row = st.container(horizontal=True)
     # Rendered only when clicked: a page with several charts stays fast.
-    c1.download_button("PNG", lambda: to_png(chart), f"{name}.png", "image/png", key=f"{key}-png")
-    c2.download_button("SVG", lambda: to_svg(chart), f"{name}.svg", "image/svg+xml", key=f"{key}-svg")
+    row.download_button("PNG", lambda: to_png(chart), f"{name}.png", "image/png", key=f"{key}-png")
+    row.download_button("SVG", lambda: to_svg(chart), f"{name}.svg", "image/svg+xml", key=f"{key}-svg")
 
 
 def show_config_error(e: ConfigError) -> None:

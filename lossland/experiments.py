@@ -46,7 +46,7 @@ def pair_spectra(pair: PairResult, cfg: ExperimentConfig, progress: Progress = _
     runs: list[TrainResult] = [r for r in (pair.good, pair.bad) if r.status != "diverged"]
     for i, r in enumerate(runs):
         dev = torch.device(r.device)
-        part = lambda f, m, i=i: progress((i + f) / len(runs), f"spectrum of {r.role}: {m}")  # noqa: E731
+        part = lambda f, m, i=i, role=r.role: progress((i + f) / len(runs), f"spectrum of {role}: {m}")  # noqa: E731
         out[r.role] = spectrum(r.model, data.x_train.to(dev), data.y_train.to(dev), loss_fn, cfg.spectrum, part)
     return out
 

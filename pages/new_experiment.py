@@ -6,8 +6,18 @@ import streamlit as st
 
 import ui
 from lossland.config import (
-    ACTIVATIONS, ATTACK_LABELS, DATASET_SIZES, DEFAULT_PRESET, DEVICES, LOSSES, MODELS, OPTIMIZERS, PRESETS,
-    SCHEDULES, ConfigError, ExperimentConfig,
+    ACTIVATIONS,
+    ATTACK_LABELS,
+    DATASET_SIZES,
+    DEFAULT_PRESET,
+    DEVICES,
+    LOSSES,
+    MODELS,
+    OPTIMIZERS,
+    PRESETS,
+    SCHEDULES,
+    ConfigError,
+    ExperimentConfig,
 )
 
 store = ui.get_store()

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from lossland import charts, report
+from lossland import charts
 from lossland.store import StoreError
 
 store = ui.get_store()

@@ -6,8 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from lossland.config import ExperimentConfig
+
+# Tiny models: one intra-op thread is faster than two, and far faster on a busy machine. Subprocesses
+# (CLI, store writers, streamlit) inherit it through the environment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 # Tests never write into the working tree's data/: every store lives under a temporary folder.
 os.environ.setdefault("LOSSLAND_STORE", str(Path(os.environ.get("TMPDIR", "/tmp")) / "lossland-test-default.duckdb"))

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_config
+
 from lossland.config import ConfigError
 from lossland.experiments import grid_configs, run_pair, sweep
 from lossland.store import Store
