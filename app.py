@@ -10,11 +10,14 @@ store = ui.get_store()
 ui.sidebar(store)
 
 pages = [
-    st.Page("pages/overview.py", title="Overview", icon=":material/balance:", url_path="overview", default=True),
-    st.Page("pages/spectrum.py", title="Spectrum", icon=":material/show_chart:", url_path="spectrum"),
-    st.Page("pages/runs.py", title="Runs", icon=":material/table_view:", url_path="runs"),
+    st.Page("views/overview.py", title="Overview", icon=":material/balance:", url_path="overview", default=True),
+    st.Page("views/spectrum.py", title="Spectrum", icon=":material/show_chart:", url_path="spectrum"),
+    st.Page("views/landscape.py", title="Landscape", icon=":material/landscape:", url_path="landscape"),
+    st.Page("views/basins.py", title="Basins", icon=":material/water:", url_path="basins"),
+    st.Page("views/theory.py", title="Theory", icon=":material/functions:", url_path="theory"),
+    st.Page("views/runs.py", title="Runs", icon=":material/table_view:", url_path="runs"),
 ]
 if not ui.read_only():
-    pages.insert(1, st.Page("pages/new_experiment.py", title="New experiment", icon=":material/science:",
+    pages.insert(1, st.Page("views/new_experiment.py", title="New experiment", icon=":material/science:",
                             url_path="new"))
 st.navigation(pages).run()

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,8 +76,8 @@ class JobCancelled(Exception):
 
 @dataclass
 class Job:
-    pair_id: str
-    config: ExperimentConfig
+    key: str  # a pair id, or "<analysis>:<pair id>:<settings>"
+    work: Callable[[Callable[[float, str], None]], object] = field(repr=False)
     state: str = "queued"  # queued | running | done | failed | cancelled
     fraction: float = 0.0
     message: str = "queued"
@@ -86,10 +87,14 @@ class Job:
     started: float = field(default_factory=time.time)
     finished: float | None = None
 
+    @property
+    def pair_id(self) -> str:
+        return self.key
+
 
 class JobRunner:
     """One worker thread shared by every session: a long run never blocks a page, and the same
-    config submitted twice at once (two users, two clicks) is computed once."""
+    work submitted twice at once (two users, two clicks) is computed once."""
 
     def __init__(self, store: Store, workers: int = 1):
         self.store = store
@@ -99,29 +104,35 @@ class JobRunner:
         self.version = 0  # bumped when a job lands, so cached queries refresh
 
     def submit(self, cfg: ExperimentConfig) -> Job:
-        pair_id = cfg.config_hash()
+        """Compute (or answer from the store) the pair of `cfg`."""
+        from lossland.experiments import run_pair
+
+        def work(progress):
+            outcome = run_pair(cfg, self.store, progress)
+            return outcome.from_store
+
+        return self.submit_task(cfg.config_hash(), work)
+
+    def submit_task(self, key: str, work: Callable[[Callable[[float, str], None]], object]) -> Job:
         with self.lock:
-            job = self.jobs.get(pair_id)
+            job = self.jobs.get(key)
             if job is not None and job.state in ("queued", "running"):
                 return job
-            job = Job(pair_id=pair_id, config=cfg)
-            self.jobs[pair_id] = job
+            job = Job(key=key, work=work)
+            self.jobs[key] = job
         self.pool.submit(self._run, job)
         return job
 
     def _run(self, job: Job) -> None:
-        from lossland.experiments import run_pair
-
         job.state = "running"
 
         def progress(fraction: float, message: str) -> None:
             if job.cancel:
-                raise JobCancelled(job.pair_id)
+                raise JobCancelled(job.key)
             job.fraction, job.message = min(max(fraction, 0.0), 1.0), message
 
         try:
-            outcome = run_pair(job.config, self.store, progress)
-            job.from_store = outcome.from_store
+            job.from_store = job.work(progress) is True
             job.state, job.fraction, job.message = "done", 1.0, "done"
         except JobCancelled:
             job.state, job.message, job.error = "cancelled", "cancelled", "cancelled by the user"
@@ -134,8 +145,8 @@ class JobRunner:
             with self.lock:
                 self.version += 1
 
-    def get(self, pair_id: str) -> Job | None:
-        return self.jobs.get(pair_id)
+    def get(self, key: str) -> Job | None:
+        return self.jobs.get(key)
 
 
 @st.cache_resource
@@ -160,9 +171,9 @@ def job_progress(pair_id: str, key: str) -> None:
             if st.button("Cancel", key=f"{key}-cancel"):
                 job.cancel = True
         elif job.state == "cancelled":
-            st.warning("The run was cancelled; nothing was stored.")
+            st.warning("Cancelled; nothing was stored.")
         elif job.state == "failed":
-            st.error(f"The run failed: {job.error}. Nothing was stored.")
+            st.error(f"It failed: {job.error}. Nothing was stored.")
         elif st.session_state.get(f"{key}-seen") != job.finished:
             st.session_state[f"{key}-seen"] = job.finished
             st.rerun()
@@ -206,3 +217,27 @@ def chart_downloads(chart, name: str, key: str) -> None:
 
 def show_config_error(e: ConfigError) -> None:
     st.error(f"Invalid setting — {e}")
+
+
+def analysis_block(label: str, key: str, fetch: Callable[..., object]):
+    """A stored analysis, or — where it isn't stored yet — a button that computes it in the background
+    (not in read-only mode). `fetch(compute, progress)` returns the analysis, or None when
+    compute=False and it isn't stored."""
+    try:
+        result = fetch(False, lambda f, m: None)
+    except StoreError as e:
+        st.error(str(e))
+        return None
+    if result is not None:
+        return result
+    if read_only():
+        st.caption(f"{label}: not computed yet, and this dashboard is read-only.")
+        return None
+    job = jobs().get(key)
+    if job is None or job.state in ("failed", "cancelled"):
+        if st.button(f"Compute {label}", key=f"btn-{key}"):
+            jobs().submit_task(key, lambda progress: fetch(True, progress))
+            st.rerun()
+    if job is not None:
+        job_progress(key, key=f"job-{key}")
+    return None

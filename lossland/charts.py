@@ -7,6 +7,7 @@ scale; densities span decades, so their axis is logarithmic.
 from __future__ import annotations
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 ROLE_COLORS = {"good": "#1f77b4", "bad": "#d62728"}
@@ -118,3 +119,128 @@ def to_svg(chart: alt.TopLevelMixin) -> str:
     import vl_convert as vlc
 
     return vlc.vegalite_to_svg(chart.to_json())
+
+
+# --- landscapes and basins --------------------------------------------------------------------
+
+def interpolation_chart(df: pd.DataFrame, title: str = "From the good (α=0) to the bad (α=1) minimum") -> alt.Chart:
+    """Loss (log) and accuracy along α for clean train, attack and test (df: alpha and the six metrics)."""
+    _require(df, ["alpha", "clean_loss", "test_acc"], "interpolation_chart")
+    sets = {"clean": "clean train", "attack": "attack", "test": "test"}
+    long = pd.concat([pd.DataFrame({"alpha": df["alpha"], "set": label, "loss": df[f"{k}_loss"],
+                                    "accuracy": df[f"{k}_acc"]}) for k, label in sets.items()])
+    tips = ["set", alt.Tooltip("alpha:Q", format=".2f"), alt.Tooltip("loss:Q", format=".3g"),
+            alt.Tooltip("accuracy:Q", format=".1%")]
+    base = alt.Chart(long).encode(x=alt.X("alpha:Q", title="α"), color=alt.Color("set:N", title="set"), tooltip=tips)
+    loss = base.transform_filter("datum.loss > 0").mark_line().encode(
+        y=alt.Y("loss:Q", scale=alt.Scale(type="log"), title="loss (log)")).properties(width=320, height=240)
+    acc = base.mark_line().encode(y=alt.Y("accuracy:Q", axis=alt.Axis(format="%"))).properties(width=320,
+                                                                                                height=240)
+    rules = alt.Chart(pd.DataFrame({"alpha": [0.0, 1.0]})).mark_rule(strokeDash=[4, 4], color="gray").encode(
+        x="alpha:Q")
+    return alt.hconcat(loss + rules, acc + rules, title=title)
+
+
+def slice_chart(df: pd.DataFrame, metric: str = "clean_loss",
+                title: str = "1-D slices around each minimum") -> alt.Chart:
+    """metric along α for good and bad (df: alpha, role, metric)."""
+    _require(df, ["alpha", "role", metric], "slice_chart")
+    log = metric.endswith("_loss")
+    d = df[df[metric] > 0] if log else df
+    return alt.Chart(d, title=title).mark_line().encode(
+        x=alt.X("alpha:Q", title="α (relative to the weights' filter norms)"),
+        y=alt.Y(f"{metric}:Q", title=CURVE_METRICS.get(metric, metric),
+                scale=alt.Scale(type="log") if log else alt.Scale(zero=False)),
+        color=_role_color(), tooltip=["role", alt.Tooltip("alpha:Q", format=".3f"),
+                                      alt.Tooltip(f"{metric}:Q", format=".4g")])
+
+
+def surface_chart(df: pd.DataFrame, metric: str = "clean_loss", title: str = "", levels: int = 12,
+                  domain: tuple[float, float] | None = None) -> alt.Chart:
+    """A 2-D grid as filled contours: log10 of the loss quantised into `levels` bands (df: alpha, beta,
+    metric). Pass the same `domain` (of log10 values) to charts that must compare."""
+    _require(df, ["alpha", "beta", metric], "surface_chart")
+    d = df.assign(level=np.log10(df[metric].clip(lower=1e-12)))
+    lo, hi = domain or (float(d["level"].min()), float(d["level"].max()))
+    n = int(np.sqrt(len(d))) or 1
+    return alt.Chart(d, title=title).mark_rect().encode(
+        x=alt.X("alpha:O", title="α", axis=alt.Axis(values=_ticks(d["alpha"]), format=".2f", labelAngle=0)),
+        y=alt.Y("beta:O", title="β", sort="descending", axis=alt.Axis(values=_ticks(d["beta"]), format=".2f")),
+        color=alt.Color("level:Q", title=f"log₁₀ {CURVE_METRICS.get(metric, metric)}",
+                        scale=alt.Scale(type="quantize", domain=[lo, hi], scheme="viridis", nice=False, zero=False),
+                        legend=alt.Legend(format=".1f")),
+        tooltip=[alt.Tooltip("alpha:Q", format=".3f"), alt.Tooltip("beta:Q", format=".3f"),
+                 alt.Tooltip(f"{metric}:Q", format=".4g")],
+    ).properties(width=max(240, 6 * n), height=max(240, 6 * n))
+
+
+def _ticks(values: pd.Series) -> list[float]:
+    u = np.unique(values.to_numpy())
+    return [float(v) for v in u[:: max(1, len(u) // 4)]]
+
+
+def escape_chart(df: pd.DataFrame, title: str = "Escape probability vs perturbation radius") -> alt.Chart:
+    """Fraction of escaped trials per radius and role (df: role, radius, escaped)."""
+    _require(df, ["role", "radius", "escaped"], "escape_chart")
+    d = df.assign(escaped=df["escaped"].astype(float)).groupby(["role", "radius"], as_index=False).agg(
+        p=("escaped", "mean"), trials=("escaped", "size"))
+    return alt.Chart(d, title=title).mark_line(point=True).encode(
+        x=alt.X("radius:Q", title="relative radius r"),
+        y=alt.Y("p:Q", title="escape probability", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+        color=_role_color(), tooltip=["role", "radius", alt.Tooltip("p:Q", format=".0%"), "trials"])
+
+
+def retrain_chart(df: pd.DataFrame, title: str = "Test accuracy after perturb-and-retrain") -> alt.Chart:
+    _require(df, ["role", "radius", "test_acc"], "retrain_chart")
+    return alt.Chart(df, title=title).mark_circle(size=50, opacity=0.6).encode(
+        x=alt.X("radius:Q", title="relative radius r"), y=alt.Y("test_acc:Q", axis=alt.Axis(format="%"),
+                                                                 scale=alt.Scale(zero=False)),
+        xOffset=alt.XOffset("role:N"), color=_role_color(),
+        tooltip=["role", "radius", "trial", alt.Tooltip("test_acc:Q", format=".1%")])
+
+
+def random_init_chart(seeds: pd.DataFrame, minima: pd.DataFrame, field: str = "test_acc",
+                      title: str | None = None) -> alt.Chart:
+    """Histogram of `field` over random-init seeds (clean data), with the pair's minima as rules
+    (seeds: field; minima: role, field)."""
+    _require(seeds, [field], "random_init_chart")
+    label = {"test_acc": "test accuracy", "top_eigenvalue": "top eigenvalue λ₁"}.get(field, field)
+    hist = alt.Chart(seeds).mark_bar(color=ROLE_COLORS["good"], opacity=0.6).encode(
+        x=alt.X(f"{field}:Q", bin=alt.Bin(maxbins=20), title=label),
+        y=alt.Y("count():Q", title="random-init seeds"))
+    rules = alt.Chart(minima).mark_rule(strokeWidth=3).encode(
+        x=f"{field}:Q", color=_role_color(), tooltip=["role", alt.Tooltip(f"{field}:Q", format=".4g")])
+    return alt.layer(hist, rules, title=title or f"{label}: {len(seeds)} random inits on clean data vs the pair")
+
+
+def radius_chart(df: pd.DataFrame, title: str = "Empirical basin radius per direction") -> alt.Chart:
+    _require(df, ["role", "radius", "trial"], "radius_chart")
+    return alt.Chart(df, title=title).mark_tick(thickness=3, size=30).encode(
+        x=alt.X("role:N", sort=list(ROLE_COLORS), title=None), y=alt.Y("radius:Q", title="relative radius"),
+        color=_role_color(), tooltip=["role", "trial", alt.Tooltip("radius:Q", format=".4g")])
+
+
+def bound_chart(df: pd.DataFrame, title: str = "2-layer bound: complexity vs √m‖W‖₂²‖G‖_F") -> alt.Chart:
+    """Each minimum as a point (df: role, complexity, rhs); below the diagonal the bound holds."""
+    _require(df, ["role", "complexity", "rhs"], "bound_chart")
+    top = float(max(df["rhs"].max(), df["complexity"].max())) * 1.1
+    diag = alt.Chart(pd.DataFrame({"v": [0.0, top]})).mark_line(strokeDash=[4, 4], color="gray").encode(
+        x="v:Q", y="v:Q")
+    pts = alt.Chart(df).mark_circle(size=90).encode(
+        x=alt.X("rhs:Q", title="bound √m ‖W‖₂² ‖G‖_F"), y=alt.Y("complexity:Q", title="complexity E‖∇ₓf‖²"),
+        color=_role_color(), tooltip=[c for c in df.columns if c in ("role", "run_id", "n_attack")]
+        + [alt.Tooltip("complexity:Q", format=".4g"), alt.Tooltip("rhs:Q", format=".4g")])
+    return alt.layer(diag, pts, title=title)
+
+
+def sweep_chart(df: pd.DataFrame, metric: str, title: str | None = None, log: bool = False) -> alt.Chart:
+    """metric vs attack size: mean over seeds with min–max bars, per role (df: n_attack, role, metric)."""
+    _require(df, ["n_attack", "role", metric], "sweep_chart")
+    label = {"test_acc": "test accuracy", "top_eigenvalue": "top eigenvalue λ₁", "trace": "trace",
+             "frobenius_sq": "‖H‖_F²", "log_volume": "log-volume (top k)"}.get(metric, metric)
+    base = alt.Chart(df).encode(x=alt.X("n_attack:Q", title="attack size"), color=_role_color())
+    y = alt.Y(f"mean({metric}):Q", title=label, scale=alt.Scale(type="log" if log else "linear", zero=False))
+    line = base.mark_line(point=True).encode(y=y, tooltip=["role", "n_attack", alt.Tooltip(f"mean({metric}):Q",
+                                                                                           format=".4g")])
+    bars = base.mark_errorbar(extent="stdev").encode(y=alt.Y(f"{metric}:Q", title=label))
+    return alt.layer(bars, line, title=title or f"{label} vs attack size").properties(width=300, height=220)

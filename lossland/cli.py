@@ -273,6 +273,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from .executors import ExecutorError, make_executor
     from .experiments import grid_configs, sweep
 
     cfg = load_config(args)
@@ -282,22 +283,35 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not sep:
             raise ConfigError(f"--grid {item!r}: expected section.field=v1,v2,... e.g. train.seed=0,1,2")
         grid[key] = [json.loads(v) if v.strip() not in ("",) else v for v in _split_values(raw)]
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads}: at least 1")
     n = len(grid_configs(cfg, grid))
     store = _store(args)
-    progress, close = _progress_bar(f"sweep of {n} points") if not args.quiet else (lambda f, m: None, lambda: None)
+    executor = make_executor(args.executor, address=args.ray_address, max_retries=args.max_retries)
+    desc = f"sweep of {n} points" + (f" on {executor.where}" if hasattr(executor, "where") else "")
+    progress, close = _progress_bar(desc) if not args.quiet else (lambda f, m: None, lambda: None)
     try:
-        outcomes = sweep(cfg, grid, store, progress)
+        outcomes = sweep(cfg, grid, store, progress, executor=executor, threads=args.threads)
+    except ExecutorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         close()
     rows = [_view_summary(o.view) | {"from_store": o.from_store} for o in outcomes]
+    failed = [(o.pair_id, str(o.view.runs["error"].iloc[0])) for o in outcomes
+              if (o.view.runs["status"] == "failed").any()]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
-        table = [(r["pair_id"], "stored" if r["from_store"] else "new", _fmt(r["good"]["test_acc"], ".1%"),
+        state = lambda r: ("failed" if r["good"]["status"] == "failed"  # noqa: E731
+                           else "stored" if r["from_store"] else "new")
+        table = [(r["pair_id"], state(r), _fmt(r["good"]["test_acc"], ".1%"),
                   _fmt(r["bad"]["test_acc"], ".1%"), _fmt(r["good"]["top_eigenvalue"]),
                   _fmt(r["bad"]["top_eigenvalue"])) for r in rows]
         print(_table(table, ("pair", "", "good test", "bad test", "good λ1", "bad λ1")))
-    return 0
+    for pair_id, error in failed:
+        print(f"failed {pair_id}: {error}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _split_values(raw: str) -> list[str]:
@@ -430,11 +444,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="run_pair over a grid; stored points are skipped",
-                       description="Every combination of the --grid values; an interrupted sweep resumes.")
+                       description="Every combination of the --grid values, here or as Ray tasks (--executor ray); "
+                                   "results are written here as they arrive, so an interrupted sweep resumes. "
+                                   "A point that fails is stored as failed (exit status 1) and the rest go on.")
     _add_config_args(p)
     p.add_argument("--grid", action="append", metavar="SECTION.FIELD=V1,V2",
                    help="e.g. --grid train.seed=0,1,2 --grid attack.n_attack=100,500 --grid model.widths=[32],[64]")
     _add_store_args(p)
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: one point after another in this process (default); ray: one Ray task per point, "
+                        "results written to the store here as they arrive")
+    p.add_argument("--ray-address", dest="ray_address", metavar="ADDR",
+                   help="Ray cluster to use with --executor ray, e.g. 10.0.0.1:6379 or ray://host:10001 "
+                        "(default $LOSSLAND_RAY_ADDRESS; without either, a local Ray instance)")
+    p.add_argument("--max-retries", dest="max_retries", type=int, default=2,
+                   help="times Ray reruns a point whose worker died (default 2); a point that raises is not rerun")
+    p.add_argument("--threads", type=int,
+                   help="torch threads per point, whatever the executor (default: torch's default here); "
+                        "results depend on it, and each Ray task asks for this many CPUs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
 

@@ -87,11 +87,71 @@ def grid_configs(base: ExperimentConfig, grid: dict[str, Iterable[Any]]) -> list
 
 
 def sweep(base: ExperimentConfig, grid: dict[str, Iterable[Any]], store: Store, progress: Progress = _quiet,
-          device: torch.device | str | None = None) -> list[PairOutcome]:
-    """run_pair over a grid; stored points are skipped, so an interrupted sweep resumes."""
+          device: torch.device | str | None = None, executor: Any = None,
+          threads: int | None = None) -> list[PairOutcome]:
+    """Every grid point, computed by `executor` ("local", the default: here, one after another; "ray":
+    one Ray task each; or an `executors.Executor`) and written to the store by this process as each
+    arrives. Stored points are skipped, so an interrupted sweep resumes; a point that raises is stored
+    as failed (its outcome's runs say why) and the others go on. Every point runs with `threads`
+    torch threads (default: this process's), whatever the executor: the thread count changes the
+    floating-point results, so both executors store the same numbers."""
+    from .executors import PointTask, make_executor
+
     configs = grid_configs(base, grid)
-    outcomes = []
-    for i, cfg in enumerate(configs):
-        part = lambda f, m, i=i: progress((i + f) / len(configs), f"point {i + 1}/{len(configs)}: {m}")  # noqa: E731
-        outcomes.append(run_pair(cfg, store, part, device))
-    return outcomes
+    ids = [c.config_hash() for c in configs]
+    chosen = make_executor(executor)
+    stored = {pid for pid in dict.fromkeys(ids) if store.has_pair(pid)}
+    dev = str(torch.device(device)) if device is not None else None
+    tasks = list({pid: PointTask(cfg, dev, threads or torch.get_num_threads())
+                  for pid, cfg in zip(ids, configs, strict=True) if pid not in stored}.values())
+    tally = _SweepTally(tasks, len(stored), progress)
+    tally.report()
+    for result in chosen.map(tasks, tally.point):
+        failed = store_point(result, store)
+        tally.finish(result, failed)
+    return [PairOutcome(pid, pid in stored, store.pair(pid)) for pid in ids]
+
+
+def store_point(result: Any, store: Store) -> bool:
+    """Write one executor result (an `executors.PointResult`) to the store: checkpoints from their bytes
+    (atomically, beside the store as run_pair puts them), then the pair in one transaction, or the
+    point as failed. Returns True when the point failed."""
+    if result.error is not None:
+        store.save_failed(result.config, result.error)
+        return True
+    paths = {}
+    for role, blob in result.checkpoints.items():
+        path = Path(store.checkpoint_dir) / f"{result.pair_id}-{role}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(path)  # a reader never sees half a file
+        paths[role] = str(path)
+    store.save_pair(result.pair, result.spectra, paths)
+    return False
+
+
+class _SweepTally:
+    """Progress of a sweep point by point: how many are done, new, from the store, failed."""
+
+    def __init__(self, tasks: list, stored: int, progress: Progress):
+        self.tasks, self.total, self.stored, self.progress = tasks, len(tasks) + stored, stored, progress
+        self.new = self.failed = 0
+        self.running: dict[str, float] = {}  # pair id -> fraction of that point done
+
+    def report(self, detail: str = "") -> None:
+        done = self.stored + self.new + self.failed
+        fraction = (done + sum(self.running.values())) / self.total if self.total else 1.0
+        self.progress(min(fraction, 1.0), f"{done}/{self.total} points done ({self.new} new, {self.stored} from "
+                                          f"the store, {self.failed} failed)" + (f"; {detail}" if detail else ""))
+
+    def point(self, index: int, fraction: float, message: str) -> None:
+        pair_id = self.tasks[index].pair_id
+        self.running[pair_id] = min(max(fraction, 0.0), 0.999)
+        self.report(f"{pair_id}: {message}")
+
+    def finish(self, result: Any, failed: bool) -> None:
+        self.running.pop(result.pair_id, None)
+        self.failed += failed
+        self.new += not failed
+        self.report(f"{result.pair_id} " + (f"failed: {result.error}" if failed else "stored"))

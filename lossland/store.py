@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from .lanczos import DensityResult
     from .train import PairResult, TrainResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUNDLE_FORMAT = 1
 ROLES = ("good", "bad")
 STATUSES = ("converged", "max_epochs", "diverged", "failed")
@@ -117,6 +117,14 @@ _RUNS_CONSTRAINTS = (", PRIMARY KEY (run_id), CHECK (role IN ('good', 'bad')), "
                      "CHECK (status IN ('converged', 'max_epochs', 'diverged', 'failed'))")
 _RUNS_NOT_NULL = ("run_id", "pair_id", "role", "status", "config_json", "created_at")
 
+# The landscape tables as schema version 2 made them (version 3 appends columns).
+_LANDSCAPES_V2: Columns = (("run_id", "VARCHAR"), ("kind", "VARCHAR"), ("other_run_id", "VARCHAR"),
+                           ("direction_seed", "BIGINT"), ("normalization", "VARCHAR"), ("alpha", "DOUBLE"),
+                           ("beta", "DOUBLE"), *_M, ("settings_json", "VARCHAR"), ("created_at", "TIMESTAMP"))
+_BASIN_TRIALS_V2: Columns = (("run_id", "VARCHAR"), ("kind", "VARCHAR"), ("radius", "DOUBLE"), ("trial", "INTEGER"),
+                             ("seed", "BIGINT"), *_M, ("threshold", "DOUBLE"), ("escaped", "BOOLEAN"),
+                             ("settings_json", "VARCHAR"), ("created_at", "TIMESTAMP"))
+
 # Tables keyed by run_id besides runs, in the current schema; ORDER BY used when reading them.
 CHILD_TABLES: dict[str, Columns] = {
     "curves": (("run_id", "VARCHAR"), ("epoch", "INTEGER"), ("lr", "DOUBLE"), *_M),
@@ -130,19 +138,22 @@ CHILD_TABLES: dict[str, Columns] = {
     "estimates": (("run_id", "VARCHAR"), ("name", "VARCHAR"), ("k", "INTEGER"), ("value", "DOUBLE"),
                   ("stderr", "DOUBLE"), ("samples", "BIGINT"), ("hvps", "BIGINT"), ("method", "VARCHAR"),
                   ("eps", "DOUBLE"), ("settings_json", "VARCHAR")),
-    # kind: 'interpolation' (alpha along the segment to other_run_id), 'slice1d', 'surface2d', ...
-    "landscapes": (("run_id", "VARCHAR"), ("kind", "VARCHAR"), ("other_run_id", "VARCHAR"),
-                   ("direction_seed", "BIGINT"), ("normalization", "VARCHAR"), ("alpha", "DOUBLE"),
-                   ("beta", "DOUBLE"), *_M, ("settings_json", "VARCHAR"), ("created_at", "TIMESTAMP")),
-    # kind: perturbation family ('gaussian', 'filter', ...); escaped: left the basin at this radius
-    "basin_trials": (("run_id", "VARCHAR"), ("kind", "VARCHAR"), ("radius", "DOUBLE"), ("trial", "INTEGER"),
-                     ("seed", "BIGINT"), *_M, ("threshold", "DOUBLE"), ("escaped", "BOOLEAN"),
-                     ("settings_json", "VARCHAR"), ("created_at", "TIMESTAMP")),
+    # kind: 'interpolation' (alpha along the segment to other_run_id), 'slice1d', 'surface2d', ...;
+    # point: index of the grid point (row-major), so a stopped grid resumes; analysis_id: see `analyses`
+    "landscapes": _LANDSCAPES_V2 + (("analysis_id", "VARCHAR"), ("point", "INTEGER")),
+    # kind: 'escape' (perturb, retrain on clean data), 'random_init' (a clean seed), 'radius' (a direction)
+    "basin_trials": _BASIN_TRIALS_V2 + (("analysis_id", "VARCHAR"), ("top_eigenvalue", "DOUBLE"),
+                                        ("distance", "DOUBLE")),
+    # one row per analysis of a run (landscape grid, escape sweep, random-init statistics, ...), keyed by
+    # the hash of its settings: status 'running' while a resumable grid fills, 'done' when complete
+    "analyses": (("run_id", "VARCHAR"), ("analysis_id", "VARCHAR"), ("kind", "VARCHAR"), ("status", "VARCHAR"),
+                 ("settings_json", "VARCHAR"), ("seconds", "DOUBLE"), ("created_at", "TIMESTAMP")),
 }
 TABLES: dict[str, Columns] = {"runs": RUN_COLUMNS, **CHILD_TABLES}
 _ORDER = {"runs": "created_at DESC, run_id", "curves": "run_id, epoch", "spectra": "run_id, kind, idx",
           "densities": "run_id, vector, idx", "density_grid": "run_id, idx", "estimates": "run_id, name, k",
-          "landscapes": "run_id, kind, direction_seed, alpha, beta", "basin_trials": "run_id, kind, radius, trial"}
+          "landscapes": "run_id, analysis_id, point, kind, direction_seed, alpha, beta",
+          "basin_trials": "run_id, analysis_id, kind, radius, trial", "analyses": "run_id, created_at, analysis_id"}
 _ARROW = {"VARCHAR": pa.string(), "BIGINT": pa.int64(), "INTEGER": pa.int32(), "DOUBLE": pa.float64(),
           "TIMESTAMP": pa.timestamp("us"), "BOOLEAN": pa.bool_()}
 
@@ -191,12 +202,21 @@ def _v1_to_v2(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"INSERT INTO runs ({', '.join(old)}, attack_labels) SELECT {', '.join(old)}, "
                 f"json_extract_string(config_json, '$.attack.labels') FROM runs_v1")
     con.execute("DROP TABLE runs_v1")
-    _create_table(con, "landscapes", CHILD_TABLES["landscapes"])
-    _create_table(con, "basin_trials", CHILD_TABLES["basin_trials"])
+    _create_table(con, "landscapes", _LANDSCAPES_V2)
+    _create_table(con, "basin_trials", _BASIN_TRIALS_V2)
+
+
+def _v2_to_v3(con: duckdb.DuckDBPyConnection) -> None:
+    """Landscape and basin rows learn which analysis they belong to (cache key, resumable grids);
+    basin trials gain the top eigenvalue and the distance travelled; the analyses table appears."""
+    for table, columns in (("landscapes", _LANDSCAPES_V2), ("basin_trials", _BASIN_TRIALS_V2)):
+        for name, kind in CHILD_TABLES[table][len(columns):]:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    _create_table(con, "analyses", CHILD_TABLES["analyses"])
 
 
 # MIGRATIONS[i] takes a store from schema version i to i + 1 (0: an empty file).
-MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [create_v1_schema, _v1_to_v2]
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [create_v1_schema, _v1_to_v2, _v2_to_v3]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -264,6 +284,16 @@ def _now() -> datetime:
 def _arrow(columns: Columns, rows: dict[str, Any]) -> pa.Table:
     """Columns of equal length (lists or arrays) -> an Arrow table typed like the store; NaN -> NULL."""
     return pa.table({c: pa.array(rows[c], type=_ARROW[t], from_pandas=True) for c, t in columns})
+
+
+def _frame_arrow(table: str, df: pd.DataFrame) -> pa.Table:
+    """A DataFrame -> an Arrow table with exactly `table`'s columns (missing ones NULL)."""
+    columns = CHILD_TABLES[table]
+    n = len(df)
+    rows = {c: (df[c].tolist() if c in df.columns else [None] * n) for c, _ in columns}
+    if "created_at" in rows and "created_at" not in df.columns:
+        rows["created_at"] = [_now()] * n
+    return _arrow(columns, rows)
 
 
 def _density_grid(density: DensityResult, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -543,6 +573,84 @@ class Store:
         tables = {"runs": [_columnar(RUN_COLUMNS, rows)]}
         self._write(lambda con: self._replace(con, run_ids, tables), f"recording failed pair {cfg.config_hash()}")
         return run_ids
+
+    # --- analyses: landscapes, basins, theory (each cached by the hash of its settings) ------------
+    def analysis(self, analysis_id: str) -> pd.Series | None:
+        """The analyses row of `analysis_id` (status 'running' or 'done'), or None."""
+        rows = self._frame(f"SELECT {', '.join(_names(CHILD_TABLES['analyses']))} FROM analyses "
+                           "WHERE analysis_id = ?", [analysis_id])
+        return None if rows.empty else rows.iloc[0]
+
+    def analyses(self, run_ids: Iterable[str] | None = None, kind: str | None = None) -> pd.DataFrame:
+        clauses, params = [], []
+        if run_ids is not None:
+            ids = list(run_ids)
+            clauses.append(f"run_id IN ({', '.join('?' * len(ids)) or 'NULL'})")
+            params += ids
+        if kind is not None:
+            clauses.append("kind = ?")
+            params.append(kind)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return self._frame(f"SELECT {', '.join(_names(CHILD_TABLES['analyses']))} FROM analyses{where} "
+                           "ORDER BY created_at DESC", params)
+
+    def begin_analysis(self, run_id: str, analysis_id: str, kind: str, settings_json: str) -> None:
+        """Mark an analysis as running (a no-op when it is already recorded), so its rows can land in parts."""
+        def work(con):
+            found = con.execute("SELECT count(*) FROM analyses WHERE analysis_id = ?", [analysis_id]).fetchall()[0][0]
+            if not found:
+                _insert(con, "analyses", _frame_arrow("analyses", pd.DataFrame([{
+                    "run_id": run_id, "analysis_id": analysis_id, "kind": kind, "status": "running",
+                    "settings_json": settings_json, "seconds": None, "created_at": _now()}])))
+        self._write(work, f"starting analysis {analysis_id}")
+
+    def append_landscape(self, analysis_id: str, rows: pd.DataFrame) -> None:
+        """Add grid points of a running analysis in one transaction (a stopped grid keeps them)."""
+        self._write(lambda con: _insert(con, "landscapes", _frame_arrow("landscapes", rows.assign(
+            analysis_id=analysis_id))), f"storing {len(rows)} landscape points of {analysis_id}")
+
+    def save_analysis(self, run_id: str, analysis_id: str, kind: str, settings_json: str, seconds: float,
+                      landscapes: pd.DataFrame | None = None, trials: pd.DataFrame | None = None,
+                      estimates: pd.DataFrame | None = None) -> None:
+        """Write a finished analysis in one transaction: its rows replace any earlier ones of the same id
+        (landscape rows already appended by a resumable grid are kept unless new ones are given)."""
+        def work(con):
+            if landscapes is not None:
+                con.execute("DELETE FROM landscapes WHERE analysis_id = ?", [analysis_id])
+                _insert(con, "landscapes", _frame_arrow("landscapes", landscapes.assign(analysis_id=analysis_id)))
+            if trials is not None:
+                con.execute("DELETE FROM basin_trials WHERE analysis_id = ?", [analysis_id])
+                _insert(con, "basin_trials", _frame_arrow("basin_trials", trials.assign(analysis_id=analysis_id)))
+            if estimates is not None and len(estimates):
+                for rid, name in estimates[["run_id", "name"]].drop_duplicates().itertuples(index=False):
+                    con.execute("DELETE FROM estimates WHERE run_id = ? AND name = ?", [rid, name])
+                _insert(con, "estimates", _frame_arrow("estimates", estimates))
+            con.execute("DELETE FROM analyses WHERE analysis_id = ?", [analysis_id])
+            _insert(con, "analyses", _frame_arrow("analyses", pd.DataFrame([{
+                "run_id": run_id, "analysis_id": analysis_id, "kind": kind, "status": "done",
+                "settings_json": settings_json, "seconds": seconds, "created_at": _now()}])))
+        self._write(work, f"storing analysis {analysis_id}")
+
+    def landscape(self, analysis_id: str) -> pd.DataFrame:
+        cols = _names(CHILD_TABLES["landscapes"])
+        return self._frame(f"SELECT {', '.join(cols)} FROM landscapes WHERE analysis_id = ? "
+                           "ORDER BY run_id, point, alpha, beta", [analysis_id])
+
+    def basin_trials(self, analysis_id: str) -> pd.DataFrame:
+        cols = _names(CHILD_TABLES["basin_trials"])
+        return self._frame(f"SELECT {', '.join(cols)} FROM basin_trials WHERE analysis_id = ? "
+                           "ORDER BY run_id, radius, trial", [analysis_id])
+
+    def estimates(self, run_ids: Iterable[str], names: Iterable[str] | None = None) -> pd.DataFrame:
+        ids = list(run_ids)
+        sql = (f"SELECT {', '.join(_names(CHILD_TABLES['estimates']))} FROM estimates "
+               f"WHERE run_id IN ({', '.join('?' * len(ids)) or 'NULL'})")
+        params = list(ids)
+        if names is not None:
+            nm = list(names)
+            sql += f" AND name IN ({', '.join('?' * len(nm)) or 'NULL'})"
+            params += nm
+        return self._frame(sql + " ORDER BY run_id, name, k", params)
 
     @staticmethod
     def _replace(con: duckdb.DuckDBPyConnection, run_ids: list[str], tables: dict[str, list[pa.Table]]) -> None:

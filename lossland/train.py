@@ -208,8 +208,9 @@ def _progress_fraction(epoch: int, max_epochs: int, loss0: float, loss: float, t
 
 
 def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Progress = _quiet,
-          device: torch.device | str | None = None) -> TrainResult:
-    """Train one model: on clean train ("good") or clean + attack ("bad")."""
+          device: torch.device | str | None = None, init: dict[str, torch.Tensor] | None = None) -> TrainResult:
+    """Train one model: on clean train ("good") or clean + attack ("bad"); from `init` (parameters by
+    name, e.g. a perturbed minimum) instead of the seeded initialisation when given."""
     if role not in ROLES:
         raise ValueError(f"role = {role!r} is not allowed: one of good, bad")
     tc = cfg.train
@@ -218,6 +219,10 @@ def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Pr
     x_fit, y_fit = data.train_with_attack() if role == "bad" else (data.x_train, data.y_train)
     progress = _Throttled(progress)
     model = build_model(cfg.model, data.in_shape, data.n_classes).to(dev)
+    untrained = None
+    if init is not None:  # divergence stays judged against the untrained model (or the start, if worse)
+        untrained = float(_Evaluator(data, tc.loss)(model.eval())["clean_loss"])
+        load_params(model, init)
     loss_fn = loss_function(tc.loss)
     opt = _make_optimizer(model.parameters(), tc)
     schedule = _make_schedule(opt, tc)
@@ -228,6 +233,7 @@ def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Pr
     model.eval()
     evaluator = _Evaluator(data, tc.loss)
     loss_init = float(evaluator(model)["clean_loss"])
+    loss_init = loss_init if untrained is None else max(loss_init, untrained)
     start = time.perf_counter()
     epoch = 0
     for epoch in range(1, tc.max_epochs + 1):
@@ -268,6 +274,19 @@ def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Pr
                        curves=Curves(**{c: tuple(log[c]) for c in CURVE_COLUMNS}), model=model)
 
 
+def load_params(model: nn.Module, params: dict[str, torch.Tensor]) -> None:
+    """Copy parameters by name into the model (all of them, shapes checked); buffers are left alone."""
+    named = dict(model.named_parameters())
+    if set(params) != set(named):
+        raise ValueError(f"parameters {sorted(set(named) ^ set(params))[:4]} are missing or unknown; "
+                         f"init must name exactly the model's parameters")
+    with torch.no_grad():
+        for name, p in named.items():
+            if params[name].shape != p.shape:
+                raise ValueError(f"parameter {name} has shape {tuple(p.shape)}, init gives {tuple(params[name].shape)}")
+            p.copy_(params[name])
+
+
 def _epoch_row(model: nn.Module, evaluator: _Evaluator, epoch: int, lr: float) -> dict:
     return {"epoch": epoch, "lr": float(lr)} | {k: float(v) for k, v in evaluator(model).items()}
 
@@ -284,8 +303,12 @@ def train_pair(cfg: ExperimentConfig, progress: Progress = _quiet, device: torch
 # --- ensembles: N seeds as one vectorised model ------------------------------------------
 
 def train_ensemble(cfg: ExperimentConfig, data: Dataset, seeds: list[int], role: str = "good",
-                   progress: Progress = _quiet, device: torch.device | str | None = None) -> list[TrainResult]:
+                   progress: Progress = _quiet, device: torch.device | str | None = None,
+                   init: list[dict[str, torch.Tensor]] | None = None) -> list[TrainResult]:
     """Train one model per seed (model.seed = train.seed = seed) at once with torch.func.vmap.
+
+    With `init`, member i starts from the parameters init[i] (by name) instead of its seeded
+    initialisation; its seed then only orders its mini-batches.
 
     Member i equals `train(cfg with model.seed = train.seed = seeds[i])` within float tolerance:
     the same initialisation, the same mini-batch order, the same optimizer arithmetic (Adam and
@@ -307,6 +330,14 @@ def train_ensemble(cfg: ExperimentConfig, data: Dataset, seeds: list[int], role:
     progress = _Throttled(progress)
     members = [build_model(cfg.with_changes(**{"model.seed": s}).model, data.in_shape, data.n_classes).to(dev)
                for s in seeds]
+    untrained = None
+    if init is not None:  # divergence stays judged against the untrained model (or the start, if worse)
+        if len(init) != len(seeds):
+            raise ValueError(f"init holds {len(init)} parameter sets for {len(seeds)} seeds; one per seed")
+        probe = _Evaluator(data, tc.loss)
+        untrained = [float(probe(member.eval())["clean_loss"]) for member in members]
+        for member, params_j in zip(members, init, strict=True):
+            load_params(member.train(), params_j)
     params, buffers = stack_module_state(members)
     base = copy.deepcopy(members[0]).to("meta")
 
@@ -331,6 +362,8 @@ def train_ensemble(cfg: ExperimentConfig, data: Dataset, seeds: list[int], role:
     forward = lambda x: shared(params, buffers, x)  # noqa: E731
     evaluator = _Evaluator(data, tc.loss)
     loss_init = evaluator(forward)["clean_loss"].expand(m).tolist()
+    if untrained is not None:
+        loss_init = [max(a, b) for a, b in zip(loss_init, untrained, strict=True)]
     for epoch in range(1, tc.max_epochs + 1):
         perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
         lr = opt.param_groups[0]["lr"]

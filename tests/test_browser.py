@@ -80,3 +80,24 @@ def test_overview_in_chromium_shows_the_pair_numbers(served_app):
         finally:
             browser.close()
     assert (ARTIFACTS / "overview.png").stat().st_size > 10_000
+
+
+def test_a_deep_link_to_a_subpage_on_a_fresh_server_goes_through_the_app(served_app):
+    """The first request a fresh server sees is a deep link to /spectrum: the page must still run inside
+    app.py's navigation (sidebar with the store, read-only notice), not as a stand-alone script."""
+    from playwright.sync_api import sync_playwright
+
+    url, store, ids = served_app
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.goto(f"{url}/spectrum?pair={ids[0]}", timeout=60_000)
+            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=60_000)
+            page.wait_for_selector("text=Hessian spectra", timeout=30_000)
+            sidebar = page.inner_text('[data-testid="stSidebar"]')
+            assert "Overview" in sidebar and "runs.duckdb" in sidebar and "Read-only" in sidebar
+            assert "New experiment" not in sidebar  # read-only navigation holds on a deep link too
+        finally:
+            browser.close()

@@ -132,6 +132,23 @@ def test_v1_store_is_migrated_keeping_every_row(tmp_path, pair0):
     assert s.has_pair("p") and s.pair("p").curves.shape[0] == 14
 
 
+def test_v2_store_with_landscape_rows_is_migrated_to_v3(tmp_path):
+    path = tmp_path / "v2.duckdb"
+    with duckdb.connect(str(path)) as con:
+        create_v1_schema(con)
+        store_module._v1_to_v2(con)
+        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        con.execute("INSERT INTO landscapes (run_id, kind, alpha, clean_loss) VALUES ('p-good', 'slice1d', 0.5, 0.1)")
+        con.execute("INSERT INTO basin_trials (run_id, kind, radius, trial, escaped) "
+                    "VALUES ('p-bad', 'escape', 0.1, 0, true)")
+    s = Store(path)
+    land, trials = s.table("landscapes"), s.table("basin_trials")
+    assert list(land["alpha"]) == [0.5] and land["analysis_id"].isna().all() and land["point"].isna().all()
+    assert list(trials["escaped"]) == [True] and trials["top_eigenvalue"].isna().all()
+    assert s.tables() == Store(tmp_path / "fresh.duckdb").tables()
+    assert s.table("analyses").empty
+
+
 def test_failed_migration_changes_nothing(tmp_path, monkeypatch):
     path = tmp_path / "old.duckdb"
     with duckdb.connect(str(path)) as con:
@@ -141,8 +158,8 @@ def test_failed_migration_changes_nothing(tmp_path, monkeypatch):
         con.execute("DROP TABLE curves")
         con.execute("SELECT no_such_column FROM runs")
 
-    monkeypatch.setattr(store_module, "MIGRATIONS", [create_v1_schema, half_then_fail])
-    with pytest.raises(StoreError, match="from schema version 1 to 2 failed, nothing changed"):
+    monkeypatch.setattr(store_module, "MIGRATIONS", [create_v1_schema, half_then_fail, store_module._v2_to_v3])
+    with pytest.raises(StoreError, match=f"from schema version 1 to {SCHEMA_VERSION} failed, nothing changed"):
         Store(path).count_runs()
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT value FROM meta").fetchall() == [("1",)]
@@ -153,7 +170,7 @@ def test_newer_schema_is_refused(store):
     store.count_runs()
     with duckdb.connect(str(store.path)) as con:
         con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match="schema version 7, newer than the 2.*upgrade lossland"):
+    with pytest.raises(StoreError, match=f"schema version 7, newer than the {SCHEMA_VERSION}.*upgrade lossland"):
         Store(store.path).runs()
 
 

@@ -54,5 +54,5 @@ ui.chart_downloads(acc, f"accuracy-{pair_id}", key="overview-acc")
 
 st.download_button("Download this comparison as HTML", lambda: report.pair_html(runs, view.spectra, f"pair {pair_id}"),
                    f"lossland-{pair_id}.html", "text/html", key="overview-html")
-st.page_link("pages/spectrum.py", label="Full spectra, densities and basin volume", icon="📈",
+st.page_link("views/spectrum.py", label="Full spectra, densities and basin volume", icon="📈",
              query_params={"pair": pair_id})

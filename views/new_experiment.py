@@ -121,7 +121,7 @@ if submitted:
         else:
             ui.jobs().submit(cfg)
             st.session_state["ne-last"] = pair_id
-        st.page_link("pages/overview.py", label=f"Open pair {pair_id} in the overview", icon="➡️",
+        st.page_link("views/overview.py", label=f"Open pair {pair_id} in the overview", icon="➡️",
                      query_params={"pair": pair_id})
 
 last = st.session_state.get("ne-last")
@@ -129,6 +129,6 @@ if last:
     job = ui.jobs().get(last)
     if job and job.state == "done":
         st.success(f"Pair {last} is stored ({'from the store' if job.from_store else 'computed'}).")
-        st.page_link("pages/overview.py", label=f"Open pair {last}", icon="➡️", query_params={"pair": last})
+        st.page_link("views/overview.py", label=f"Open pair {last}", icon="➡️", query_params={"pair": last})
     else:
         ui.job_progress(last, key="ne-job")

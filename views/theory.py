@@ -1,0 +1,56 @@
+"""Theory: the 2-layer bound (flat minimum => simple function) and the attack-size sweep."""
+
+import streamlit as st
+
+import ui
+from lossland import analyses, charts
+from lossland.config import ExperimentConfig
+
+store = ui.get_store()
+st.title("Theory")
+pair_id = ui.pair_picker(store, key="theory-pair")
+if pair_id is None:
+    st.info("No runs yet: start one on the Overview or New experiment page (the teacher-2layer preset fits here).")
+    st.stop()
+view = store.pair(pair_id)
+cfg = ExperimentConfig.from_json(view.runs.iloc[0]["config_json"])
+
+st.subheader("The 2-layer bound")
+st.markdown("For f(x) = a·σ(Wx + b) + c the input gradient factors through the first layer, ∂f/∂x = (∂f/∂b) W, "
+            "which gives **E‖∇ₓf‖² ≤ √m ‖W‖₂² ‖G‖_F** (G the Gauss-Newton matrix, equal to the Hessian for MSE at "
+            "a zero-residual minimum): a flat minimum with a bounded first layer computes a simple function.")
+if cfg.model.name != "two_layer":
+    st.info(f"This pair's model is {cfg.model.name!r}; the bound is for two_layer models. Pick a two_layer pair, or "
+            "run the teacher-2layer preset (and the sweep below on it).")
+else:
+    b = ui.analysis_block("the bound", f"bound:{pair_id}",
+                          lambda compute, p: analyses.bound(store, pair_id, progress=p, compute=compute))
+    if b is not None:
+        st.altair_chart(charts.bound_chart(b), width="stretch")
+        st.dataframe(b.set_index("role")[["complexity", "weight_factor", "gauss_newton_frobenius",
+                                          "hessian_frobenius", "rhs", "ratio", "holds"]], width="stretch")
+
+st.subheader("Attack-size sweep")
+grid = analyses.attack_sweep_grid(cfg)
+st.caption(f"This pair's config with attack sizes {grid['attack.n_attack']} × seeds {grid['train.seed']}: "
+           "test accuracy should fall and sharpness rise with the attack size.")
+frame = analyses.attack_sweep_frame(store, cfg, grid)
+n_points = len(grid["attack.n_attack"]) * len(grid["train.seed"])
+stored = frame["pair_id"].nunique() if len(frame) else 0
+st.write(f"{stored} of {n_points} sweep points are stored.")
+if stored < n_points and not ui.read_only():
+    key = f"sweep:{cfg.config_hash()}"
+    job = ui.jobs().get(key)
+    if job is None or job.state in ("failed", "cancelled", "done"):
+        if st.button("Run the missing points", key="theory-sweep"):
+            from lossland.experiments import sweep
+
+            ui.jobs().submit_task(key, lambda p: sweep(cfg, grid, store, p))
+            st.rerun()
+    if job is not None and job.state in ("queued", "running"):
+        ui.job_progress(key, key="theory-sweep-job")
+if len(frame):
+    cols = st.columns(3)
+    for i, (metric, log) in enumerate((("test_acc", False), ("top_eigenvalue", True), ("trace", True),
+                                       ("frobenius_sq", True), ("log_volume", False))):
+        cols[i % 3].altair_chart(charts.sweep_chart(frame, metric, log=log))
