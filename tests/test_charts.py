@@ -66,3 +66,35 @@ def test_png_and_svg_export_without_a_browser():
                                                 "attack_acc": [0.1, 1.0], "test_acc": [0.95, 0.5]}))
     assert charts.to_png(chart)[:8] == b"\x89PNG\r\n\x1a\n"
     assert charts.to_svg(chart).lstrip().startswith("<svg")
+
+
+def test_surface_chart_shares_one_colour_domain_when_given():
+    import numpy as np
+
+    a, b = np.meshgrid(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5))
+    df = pd.DataFrame({"alpha": a.ravel(), "beta": b.ravel(), "clean_loss": 10 ** (a.ravel() ** 2)})
+    spec = _spec(charts.surface_chart(df, domain=(-3.0, 2.0)))
+    assert spec["encoding"]["color"]["scale"]["type"] == "quantize"
+    assert spec["encoding"]["color"]["scale"]["domain"] == [-3.0, 2.0]
+
+
+def test_escape_chart_averages_trials_per_radius_and_role():
+    df = pd.DataFrame({"role": ["bad"] * 4 + ["good"] * 4, "radius": [0.1, 0.1, 0.2, 0.2] * 2,
+                       "escaped": [True, False, True, True, False, False, False, True]})
+    d = charts.escape_chart(df).data.set_index(["role", "radius"])["p"]
+    assert d[("bad", 0.1)] == 0.5 and d[("bad", 0.2)] == 1.0 and d[("good", 0.2)] == 0.5
+
+
+def test_sweep_chart_draws_means_with_error_bars_per_role():
+    df = pd.DataFrame({"n_attack": [0, 0, 100, 100] * 2, "role": ["good"] * 4 + ["bad"] * 4,
+                       "test_acc": [0.9, 0.92, 0.91, 0.9, 0.9, 0.91, 0.6, 0.62]})
+    spec = _spec(charts.sweep_chart(df, "test_acc"))
+    marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in spec["layer"]]
+    assert marks == ["errorbar", "line"]
+
+
+def test_random_init_chart_marks_the_pair_minima():
+    seeds = pd.DataFrame({"test_acc": [0.95, 0.96, 0.94]})
+    minima = pd.DataFrame({"role": ["good", "bad"], "test_acc": [0.95, 0.5]})
+    spec = _spec(charts.random_init_chart(seeds, minima))
+    assert spec["layer"][1]["mark"]["type"] == "rule" and "3 random inits" in spec["title"]
