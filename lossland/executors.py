@@ -234,8 +234,7 @@ class RayExecutor:
         if num_cpus > node_cpus:
             raise ExecutorError(f"each point asks for {num_cpus:g} CPUs (its torch threads) but the largest node of "
                                 f"{self.where} has {node_cpus:g}; sweep with fewer threads (--threads)")
-        device = task.device if task.device is not None else ("cuda" if use_gpu else "cpu")
-        return (1.0 if use_gpu else 0.0), num_cpus, device
+        return (1.0 if use_gpu else 0.0), num_cpus, ("cuda" if use_gpu else "cpu")  # a task sees its GPU as cuda:0
 
     def _fetch(self, ray, ref, task: PointTask, done: int, total: int) -> PointResult:
         try:
