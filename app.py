@@ -20,4 +20,7 @@ pages = [
 if not ui.read_only():
     pages.insert(1, st.Page("views/new_experiment.py", title="New experiment", icon=":material/science:",
                             url_path="new"))
-st.navigation(pages).run()
+try:
+    st.navigation(pages).run()
+except ui.LIBRARY_ERRORS as e:  # a damaged store, a bad link or setting: said in the page, never a traceback
+    ui.show_error(e)

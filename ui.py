@@ -17,8 +17,14 @@ from pathlib import Path
 
 import streamlit as st
 
+from lossland.checkpoint import CheckpointError
 from lossland.config import ConfigError, ExperimentConfig
+from lossland.data import DatasetError
+from lossland.limits import Limits, check_grid, check_trials, limits
 from lossland.store import Store, StoreError, default_store_path
+
+# What the library raises for bad input or a damaged store: shown in the page, never as a traceback.
+LIBRARY_ERRORS = (StoreError, ConfigError, DatasetError, CheckpointError)
 
 COLORS = {"good": "#1f77b4", "bad": "#d62728"}
 
@@ -30,7 +36,40 @@ def read_only() -> bool:
 
 @st.cache_resource
 def _store(path: str) -> Store:
-    return Store(Path(path))
+    return Store(Path(path), max_bundle_bytes=_caps().max_upload_mb * 4 * 1024**2)  # unpacked: 4× the upload
+
+
+def _caps() -> Limits:
+    try:
+        return limits()
+    except ConfigError:
+        return Limits()  # shown by caps(); the defaults hold meanwhile
+
+
+def caps() -> Limits:
+    """The operator's caps; a bad LOSSLAND_MAX_* value is shown in the page and the defaults are used."""
+    try:
+        return limits()
+    except ConfigError as e:
+        st.error(f"Operator setting ignored, defaults in force — {e}")
+        return Limits()
+
+
+def within_caps(cfg: ExperimentConfig) -> bool:
+    """True when cfg may be launched under the operator's caps; otherwise the page says why."""
+    from lossland.limits import check_experiment
+
+    try:
+        check_experiment(cfg, caps())
+    except ConfigError as e:
+        show_config_error(e)
+        return False
+    return True
+
+
+def show_error(e: BaseException, doing: str = "") -> None:
+    """A library error, stated in the page (the app keeps working)."""
+    st.error(f"{doing + ' — ' if doing else ''}{e}", icon="⚠️")
 
 
 def get_store() -> Store:
@@ -219,19 +258,65 @@ def show_config_error(e: ConfigError) -> None:
     st.error(f"Invalid setting — {e}")
 
 
-def analysis_block(label: str, key: str, fetch: Callable[..., object]):
+@st.cache_data(show_spinner=False, max_entries=256)
+def _checkpoint_problem(path: str, mtime: float, size: int) -> str | None:
+    import torch
+
+    from lossland.checkpoint import FORMAT
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt, truncated or hostile: stated, never loaded
+        return f"checkpoint {path} can't be read ({type(e).__name__}); it is corrupt or truncated"
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "state_dict" not in blob:
+        return f"checkpoint {path} is not a lossland checkpoint of format {FORMAT}"
+    return None
+
+
+def checkpoint_problem(store: Store, pair_id: str) -> str | None:
+    """Why the pair's minima can't be loaded for an analysis (a checkpoint missing or corrupt), or None."""
+    for role in ("good", "bad"):
+        run_id = f"{pair_id}-{role}"
+        path = store.checkpoint_path(run_id)
+        if path is None:
+            return f"run {run_id} has no checkpoint recorded"
+        try:
+            info = path.stat()
+        except OSError:
+            return f"the checkpoint of run {run_id} is missing ({path})"
+        problem = _checkpoint_problem(str(path), info.st_mtime, info.st_size)
+        if problem:
+            return f"run {run_id}: {problem}"
+    return None
+
+
+def analysis_block(label: str, key: str, fetch: Callable[..., object], pair_id: str | None = None,
+                   grid_points: int = 0, trials: int = 0):
     """A stored analysis, or — where it isn't stored yet — a button that computes it in the background
     (not in read-only mode). `fetch(compute, progress)` returns the analysis, or None when
-    compute=False and it isn't stored."""
+    compute=False and it isn't stored. No button where the analysis is over the operator's caps
+    (grid_points, trials) or the pair's checkpoints can't be loaded: the page says why instead."""
     try:
         result = fetch(False, lambda f, m: None)
-    except StoreError as e:
-        st.error(str(e))
+    except LIBRARY_ERRORS as e:
+        show_error(e)
         return None
     if result is not None:
         return result
     if read_only():
         st.caption(f"{label}: not computed yet, and this dashboard is read-only.")
+        return None
+    try:
+        capped = caps()
+        check_grid(grid_points, f"{label}: grid points", capped)
+        check_trials(trials, f"{label}: trials", capped)
+        problem = checkpoint_problem(jobs().store, pair_id) if pair_id else None
+    except LIBRARY_ERRORS as e:
+        show_error(e, f"Can't compute {label}")
+        return None
+    if problem:
+        st.error(f"Can't compute {label}: {problem}. The stored runs and their numbers are unaffected; analyses "
+                 f"need the trained weights, so restore the checkpoint file from a backup.", icon="⚠️")
         return None
     job = jobs().get(key)
     if job is None or job.state in ("failed", "cancelled"):
@@ -241,3 +326,9 @@ def analysis_block(label: str, key: str, fetch: Callable[..., object]):
     if job is not None:
         job_progress(key, key=f"job-{key}")
     return None
+
+
+def sweep_executor() -> str:
+    """Sweeps launched from the dashboard go to the Ray cluster the operator configured
+    (LOSSLAND_RAY_ADDRESS), else run here; progress is reported per point either way."""
+    return "ray" if os.environ.get("LOSSLAND_RAY_ADDRESS") else "local"

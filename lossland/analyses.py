@@ -53,7 +53,8 @@ def checkpoints(store: Store, pair_id: str) -> dict[str, Checkpoint]:
         run_id = f"{pair_id}-{role}"
         path = store.checkpoint_path(run_id)
         if path is None or not path.exists():
-            raise StoreError(f"the checkpoint of run {run_id} is missing ({path}); re-run the pair to restore it")
+            raise StoreError(f"the checkpoint of run {run_id} is missing ({path}); restore it from a backup or a "
+                             f"bundle (its stored numbers are unaffected)")
         out[role] = load_checkpoint(path)
     return out
 

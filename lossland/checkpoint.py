@@ -6,13 +6,14 @@ checkpoint from a collaborator can never run code.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .config import ExperimentConfig
+from .config import ConfigError, ExperimentConfig
 from .data import Dataset, load_experiment_data
 from .models import build_model
 from .train import loss_function
@@ -26,11 +27,21 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(path: str | Path, config: ExperimentConfig, role: str, model: nn.Module) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": FORMAT, "config_json": config.to_json(), "role": role, "state_dict": state}, tmp)
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": FORMAT, "config_json": config.to_json(), "role": role, "state_dict": state}, tmp)
+        tmp.replace(path)  # atomic: a reader never sees half a file
+    except (OSError, RuntimeError) as e:  # full disk, no permission (torch wraps write errors in RuntimeError)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # its folder is the problem
+        full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in str(e)
+        raise CheckpointError(f"checkpoint {path} can't be written ({type(e).__name__}: {e})"
+                              + ("; the disk is full: free space and retry" if full else
+                                 "; check that its folder is writable") + ". Nothing of this run was stored") from None
     return path
 
 
@@ -67,7 +78,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                               f"it is corrupt or not a lossland checkpoint") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or "state_dict" not in blob:
         raise CheckpointError(f"checkpoint {path} is not a lossland checkpoint of format {FORMAT}")
-    config = ExperimentConfig.from_json(blob["config_json"])
+    try:
+        config, role = ExperimentConfig.from_json(blob.get("config_json")), str(blob["role"])
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path} has no valid config or role ({e}); it is not a lossland checkpoint "
+                              f"of format {FORMAT}") from None
     d = load_experiment_data(config)
     model = build_model(config.model, d.in_shape, d.n_classes)
     try:
@@ -75,4 +90,4 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not match its config's model: {e}") from None
     model.eval()
-    return Checkpoint(path=path, config=config, role=blob["role"], model=model, _data=[d])
+    return Checkpoint(path=path, config=config, role=role, model=model, _data=[d])

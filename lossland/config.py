@@ -33,14 +33,25 @@ SCHEDULES = ("constant", "cosine", "step")
 LOSSES = ("cross_entropy", "mse")
 DEVICES = ("auto", "cpu", "cuda")
 ATTACK_LABELS = ("random", "wrong")
+MAX_LAYERS = 64  # hidden widths of a model: deeper is a typo or an attack, not an experiment here
+MAX_CONV_STAGES = 16
 
 
 class ConfigError(ValueError):
     """A config value outside what is allowed; the message names the field."""
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """repr of a value for a message: short, and safe on hostile values (huge ints, deep nesting)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # ints past Python's digit limit, nesting past the recursion limit
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 5] + " ...>"
+
+
 def _fail(path: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{path} = {value!r} is not allowed: {allowed}")
+    raise ConfigError(f"{path} = {_shown(value)} is not allowed: {allowed}")
 
 
 def _is_int(v: Any) -> bool:
@@ -48,7 +59,10 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+    try:
+        return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _int(path: str, v: Any, lo: int, hi: int | None = None) -> None:
@@ -97,12 +111,12 @@ class DataConfig:
     def validate(self, p: str = "data") -> None:
         _choice(f"{p}.name", self.name, tuple(DATASET_SIZES))
         _int(f"{p}.seed", self.seed, 0, 2**31 - 1)
-        if self.name == "teacher":
-            _int(f"{p}.teacher_dim", self.teacher_dim, 1, 100_000)
-            _int(f"{p}.teacher_width", self.teacher_width, 1, 100_000)
-            _int(f"{p}.teacher_classes", self.teacher_classes, 2, 1000)
-            _int(f"{p}.teacher_pool", self.teacher_pool, 2, 10_000_000)
-            _int(f"{p}.teacher_test", self.teacher_test, 1, 10_000_000)
+        # teacher_* are checked whatever the dataset: a stray NaN or string must not slip into the hash
+        _int(f"{p}.teacher_dim", self.teacher_dim, 1, 100_000)
+        _int(f"{p}.teacher_width", self.teacher_width, 1, 100_000)
+        _int(f"{p}.teacher_classes", self.teacher_classes, 2, 1000)
+        _int(f"{p}.teacher_pool", self.teacher_pool, 2, 10_000_000)
+        _int(f"{p}.teacher_test", self.teacher_test, 1, 10_000_000)
         pool = self.pool_size()
         _int(f"{p}.n_train", self.n_train, 1, pool)
         full_test = self.teacher_test if self.name == "teacher" else DATASET_SIZES[self.name][1]
@@ -142,10 +156,11 @@ class ModelConfig:
     def validate(self, p: str = "model") -> None:
         _choice(f"{p}.name", self.name, MODELS)
         _choice(f"{p}.activation", self.activation, ACTIVATIONS)
-        for key in ("widths", "channels"):
+        for key, most in (("widths", MAX_LAYERS), ("channels", MAX_CONV_STAGES)):
             vals = getattr(self, key)
-            if not isinstance(vals, tuple) or not all(_is_int(w) and 1 <= w <= 100_000 for w in vals):
-                _fail(f"{p}.{key}", vals, "a list of integers in [1, 100000]")
+            if (not isinstance(vals, tuple) or len(vals) > most
+                    or not all(_is_int(w) and 1 <= w <= 100_000 for w in vals)):
+                _fail(f"{p}.{key}", vals, f"a list of at most {most} integers in [1, 100000]")
         if self.name == "two_layer" and len(self.widths) != 1:
             _fail(f"{p}.widths", self.widths, "exactly one hidden width for two_layer")
         if self.name in ("cnn", "resnet") and not self.channels:
@@ -257,16 +272,19 @@ class ExperimentConfig:
             raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
         unknown = set(d) - set(_SECTIONS)
         if unknown:
-            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; allowed: {list(_SECTIONS)}")
+            raise ConfigError(f"unknown config section(s) {_shown(sorted(map(str, unknown)))}; "
+                              f"allowed: {list(_SECTIONS)}")
         parts = {name: _section_from_dict(name, kind, d.get(name, {})) for name, kind in _SECTIONS.items()}
         return cls(**parts)
 
     @classmethod
     def from_json(cls, text: str) -> ExperimentConfig:
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise ConfigError(f"config must be JSON text, got {type(text).__name__}")
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config is not valid JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, ints past the digit limit, deep nesting
+            raise ConfigError(f"config is not valid JSON: {_shown(str(e), 200)}") from None
         return cls.from_dict(d)
 
     def config_hash(self) -> str:
@@ -300,8 +318,9 @@ def _section_from_dict(name: str, kind: type, d: Any):
     known = {f.name for f in fields(kind)}
     unknown = set(d) - known
     if unknown:
-        raise ConfigError(f"unknown field(s) {', '.join(f'{name}.{u}' for u in sorted(unknown))}; "
-                          f"allowed: {', '.join(sorted(known))}")
+        shown = ", ".join(f"{name}.{_shown(u, 40) if not isinstance(u, str) else u[:40]}"
+                          for u in sorted(unknown, key=str)[:5])
+        raise ConfigError(f"unknown field(s) {shown}; allowed: {', '.join(sorted(known))}")
     d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
     try:
         obj = kind(**d)

@@ -8,6 +8,7 @@ store in one transaction. The dashboard and the CLI both call these functions.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,13 +74,17 @@ def run_pair(cfg: ExperimentConfig, store: Store, progress: Progress = _quiet,
     return PairOutcome(pair_id, False, store.pair(pair_id))
 
 
-def grid_configs(base: ExperimentConfig, grid: dict[str, Iterable[Any]]) -> list[ExperimentConfig]:
+def grid_configs(base: ExperimentConfig, grid: dict[str, Iterable[Any]],
+                 max_points: int = 100_000) -> list[ExperimentConfig]:
     """Every combination of the grid's values applied to `base` (validated, in grid order)."""
     for key in grid:
         if key not in SWEEP_FIELDS:
             raise ConfigError(f"sweep field {key!r} is not allowed: one of {', '.join(SWEEP_FIELDS)}")
     keys = list(grid)
     values = [list(grid[k]) for k in keys]
+    total = math.prod(len(v) for v in values)
+    if total > max_points:  # checked before building a single config: a huge grid must not exhaust memory
+        raise ConfigError(f"sweep grid = {total:,} points is over the limit of {max_points:,}; sweep fewer values")
     for k, v in zip(keys, values, strict=True):
         if not v:
             raise ConfigError(f"sweep field {k!r} has no values")

@@ -134,14 +134,33 @@ class _Basis:
         return self.rows[:self.size]
 
 
-def _ritz(alpha: list[float], beta: list[float], k: int, which: str) -> tuple[np.ndarray, np.ndarray]:
-    """The k extreme eigenpairs of the tridiagonal T (α on the diagonal, β off it), sorted by `which`."""
+def _ritz(alpha: list[float], beta: list[float], k: int, which: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """The k extreme eigenpairs of the tridiagonal T (α on the diagonal, β off it), sorted by `which`,
+    and ‖T‖ (the largest |Ritz value|: the operator's scale as seen so far)."""
     m = len(alpha)
     if m == 1:
-        return np.array(alpha), np.ones((1, 1))
+        return np.array(alpha), np.ones((1, 1)), abs(alpha[0])
     theta, S = eigh_tridiagonal(np.array(alpha), np.array(beta[:m - 1]))  # all of them: stemr beats a selection
     order = np.argsort(-theta)[:k] if which == "largest" else np.argsort(theta)[:k]
-    return theta[order], S[:, order]
+    return theta[order], S[:, order], float(np.abs(theta).max())
+
+
+# A Ritz value within ZERO·‖H‖ of 0 is zero to rounding: no relative residual rule can be met for it, so it
+# passes when its residual is that small too (an absolute floor, as ARPACK's). Lets k exceed the rank.
+ZERO = 1e-10
+
+
+def _bound(theta: np.ndarray, tol: float, scale: float) -> np.ndarray:
+    """Residual each Ritz pair must reach: tol·|θ_i|, or ZERO·‖H‖ for a θ_i that is zero to rounding."""
+    floor = ZERO * scale
+    return np.where(np.abs(theta) <= floor, floor, tol * np.abs(theta))
+
+
+def _finite(w: torch.Tensor, step: int) -> torch.Tensor:
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError(f"the operator returned NaN or inf at Lanczos step {step}: the loss or its Hessian is not "
+                         f"finite at this point (a diverged model, or an overflow); no eigenvalues can be computed")
+    return w
 
 
 # --- top-k eigenpairs ---------------------------------------------------------------------------
@@ -160,7 +179,9 @@ def top_eigenpairs(op, k: int, tol: float = 1e-6, max_steps: int = 300, which: s
     is exact up to rounding. When the Krylov space becomes invariant (β ≈ 0) the recurrence restarts
     from a random vector orthogonal to the basis, so eigenvalues outside the start vector's span
     (such as further copies of a multiple eigenvalue) are still found. `block_size` > 1 runs block
-    Lanczos through op.matmat (more HVPs, fewer but wider products).
+    Lanczos through op.matmat (more HVPs, fewer but wider products). A Ritz value zero to rounding
+    (|θ| ≤ ZERO·‖H‖) can't meet a relative rule; it passes at a residual ≤ ZERO·‖H‖, so k may exceed the
+    operator's rank. An operator that returns NaN or inf raises ValueError: never a NaN eigenvalue.
     """
     if which not in WHICH:
         raise ValueError(f"which = {which!r} is not allowed: one of largest, smallest")
@@ -171,19 +192,19 @@ def top_eigenpairs(op, k: int, tol: float = 1e-6, max_steps: int = 300, which: s
         raise ValueError(f"block_size = {block_size} is not allowed: an integer ≥ 1")
     start, hvps0 = time.perf_counter(), op.hvps
     run = _lanczos if block_size == 1 else _block_lanczos
-    theta, Y, residuals, steps = run(op, k, tol, min(max(max_steps, k), n), which, seed, max(1, check_every),
-                                     block_size)
+    theta, Y, residuals, steps, scale = run(op, k, tol, min(max(max_steps, k), n), which, seed,
+                                            max(1, check_every), block_size)
     if verify:
         HY = op.matmat(Y).to(device=Y.device, dtype=torch.float64)
         residuals = torch.linalg.vector_norm(HY - Y * torch.as_tensor(theta, device=Y.device), dim=0).cpu().numpy()
-    converged = bool(np.all(residuals <= tol * np.abs(theta)))
+    converged = bool(np.all(residuals <= _bound(theta, tol, scale)))
     return EigenResult(eigenvalues=tuple(float(t) for t in theta), residuals=tuple(float(r) for r in residuals),
                        hvps=op.hvps - hvps0, seconds=time.perf_counter() - start, converged=converged,
                        which=which, tol=tol, vectors=Y if return_vectors else None, steps=steps)
 
 
-def _ritz_pairs(basis: _Basis, products: _Basis, theta: np.ndarray, S: np.ndarray):
-    """(θ, unit Ritz vectors Y = Vᵀ S / ‖·‖ (n, k), ||H y_i − θ_i y_i|| with H Y = (HV)ᵀ S / ‖·‖, steps)."""
+def _ritz_pairs(basis: _Basis, products: _Basis, theta: np.ndarray, S: np.ndarray, scale: float):
+    """(θ, unit Ritz vectors Y = Vᵀ S / ‖·‖ (n, k), ||H y_i − θ_i y_i|| with H Y = (HV)ᵀ S / ‖·‖, steps, ‖T‖)."""
     V, HV = basis.view, products.view
     S = torch.as_tensor(S, dtype=torch.float64, device=V.device)
     Y = V.T @ S
@@ -191,7 +212,7 @@ def _ritz_pairs(basis: _Basis, products: _Basis, theta: np.ndarray, S: np.ndarra
     HY = HV.T @ S / norms
     Y = Y / norms
     residuals = torch.linalg.vector_norm(HY - Y * torch.as_tensor(theta, device=Y.device), dim=0)
-    return theta, Y, residuals.cpu().numpy(), basis.size
+    return theta, Y, residuals.cpu().numpy(), basis.size, scale
 
 
 def _lanczos(op, k, tol, cap, which, seed, check_every, _block):
@@ -205,7 +226,7 @@ def _lanczos(op, k, tol, cap, which, seed, check_every, _block):
     restarts, next_check = 0, 0
     while True:
         basis.append(v)
-        w = op.matvec(v).to(device=device, dtype=torch.float64)
+        w = _finite(op.matvec(v).to(device=device, dtype=torch.float64), basis.size)
         products.append(w)
         a = float(v @ w)
         w = _orthogonalise(w - a * v - b_prev * v_prev, basis.view)
@@ -219,12 +240,12 @@ def _lanczos(op, k, tol, cap, which, seed, check_every, _block):
         # eigenvalue, so the first k of them declare nothing (at most k extra HVPs on a low-rank H).
         hold = invariant and restarts < k and not full
         if m >= k and not hold and (full or (m - k) % check_every == 0):
-            theta, S = _ritz(alpha, beta, k, which)
+            theta, S, norm = _ritz(alpha, beta, k, which)
             if full:
-                return _ritz_pairs(basis, products, theta, S)
-            if m >= next_check and np.all(np.abs(b * S[-1]) <= tol * np.abs(theta)):
-                pairs = _ritz_pairs(basis, products, theta, S)
-                if np.all(pairs[2] <= tol * np.abs(theta)):
+                return _ritz_pairs(basis, products, theta, S, norm)
+            if m >= next_check and np.all(np.abs(b * S[-1]) <= _bound(theta, tol, norm)):
+                pairs = _ritz_pairs(basis, products, theta, S, norm)
+                if np.all(pairs[2] <= _bound(theta, tol, norm)):
                     return pairs
                 next_check = m + max(k, m // 2)  # HVPs noisier than tol (float32): check less often
         if invariant:  # continue from a fresh direction orthogonal to the basis
@@ -249,12 +270,13 @@ def _block_lanczos(op, k, tol, cap, which, seed, check_every, p):
     T = np.zeros((cap + p, cap + p))
     Q = _orthonormal_block(_start_vectors(n, p, seed, "gaussian", device).T, basis.view, seed, 0)[0]
     Q_prev, R_prev = None, None
-    next_check, restarts = 0, 1
+    next_check, restarts, size = 0, 1, 0.0
     while True:
         j = basis.size
         width = min(Q.shape[1], cap - j)
         Q = Q[:, :width]
-        W = op.matmat(Q).to(device=device, dtype=torch.float64)
+        W = _finite(op.matmat(Q).to(device=device, dtype=torch.float64), basis.size)
+        size = max(size, float(torch.linalg.vector_norm(W, dim=0).max()))  # ‖H‖ as seen so far
         for c in range(width):
             basis.append(Q[:, c])
             products.append(W[:, c])
@@ -265,17 +287,22 @@ def _block_lanczos(op, k, tol, cap, which, seed, check_every, p):
         m = basis.size
         T[j:m, j:m] = A.cpu().numpy()
         full = m >= cap
-        Q_next, R, restarts = _orthonormal_block(W, basis.view, seed, restarts)
+        before = restarts
+        Q_next, R, restarts = _orthonormal_block(W, basis.view, seed, restarts, size)
         R_np = R.cpu().numpy()
-        if m >= k and (full or (m // p) % check_every == 0):
+        # As in _lanczos: a block that just lost rank reached an invariant subspace; the fresh directions
+        # replacing it may hold more of the top k (copies, zeros past the rank), so the first k declare nothing.
+        hold = restarts > before and restarts - 1 <= k and not full
+        if m >= k and not hold and (full or (m // p) % check_every == 0):
             theta, S = np.linalg.eigh(T[:m, :m])
+            norm = float(np.abs(theta).max())
             idx = np.argsort(-theta)[:k] if which == "largest" else np.argsort(theta)[:k]
             theta, S = theta[idx], S[:, idx]
             if full:
-                return _ritz_pairs(basis, products, theta, S)
-            if m >= next_check and np.all(np.linalg.norm(R_np @ S[j:m], axis=0) <= tol * np.abs(theta)):
-                pairs = _ritz_pairs(basis, products, theta, S)
-                if np.all(pairs[2] <= tol * np.abs(theta)):
+                return _ritz_pairs(basis, products, theta, S, norm)
+            if m >= next_check and np.all(np.linalg.norm(R_np @ S[j:m], axis=0) <= _bound(theta, tol, norm)):
+                pairs = _ritz_pairs(basis, products, theta, S, norm)
+                if np.all(pairs[2] <= _bound(theta, tol, norm)):
                     return pairs
                 next_check = m + max(k, m // 2)
         T[m:m + width, j:m] = R_np
@@ -283,13 +310,14 @@ def _block_lanczos(op, k, tol, cap, which, seed, check_every, p):
         Q_prev, R_prev, Q = Q, R, Q_next
 
 
-def _orthonormal_block(W: torch.Tensor, basis: torch.Tensor, seed: int, restarts: int):
+def _orthonormal_block(W: torch.Tensor, basis: torch.Tensor, seed: int, restarts: int, scale: float = 0.0):
     """QR of W (n, p) against the basis with deflation: W = Q R, Q orthonormal and orthogonal to the
-    basis; a column with nothing new left becomes a random direction (its R[c, c] stays 0)."""
+    basis; a column with nothing new left (norm ≤ 1e-10 of `scale`, the operator's size, or else of W's
+    largest column) becomes a random direction (its R[c, c] stays 0)."""
     n, p = W.shape
     Q = torch.zeros_like(W)
     R = torch.zeros((p, p), dtype=W.dtype, device=W.device)
-    scale = float(torch.linalg.vector_norm(W, dim=0).max()) if p else 0.0
+    scale = scale or (float(torch.linalg.vector_norm(W, dim=0).max()) if p else 0.0)
     for c in range(p):
         w = W[:, c]
         for _ in range(2):
@@ -349,7 +377,7 @@ def _batched_lanczos(op, V0: torch.Tensor, m: int) -> list[tuple[np.ndarray, np.
         basis[j] = v
         idx = active.nonzero()[:, 0]
         W = torch.zeros_like(v)
-        W[idx] = op.matmat(v[idx].T).T.to(device=V0.device, dtype=torch.float64)
+        W[idx] = _finite(op.matmat(v[idx].T).T.to(device=V0.device, dtype=torch.float64), j)
         a = (v * W).sum(1)
         W = W - a[:, None] * v - b_prev[:, None] * v_prev
         for _ in range(2):

@@ -26,6 +26,7 @@ dashboard and a CLI sweep can share one file; every write is one transaction or 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import os
@@ -33,11 +34,13 @@ import platform
 import random
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -434,7 +437,8 @@ class Store:
                 return duckdb.connect(str(self.path), read_only=read_only, config=config or {})
             except duckdb.Error as e:
                 if not _is_lock_conflict(e):
-                    raise StoreError(f"cannot open store {self.path}: {e}") from None
+                    raise StoreError(f"cannot open store {self.path}: {_first_line(e)}"
+                                     f"{_advice(self.path, e)}") from None
                 waited = time.monotonic() - start
                 if waited >= self.lock_timeout:
                     raise StoreLockedError(
@@ -451,7 +455,7 @@ class Store:
         try:
             yield con
         except duckdb.Error as e:
-            raise StoreError(f"store {self.path}: {_first_line(e)}") from None
+            raise StoreError(f"store {self.path}: {_first_line(e)}{_advice(self.path, e)}") from None
         finally:
             con.close()
 
@@ -462,12 +466,18 @@ class Store:
             con = self._open(read_only=True)
             try:
                 found = self._schema_version(con)
+            except duckdb.Error as e:
+                raise StoreError(f"cannot read store {self.path}: {_first_line(e)}{_advice(self.path, e)}") from None
             finally:
                 con.close()
             if found == SCHEMA_VERSION:
                 self._ready = True
                 return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create store {self.path}: its folder {self.path.parent} can't be made "
+                             f"({e.strerror or e}); choose a writable path (--store or LOSSLAND_STORE)") from None
         con = self._open()
         try:
             con.execute("BEGIN TRANSACTION")
@@ -525,7 +535,11 @@ class Store:
                     if conflict and time.monotonic() - start < self.lock_timeout:
                         pass
                     elif isinstance(e, duckdb.Error):
-                        raise StoreError(f"{what} failed, nothing was written to {self.path}: {e}") from None
+                        raise StoreError(f"{what} failed, nothing was written to {self.path}: {_first_line(e)}"
+                                         f"{_advice(self.path, e)}") from None
+                    elif isinstance(e, OSError):
+                        raise StoreError(f"{what} failed, nothing was written to {self.path}: {e}"
+                                         f"{_advice(self.path, e)}") from None
                     else:
                         raise
             time.sleep(random.uniform(0.005, 0.05))
@@ -912,6 +926,12 @@ class Store:
                                   f"refused")
         if len(set(names)) != len(names):
             raise BundleError(f"bundle {path} has duplicate member names; refused")
+        for info in infos:
+            kind = stat.S_IFMT(info.external_attr >> 16)
+            if info.is_dir() or kind not in (0, stat.S_IFREG):  # 0: written by a tool that records no mode
+                what = "a symlink" if kind == stat.S_IFLNK else "a folder" if info.is_dir() else "not a plain file"
+                raise BundleError(f"bundle {path}: member {info.filename!r} is {what}; a run bundle holds plain "
+                                  f"files only; refused")
         total = sum(i.file_size for i in infos)
         if total > self.max_bundle_bytes:
             raise BundleError(f"bundle {path} unpacks to {total:,} bytes, over the limit of "
@@ -920,7 +940,7 @@ class Store:
             raise BundleError(f"bundle {path} has no manifest.json; not a lossland run bundle")
         try:
             manifest = json.loads(zf.read("manifest.json").decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError, zipfile.BadZipFile, zlib.error, EOFError, RuntimeError) as e:
             raise BundleError(f"bundle {path}: manifest.json is not valid JSON ({e})") from None
         if not isinstance(manifest, dict):
             raise BundleError(f"bundle {path}: manifest.json must be an object")
@@ -950,6 +970,25 @@ class Store:
         return manifest, set(names) - {"manifest.json"}
 
 
+_CORRUPT = ("not a valid DuckDB database file", "Could not read enough bytes", "checksum", "orrupt")
+_NO_SPACE = ("No space left", "ENOSPC", "Disk quota exceeded")
+
+
+def _advice(path: Path, e: BaseException) -> str:
+    """What to do about a store that can't be read or written, appended to the error's message."""
+    text = str(e)
+    if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or any(s in text for s in _NO_SPACE):
+        return (f". The disk holding {path.parent} is full: free space and retry; the runs already stored are "
+                f"unchanged")
+    if isinstance(e, (duckdb.SerializationException, duckdb.InternalException)) or any(s in text for s in _CORRUPT):
+        return (f". The file is corrupt or truncated; lossland never replaces or overwrites it. Restore {path} from "
+                f"a backup, or move it aside (mv {path} {path}.corrupt) and start a fresh store there, re-importing "
+                f"your run bundles (lossland import BUNDLE)")
+    if isinstance(e, PermissionError) or "Permission denied" in text or "Read-only file system" in text:
+        return f". Check that {path} and its folder are writable by this user, or choose another store path"
+    return ""
+
+
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
@@ -975,12 +1014,18 @@ def _extract(zf: zipfile.ZipFile, member: str, root: Path, budget: int, bundle: 
     target = root / member
     target.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with zf.open(member) as src, open(target, "wb") as dst:
-        while chunk := src.read(1 << 20):
-            written += len(chunk)
-            if written > budget:
-                raise BundleError(f"bundle {bundle} unpacks past the size limit (max_bundle_bytes) at {member}")
-            dst.write(chunk)
+    try:
+        with zf.open(member) as src, open(target, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > budget:
+                    raise BundleError(f"bundle {bundle} unpacks past the size limit (max_bundle_bytes) at {member}")
+                dst.write(chunk)
+    except BundleError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:  # damaged, encrypted
+        raise BundleError(f"bundle {bundle}: member {member} can't be unpacked ({type(e).__name__}: "
+                          f"{_first_line(e)}); the zip is damaged or truncated; refused") from None
     return written
 
 

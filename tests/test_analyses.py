@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from conftest import tiny_config
 from streamlit.testing.v1 import AppTest
 
-from conftest import tiny_config
 from lossland import analyses
 from lossland.experiments import run_pair
 from lossland.store import Store, StoreError

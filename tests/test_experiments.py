@@ -45,6 +45,8 @@ def test_grid_is_the_cartesian_product_and_rejects_unknown_fields():
         grid_configs(base, {"train.momentum": [0.5]})
     with pytest.raises(ConfigError, match="attack.n_attack"):
         grid_configs(base, {"attack.n_attack": [-1]})
+    with pytest.raises(ConfigError, match="1,000,000 points is over the limit"):
+        grid_configs(base, {"train.seed": range(1000), "model.seed": range(1000)})
 
 
 def test_interrupted_sweep_resumes_by_skipping_stored_points(tmp_path):

@@ -18,8 +18,11 @@ runs = view.runs
 st.subheader("Random initialisation finds good minima")
 st.caption("32 seeds trained on the clean data (one vmap ensemble): where their test accuracy and sharpness fall "
            "against this pair's good and bad minimum.")
-r = ui.analysis_block("32 random inits", f"random_init:{pair_id}",
-                      lambda compute, p: analyses.random_init(store, pair_id, progress=p, compute=compute))
+SEEDS, RADII, TRIALS, DIRECTIONS = 32, (0.05, 0.1, 0.2, 0.4), 8, 8
+r = ui.analysis_block(f"{SEEDS} random inits", f"random_init:{pair_id}",
+                      lambda compute, p: analyses.random_init(store, pair_id, n_seeds=SEEDS, progress=p,
+                                                              compute=compute),
+                      pair_id=pair_id, trials=SEEDS)
 if r is not None:
     minima = runs[["role", "test_acc", "top_eigenvalue"]]
     c1, c2 = st.columns(2)
@@ -35,7 +38,9 @@ st.subheader("Perturb and retrain")
 st.caption("From each minimum, filter-normalised noise of relative radius r, then retraining on the clean set only. "
            "A trial escapes when its test accuracy moves by more than 5 points (for the bad minimum: upwards).")
 e = ui.analysis_block("the escape trials", f"escape:{pair_id}",
-                      lambda compute, p: analyses.escape(store, pair_id, progress=p, compute=compute))
+                      lambda compute, p: analyses.escape(store, pair_id, radii=RADII, n_trials=TRIALS, progress=p,
+                                                         compute=compute),
+                      pair_id=pair_id, trials=2 * len(RADII) * TRIALS)
 if e is not None:
     c1, c2 = st.columns(2)
     c1.altair_chart(charts.escape_chart(e.frame), width="stretch")
@@ -50,7 +55,9 @@ with c1:
         st.altair_chart(charts.log_volume_chart(lv[["k", "value", "role"]]), width="stretch")
 with c2:
     rad = ui.analysis_block("the empirical radius", f"radius:{pair_id}",
-                            lambda compute, p: analyses.radius(store, pair_id, progress=p, compute=compute))
+                            lambda compute, p: analyses.radius(store, pair_id, n_directions=DIRECTIONS, progress=p,
+                                                               compute=compute),
+                            pair_id=pair_id, trials=2 * DIRECTIONS)
     if rad is not None:
         st.altair_chart(charts.radius_chart(rad.frame), width="stretch")
         means = rad.frame.groupby("role")["radius"].mean()

@@ -14,8 +14,11 @@ if pair_id is None:
 
 st.subheader("Interpolation between the minima")
 st.caption("θ(α) = (1 − α) θ_good + α θ_bad: α = 0 is the good minimum, α = 1 the bad one.")
+POINTS, SIDE = 41, 41  # points of the interpolation and of a slice; the side of a 2-D surface
 a = ui.analysis_block("the interpolation", f"interp:{pair_id}",
-                      lambda compute, p: analyses.interpolation(store, pair_id, progress=p, compute=compute))
+                      lambda compute, p: analyses.interpolation(store, pair_id, n_points=POINTS, progress=p,
+                                                                compute=compute),
+                      pair_id=pair_id, grid_points=POINTS)
 if a is not None:
     chart = charts.interpolation_chart(a.frame)
     st.altair_chart(chart)
@@ -30,8 +33,9 @@ seed = int(c2.number_input("direction seed", 0, 10_000, 0, key="landscape-seed")
 metric = c3.selectbox("metric", ["clean_loss", "test_loss", "test_acc", "clean_acc"], key="landscape-metric")
 span = 1.0 if kind == "random" else 0.5
 s = ui.analysis_block(f"the {kind} slices", f"slice:{pair_id}:{kind}:{seed}",
-                      lambda compute, p: analyses.slices_1d(store, pair_id, kind, seed, span=span, progress=p,
-                                                            compute=compute))
+                      lambda compute, p: analyses.slices_1d(store, pair_id, kind, seed, n_points=POINTS, span=span,
+                                                            progress=p, compute=compute),
+                      pair_id=pair_id, grid_points=2 * POINTS)
 if s is not None:
     chart = charts.slice_chart(s.frame, metric)
     st.altair_chart(chart, width="stretch")
@@ -45,8 +49,9 @@ frames = {}
 for col, role in zip(cols, ("good", "bad"), strict=True):
     with col:
         res = ui.analysis_block(f"the {role} surface", f"surface:{pair_id}:{role}:{seed}",
-                                lambda compute, p, role=role: analyses.surface(store, pair_id, role, seed=seed,
-                                                                               progress=p, compute=compute))
+                                lambda compute, p, role=role: analyses.surface(store, pair_id, role, seed=seed, n=SIDE,
+                                                                               progress=p, compute=compute),
+                                pair_id=pair_id, grid_points=SIDE * SIDE)
         if res is not None:
             frames[role] = res.frame
 if frames:

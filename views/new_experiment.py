@@ -19,6 +19,7 @@ from lossland.config import (
     ConfigError,
     ExperimentConfig,
 )
+from lossland.limits import check_experiment
 
 store = ui.get_store()
 st.title("New experiment")
@@ -111,6 +112,7 @@ if submitted:
     }
     try:
         cfg = ExperimentConfig.from_dict(raw)
+        check_experiment(cfg, ui.caps())  # the operator's caps on parameters and epochs
     except ConfigError as e:
         ui.show_config_error(e)
     else:

@@ -1,5 +1,6 @@
 """Overview: the selected pair side by side — does the bad minimum sit in a sharper valley?"""
 
+import pandas as pd
 import streamlit as st
 
 import ui
@@ -18,7 +19,7 @@ if pair_id is None:
     job = ui.jobs().get(cfg.config_hash())
     if ui.read_only():
         st.warning("This dashboard is read-only, so it can't launch runs.")
-    elif job is None or job.state in ("failed", "cancelled"):
+    elif (job is None or job.state in ("failed", "cancelled")) and ui.within_caps(cfg):
         if st.button("Run the default experiment", type="primary", key="overview-run-default"):
             ui.jobs().submit(cfg)
             st.rerun()
@@ -30,12 +31,27 @@ view = store.pair(pair_id)
 runs = view.runs
 st.write(report.pair_sentence(runs))
 g, b = view.run("good"), view.run("bad")
+for r in (g, b):
+    if r["status"] == "diverged":
+        st.warning(f"The {r['role']} run diverged after {r['epochs']} epochs ({r['stop_reason']}): its training "
+                   f"curve is stored, but no Hessian spectrum was measured at a point that is not a minimum.")
+    elif r["status"] == "failed":
+        st.error(f"The {r['role']} run failed: {r['error']}")
+
+
+def _num(value, fmt: str) -> str:
+    return "—" if value is None or pd.isna(value) else format(value, fmt)
+
+
+lam_g, lam_b = g["top_eigenvalue"], b["top_eigenvalue"]
+ratio = lam_b / lam_g if pd.notna(lam_g) and pd.notna(lam_b) and lam_g else None
 m = st.columns(4)
-m[0].metric("test accuracy · good", f"{g['test_acc']:.1%}")
-m[1].metric("test accuracy · bad", f"{b['test_acc']:.1%}", f"{b['test_acc'] - g['test_acc']:+.1%}")
-m[2].metric("top eigenvalue · good", f"{g['top_eigenvalue']:.4g}")
-m[3].metric("top eigenvalue · bad", f"{b['top_eigenvalue']:.4g}",
-            f"×{b['top_eigenvalue'] / g['top_eigenvalue']:.1f}" if g["top_eigenvalue"] else None, delta_color="inverse")
+m[0].metric("test accuracy · good", _num(g["test_acc"], ".1%"))
+m[1].metric("test accuracy · bad", _num(b["test_acc"], ".1%"),
+            _num(b["test_acc"] - g["test_acc"], "+.1%") if pd.notna(b["test_acc"] - g["test_acc"]) else None)
+m[2].metric("top eigenvalue · good", _num(lam_g, ".4g"))
+m[3].metric("top eigenvalue · bad", _num(lam_b, ".4g"), f"×{ratio:.1f}" if ratio is not None else None,
+            delta_color="inverse")
 
 left, right = st.columns([2, 3])
 with left:

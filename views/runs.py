@@ -9,6 +9,8 @@ import streamlit as st
 
 import ui
 from lossland import charts
+from lossland.config import ConfigError
+from lossland.limits import check_upload
 from lossland.store import StoreError
 
 store = ui.get_store()
@@ -91,8 +93,9 @@ with tab_sql:
         example = st.selectbox("example", list(examples), key="runs-sql-example")
         sql = st.text_area("SQL (read-only; one statement)", examples[example], height=120, key=f"runs-sql-{example}")
         if st.button("Run query", key="runs-sql-run"):
+            caps = ui.caps()
             try:
-                result = store.query(sql)
+                result = store.query(sql, max_rows=caps.sql_max_rows, timeout=caps.sql_timeout_s)
             except StoreError as e:
                 st.error(str(e))
             else:
@@ -120,9 +123,17 @@ with tab_share:
     if ui.read_only():
         st.caption("Read-only dashboard: importing is switched off.")
     else:
-        upload = st.file_uploader("bundle (.zip) from `lossland export` or this page", type=["zip"],
-                                  key="runs-import")
-        if upload is not None and st.button("Import", key="runs-import-go"):
+        caps = ui.caps()
+        upload = st.file_uploader(f"bundle (.zip) from `lossland export` or this page, up to {caps.max_upload_mb} MB",
+                                  type=["zip"], key="runs-import")
+        too_big = None
+        if upload is not None:
+            try:
+                check_upload(upload.size, caps)
+            except ConfigError as e:
+                too_big = e
+                st.error(f"Import refused, nothing changed: {e}")
+        if upload is not None and too_big is None and st.button("Import", key="runs-import-go"):
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "upload.zip"
                 path.write_bytes(upload.getvalue())

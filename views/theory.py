@@ -4,7 +4,8 @@ import streamlit as st
 
 import ui
 from lossland import analyses, charts
-from lossland.config import ExperimentConfig
+from lossland.config import ConfigError, ExperimentConfig
+from lossland.limits import check_experiment, check_grid
 
 store = ui.get_store()
 st.title("Theory")
@@ -24,7 +25,8 @@ if cfg.model.name != "two_layer":
             "run the teacher-2layer preset (and the sweep below on it).")
 else:
     b = ui.analysis_block("the bound", f"bound:{pair_id}",
-                          lambda compute, p: analyses.bound(store, pair_id, progress=p, compute=compute))
+                          lambda compute, p: analyses.bound(store, pair_id, progress=p, compute=compute),
+                          pair_id=pair_id)
     if b is not None:
         st.altair_chart(charts.bound_chart(b), width="stretch")
         st.dataframe(b.set_index("role")[["complexity", "weight_factor", "gauss_newton_frobenius",
@@ -38,14 +40,23 @@ frame = analyses.attack_sweep_frame(store, cfg, grid)
 n_points = len(grid["attack.n_attack"]) * len(grid["train.seed"])
 stored = frame["pair_id"].nunique() if len(frame) else 0
 st.write(f"{stored} of {n_points} sweep points are stored.")
+over_cap = None
 if stored < n_points and not ui.read_only():
+    try:  # the operator's caps: sweep points, and each point's model and epochs
+        capped = ui.caps()
+        check_grid(n_points, "attack sweep: points", capped)
+        check_experiment(cfg, capped)
+    except ConfigError as e:
+        over_cap = e
+        ui.show_config_error(e)
+if stored < n_points and not ui.read_only() and over_cap is None:
     key = f"sweep:{cfg.config_hash()}"
     job = ui.jobs().get(key)
     if job is None or job.state in ("failed", "cancelled", "done"):
         if st.button("Run the missing points", key="theory-sweep"):
             from lossland.experiments import sweep
 
-            ui.jobs().submit_task(key, lambda p: sweep(cfg, grid, store, p))
+            ui.jobs().submit_task(key, lambda p: sweep(cfg, grid, store, p, executor=ui.sweep_executor()))
             st.rerun()
     if job is not None and job.state in ("queued", "running"):
         ui.job_progress(key, key="theory-sweep-job")
