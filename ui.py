@@ -332,3 +332,15 @@ def sweep_executor() -> str:
     """Sweeps launched from the dashboard go to the Ray cluster the operator configured
     (LOSSLAND_RAY_ADDRESS), else run here; progress is reported per point either way."""
     return "ray" if os.environ.get("LOSSLAND_RAY_ADDRESS") else "local"
+
+
+def page_pair(title: str, key: str, hint: str = "") -> tuple[Store, str]:
+    """The common head of a pair page: title, the pair picker (deep-linked), and a stop with a hint
+    when the store holds no pair yet."""
+    store = get_store()
+    st.title(title)
+    pair_id = pair_picker(store, key=key)
+    if pair_id is None:
+        st.info("No runs yet: start one on the Overview or New experiment page." + (f" {hint}" if hint else ""))
+        st.stop()
+    return store, pair_id

@@ -6,12 +6,7 @@ import streamlit as st
 import ui
 from lossland import analyses, charts, report
 
-store = ui.get_store()
-st.title("Basins of attraction")
-pair_id = ui.pair_picker(store, key="basins-pair")
-if pair_id is None:
-    st.info("No runs yet: start one on the Overview or New experiment page.")
-    st.stop()
+store, pair_id = ui.page_pair("Basins of attraction", key="basins-pair")
 view = store.pair(pair_id)
 runs = view.runs
 

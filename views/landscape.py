@@ -5,12 +5,7 @@ import streamlit as st
 import ui
 from lossland import analyses, charts
 
-store = ui.get_store()
-st.title("Loss landscape")
-pair_id = ui.pair_picker(store, key="landscape-pair")
-if pair_id is None:
-    st.info("No runs yet: start one on the Overview or New experiment page.")
-    st.stop()
+store, pair_id = ui.page_pair("Loss landscape", key="landscape-pair")
 
 st.subheader("Interpolation between the minima")
 st.caption("θ(α) = (1 − α) θ_good + α θ_bad: α = 0 is the good minimum, α = 1 the bad one.")

@@ -5,12 +5,7 @@ import streamlit as st
 import ui
 from lossland import charts, report
 
-store = ui.get_store()
-st.title("Hessian spectra")
-pair_id = ui.pair_picker(store, key="spectrum-pair")
-if pair_id is None:
-    st.info("No runs yet: start one on the Overview or New experiment page.")
-    st.stop()
+store, pair_id = ui.page_pair("Hessian spectra", key="spectrum-pair")
 view = store.pair(pair_id)
 runs = view.runs
 

@@ -7,12 +7,7 @@ from lossland import analyses, charts
 from lossland.config import ConfigError, ExperimentConfig
 from lossland.limits import check_experiment, check_grid
 
-store = ui.get_store()
-st.title("Theory")
-pair_id = ui.pair_picker(store, key="theory-pair")
-if pair_id is None:
-    st.info("No runs yet: start one on the Overview or New experiment page (the teacher-2layer preset fits here).")
-    st.stop()
+store, pair_id = ui.page_pair("Theory", key="theory-pair", hint="The teacher-2layer preset fits here.")
 view = store.pair(pair_id)
 cfg = ExperimentConfig.from_json(view.runs.iloc[0]["config_json"])
 
