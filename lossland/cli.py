@@ -37,18 +37,30 @@ def load_config(args: argparse.Namespace) -> ExperimentConfig:
         cfg = ExperimentConfig.from_json(path.read_text())
     else:
         cfg = preset(args.preset)
-    changes = {}
-    for item in getattr(args, "set", None) or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected section.field=value, e.g. train.lr=0.01")
-        try:
-            changes[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            changes[key] = raw
+    changes = {key: _value(raw) for key, raw in _assignments(
+        getattr(args, "set", None), "--set", "section.field=value, e.g. train.lr=0.01").items()}
     if getattr(args, "device", None):
         changes["train.device"] = args.device
     return cfg.with_changes(**changes) if changes else cfg
+
+
+def _assignments(items: list[str] | None, flag: str, form: str) -> dict[str, str]:
+    """`KEY=VALUE` command-line items -> {KEY: raw VALUE}; a malformed item names the flag and the form."""
+    out = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {item!r}: expected {form}")
+        out[key] = raw
+    return out
+
+
+def _value(raw: str):
+    """A JSON value where the text is one (0.01, [64,64], true), else the text itself (relu)."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -277,12 +289,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments import grid_configs, sweep
 
     cfg = load_config(args)
-    grid = {}
-    for item in args.grid or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--grid {item!r}: expected section.field=v1,v2,... e.g. train.seed=0,1,2")
-        grid[key] = [json.loads(v) if v.strip() not in ("",) else v for v in _split_values(raw)]
+    grid = {key: [_value(v) for v in _split_values(raw)] for key, raw in _assignments(
+        args.grid, "--grid", "section.field=v1,v2,... e.g. train.seed=0,1,2").items()}
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads}: at least 1")
     n = len(grid_configs(cfg, grid))
@@ -331,15 +339,8 @@ def _split_values(raw: str) -> list[str]:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     store = _store(args)
-    filters = {}
-    for item in args.where or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--where {item!r}: expected column=value, e.g. dataset=digits")
-        try:
-            filters[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            filters[key] = raw
+    filters = {key: _value(raw) for key, raw in _assignments(
+        args.where, "--where", "column=value, e.g. dataset=digits").items()}
     df = store.runs(**filters)
     cols = ["run_id", "role", "status", "dataset", "model", "n_attack", "clean_acc", "test_acc",
             "top_eigenvalue", "trace", "created_at"]
