@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,4 +38,39 @@ def filled_store(tmp_path_factory):
 
     store = Store(tmp_path_factory.mktemp("store") / "runs.duckdb")
     ids = [run_pair(tiny_config(**{"attack.n_attack": n}), store).pair_id for n in (50, 100)]
+    return store, ids
+
+
+@pytest.fixture
+def dashboard(monkeypatch):
+    """A writable dashboard with Streamlit's caches cleared before and after; call it with a store path
+    to point the dashboard there (LOSSLAND_STORE)."""
+    import streamlit as st
+
+    monkeypatch.delenv("LOSSLAND_READONLY", raising=False)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield lambda path: monkeypatch.setenv("LOSSLAND_STORE", str(path))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def store_env(filled_store, dashboard):
+    """The dashboard pointed at the shared filled store (read it, don't break it)."""
+    store, ids = filled_store
+    dashboard(store.path)
+    return store, ids
+
+
+@pytest.fixture
+def copied_store(filled_store, tmp_path, dashboard):
+    """A copy of the filled store's folder (runs and checkpoints) with the dashboard pointed at it, for
+    tests that write to it or break it."""
+    from lossland.store import Store
+
+    src, ids = filled_store
+    shutil.copytree(src.path.parent, tmp_path / "copy", ignore=shutil.ignore_patterns("*.wal"))
+    store = Store(tmp_path / "copy" / src.path.name)
+    dashboard(store.path)
     return store, ids

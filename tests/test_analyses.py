@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from conftest import tiny_config
 from streamlit.testing.v1 import AppTest
 
@@ -117,15 +116,10 @@ def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
 # --- the three pages -------------------------------------------------------------------------------
 
 @pytest.fixture
-def page_env(pair, monkeypatch):
+def page_env(pair, dashboard):
     store, pair_id = pair
-    monkeypatch.setenv("LOSSLAND_STORE", str(store.path))
-    monkeypatch.delenv("LOSSLAND_READONLY", raising=False)
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield store, pair_id
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    dashboard(store.path)
+    return store, pair_id
 
 
 def _open(page: str, pair_id: str) -> AppTest:

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from conftest import tiny_config
 from streamlit.testing.v1 import AppTest
 
@@ -15,13 +14,8 @@ TIMEOUT = 60
 
 
 @pytest.fixture(autouse=True)
-def _clean_caches(monkeypatch):
-    monkeypatch.delenv("LOSSLAND_READONLY", raising=False)
-    st.cache_data.clear()
-    st.cache_resource.clear()
+def _clean_caches(dashboard):
     yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 def _app(store_path, page: str | None = None, query: dict | None = None) -> AppTest:
@@ -34,13 +28,6 @@ def _app(store_path, page: str | None = None, query: dict | None = None) -> AppT
         at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
-
-
-@pytest.fixture
-def store_env(filled_store, monkeypatch):
-    store, ids = filled_store
-    monkeypatch.setenv("LOSSLAND_STORE", str(store.path))
-    return store, ids
 
 
 def _texts(at: AppTest) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -18,12 +17,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-import streamlit as st
 from conftest import tiny_config
 from streamlit.testing.v1 import AppTest
-
-from lossland.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -31,27 +26,14 @@ SESSIONS = 8
 RUN = "FormSubmitter:ne-digits-mlp-form-Run"
 
 
-@pytest.fixture
-def shared_store(filled_store, tmp_path, monkeypatch):
-    """A copy of the filled store's folder, the dashboard pointed at it, caches cleared before and after."""
-    src, ids = filled_store
-    shutil.copytree(src.path.parent, tmp_path / "store", ignore=shutil.ignore_patterns("*.wal"))
-    store = Store(tmp_path / "store" / src.path.name)
-    monkeypatch.setenv("LOSSLAND_STORE", str(store.path))
-    monkeypatch.delenv("LOSSLAND_READONLY", raising=False)
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield store, ids
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
-def test_eight_sessions_launch_the_same_config_at_once_while_a_cli_writes(shared_store, tmp_path, monkeypatch,
+def test_eight_sessions_launch_the_same_config_at_once_while_a_cli_writes(copied_store, tmp_path, monkeypatch,
                                                                          record_property):
     import lossland.experiments as experiments
     from lossland.config import PRESETS
 
-    store, ids = shared_store
+    store, ids = copied_store
     before = store.count_runs()
     shared = tiny_config(**{"train.seed": 51})
     own = {0: 52, 1: 53}  # two sessions launch a config of their own as well

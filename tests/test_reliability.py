@@ -7,7 +7,6 @@ import errno
 import hashlib
 import json
 import math
-import shutil
 import stat
 import sys
 import time
@@ -17,7 +16,6 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
-import streamlit as st
 import torch
 from conftest import tiny_config
 from hypothesis import HealthCheck, given, settings
@@ -44,15 +42,9 @@ TRIED = {"random dicts": 0, "hostile fields": 0, "random json": 0}  # bad inputs
 
 
 @pytest.fixture(autouse=True)
-def _clean(monkeypatch):
-    monkeypatch.delenv("LOSSLAND_READONLY", raising=False)
+def _clean(monkeypatch, dashboard):
     for f in Limits.__dataclass_fields__:
         monkeypatch.delenv(Limits.variable(f), raising=False)
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 def _app(page: str | None = None, query: dict | None = None) -> AppTest:
@@ -163,12 +155,6 @@ def test_oversized_models_are_refused_by_name_before_any_memory_is_used(monkeypa
     with pytest.raises(ConfigError, match="LOSSLAND_MAX_TRIALS = 'lots'"):
         limits()
 
-
-@pytest.fixture
-def store_env(filled_store, monkeypatch):
-    store, ids = filled_store
-    monkeypatch.setenv("LOSSLAND_STORE", str(store.path))
-    return store, ids
 
 
 def _no_jobs() -> bool:
@@ -361,15 +347,6 @@ def test_a_corrupt_or_truncated_store_names_the_file_and_the_way_out_and_is_neve
         assert "backup" in message and f"mv {path} {path}.corrupt" in message, name
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"{name}: the file was changed"
 
-
-@pytest.fixture
-def copied_store(filled_store, tmp_path, monkeypatch):
-    """The filled store's folder copied (runs, checkpoints), so its checkpoints can be broken."""
-    src, ids = filled_store
-    shutil.copytree(src.path.parent, tmp_path / "copy", ignore=shutil.ignore_patterns("*.wal"))
-    store = Store(tmp_path / "copy" / src.path.name)
-    monkeypatch.setenv("LOSSLAND_STORE", str(store.path))
-    return store, ids
 
 
 def test_missing_or_corrupt_checkpoints_are_stated_and_the_rest_of_the_app_works(copied_store):
