@@ -15,6 +15,7 @@ pages = [
     st.Page("views/landscape.py", title="Landscape", icon=":material/landscape:", url_path="landscape"),
     st.Page("views/basins.py", title="Basins", icon=":material/water:", url_path="basins"),
     st.Page("views/theory.py", title="Theory", icon=":material/functions:", url_path="theory"),
+    st.Page("views/reproduce.py", title="Reproduce", icon=":material/fact_check:", url_path="reproduce"),
     st.Page("views/runs.py", title="Runs", icon=":material/table_view:", url_path="runs"),
 ]
 if not ui.read_only():

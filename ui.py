@@ -67,6 +67,24 @@ def within_caps(cfg: ExperimentConfig) -> bool:
     return True
 
 
+def plan_within_caps(plan) -> bool:
+    """True when every experiment of a reproduction plan is within the operator's caps (its configs,
+    surface grids and trial counts); otherwise the page says which is over."""
+    from lossland.limits import check_experiment
+
+    capped = caps()
+    try:
+        for _, cfg in plan.bases + ((("two_layer", plan.two_layer),) if plan.two_layer else ()):
+            check_experiment(cfg, capped)
+        check_grid(plan.surface_points ** 2, "reproduction: 2-D surface grid points", capped)
+        check_trials(2 * len(plan.escape_radii) * plan.escape_trials, "reproduction: escape trials", capped)
+        check_trials(plan.random_init_seeds, "reproduction: random-init seeds", capped)
+    except ConfigError as e:
+        show_config_error(e)
+        return False
+    return True
+
+
 def show_error(e: BaseException, doing: str = "") -> None:
     """A library error, stated in the page (the app keeps working)."""
     st.error(f"{doing + ' — ' if doing else ''}{e}", icon="⚠️")

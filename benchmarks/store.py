@@ -78,14 +78,9 @@ def timed(fn, repeats: int) -> tuple[float, float, float]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from lossland.reproduce import cpu_model
+
+    cpu = cpu_model()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (f"{cpu}, {cores} cores usable, {platform.system()} {platform.release()}; Python "
             f"{platform.python_version()}, duckdb {duckdb.__version__}, pandas {pd.__version__}, "

@@ -28,14 +28,16 @@ def _require(df: pd.DataFrame, columns: list[str], chart: str) -> None:
         raise ValueError(f"{chart} needs columns {columns}; missing {missing}")
 
 
-def spectrum_chart(df: pd.DataFrame, color: str = "role", title: str = "Top Hessian eigenvalues") -> alt.Chart:
-    """Eigenvalue vs index, one series per `color` (df: idx, eigenvalue, role or label)."""
-    _require(df, ["idx", "eigenvalue", color], "spectrum_chart")
-    return alt.Chart(df, title=title).mark_line(point=True).encode(
+def spectrum_chart(df: pd.DataFrame, color: str = "role", title: str = "Top Hessian eigenvalues",
+                   detail: str | None = None) -> alt.Chart:
+    """Eigenvalue vs index, one series per `color` (df: idx, eigenvalue, role or label), and per
+    `detail` within a colour (e.g. one line per seed)."""
+    _require(df, ["idx", "eigenvalue", color] + ([detail] if detail else []), "spectrum_chart")
+    return alt.Chart(df, title=title).mark_line(point=True, opacity=0.8 if detail else 1.0).encode(
         x=alt.X("idx:Q", title="index i (1 = largest)"),
         y=alt.Y("eigenvalue:Q", title="eigenvalue λᵢ (symlog)", scale=alt.Scale(type="symlog")),
-        color=_role_color(color),
-        tooltip=[color, "idx", alt.Tooltip("eigenvalue:Q", format=".6g")]
+        color=_role_color(color), **({"detail": f"{detail}:N"} if detail else {}),
+        tooltip=[color, *([detail] if detail else []), "idx", alt.Tooltip("eigenvalue:Q", format=".6g")]
         + ([alt.Tooltip("residual:Q", format=".1e")] if "residual" in df.columns else []),
     )
 
@@ -221,13 +223,18 @@ def radius_chart(df: pd.DataFrame, title: str = "Empirical basin radius per dire
 
 
 def bound_chart(df: pd.DataFrame, title: str = "2-layer bound: complexity vs √m‖W‖₂²‖G‖_F") -> alt.Chart:
-    """Each minimum as a point (df: role, complexity, rhs); below the diagonal the bound holds."""
+    """Each minimum as a point (df: role, complexity, rhs) on log-log axes, the bound often being orders of
+    magnitude above the complexity; below the diagonal the bound holds."""
     _require(df, ["role", "complexity", "rhs"], "bound_chart")
-    top = float(max(df["rhs"].max(), df["complexity"].max())) * 1.1
-    diag = alt.Chart(pd.DataFrame({"v": [0.0, top]})).mark_line(strokeDash=[4, 4], color="gray").encode(
-        x="v:Q", y="v:Q")
+    values = pd.concat([df["rhs"], df["complexity"]]).astype(float)
+    values = values[values > 0]
+    lo, hi = (float(values.min()) / 2, float(values.max()) * 2) if len(values) else (1e-3, 1.0)
+    diag = alt.Chart(pd.DataFrame({"v": [lo, hi]})).mark_line(strokeDash=[4, 4], color="gray").encode(
+        x=alt.X("v:Q", scale=alt.Scale(type="log", domain=[lo, hi])),
+        y=alt.Y("v:Q", scale=alt.Scale(type="log", domain=[lo, hi])))
     pts = alt.Chart(df).mark_circle(size=90).encode(
-        x=alt.X("rhs:Q", title="bound √m ‖W‖₂² ‖G‖_F"), y=alt.Y("complexity:Q", title="complexity E‖∇ₓf‖²"),
+        x=alt.X("rhs:Q", title="bound √m ‖W‖₂² ‖G‖_F (log)", scale=alt.Scale(type="log", domain=[lo, hi])),
+        y=alt.Y("complexity:Q", title="complexity E‖∇ₓf‖² (log)", scale=alt.Scale(type="log", domain=[lo, hi])),
         color=_role_color(), tooltip=[c for c in df.columns if c in ("role", "run_id", "n_attack")]
         + [alt.Tooltip("complexity:Q", format=".4g"), alt.Tooltip("rhs:Q", format=".4g")])
     return alt.layer(diag, pts, title=title)
@@ -244,3 +251,30 @@ def sweep_chart(df: pd.DataFrame, metric: str, title: str | None = None, log: bo
                                                                                            format=".4g")])
     bars = base.mark_errorbar(extent="stdev").encode(y=alt.Y(f"{metric}:Q", title=label))
     return alt.layer(bars, line, title=title or f"{label} vs attack size").properties(width=300, height=220)
+
+
+def log_volume_gap_chart(df: pd.DataFrame, title: str = "Log-volume gap (good − bad) vs k") -> alt.Chart:
+    """Mean over seeds of log-volume(good) − log-volume(bad) over the top k eigenvalues, with bars of
+    ± one standard deviation, one line per dataset (df: dataset, seed, k, gap)."""
+    _require(df, ["dataset", "k", "gap"], "log_volume_gap_chart")
+    base = alt.Chart(df).encode(x=alt.X("k:Q", title="k (top eigenvalues used)"),
+                                color=alt.Color("dataset:N", title="dataset"))
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("mean(gap):Q", title="gap −½ Σᵢ≤ₖ log((λᵢᵍᵒᵒᵈ + ε)/(λᵢᵇᵃᵈ + ε))"),
+        tooltip=["dataset", "k", alt.Tooltip("mean(gap):Q", format=".4g")])
+    bars = base.mark_errorbar(extent="stdev").encode(y=alt.Y("gap:Q", title=""))
+    zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(color="gray", strokeDash=[4, 4]).encode(y="y:Q")
+    return alt.layer(zero, bars, line, title=title).properties(width=360, height=240)
+
+
+def two_layer_chart(df: pd.DataFrame, title: str = "2-layer networks: complexity vs Hessian norm") -> alt.Chart:
+    """Each two_layer minimum as a point: complexity E‖∇ₓf‖² against ‖H‖_F (df: role, complexity,
+    hessian_frobenius; n_attack and seed as tooltips when present)."""
+    _require(df, ["role", "complexity", "hessian_frobenius"], "two_layer_chart")
+    extra = [c for c in ("n_attack", "seed", "run_id") if c in df.columns]
+    return alt.Chart(df, title=title).mark_circle(size=80, opacity=0.8).encode(
+        x=alt.X("complexity:Q", title="complexity E‖∇ₓf‖² (log)", scale=alt.Scale(type="log")),
+        y=alt.Y("hessian_frobenius:Q", title="Hessian Frobenius norm ‖H‖_F (log)", scale=alt.Scale(type="log")),
+        color=_role_color(), tooltip=["role", *extra, alt.Tooltip("complexity:Q", format=".4g"),
+                                      alt.Tooltip("hessian_frobenius:Q", format=".4g")],
+    ).properties(width=320, height=260)

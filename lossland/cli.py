@@ -407,6 +407,29 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .claims import claims_frame
+    from .reproduce import plan_for, reproduce
+
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    plan, skipped = plan_for(args.scale, datasets, args.seeds)
+    for name, why in skipped:
+        print(f"skipping {name}: {why}", file=sys.stderr)
+    store = _store(args)
+    progress, close = _progress_bar(f"reproduce ({plan.scale})") if not args.quiet else (lambda f, m: None,
+                                                                                          lambda: None)
+    try:
+        rep, folder = reproduce(plan, store, progress, device=args.device, executor=args.executor,
+                                skipped=skipped, reports=args.reports)
+    finally:
+        close()
+    table = claims_frame(list(rep.claims))
+    print(_table([(str(r["#"]), r["claim"][:70], r["result"]) for _, r in table.iterrows()], ("#", "claim", "result")))
+    print(f"\n{sum(c.verdict == 'PASS' for c in rep.claims)}/{len(rep.claims)} claims pass; "
+          f"{rep.seconds:.0f} s ({rep.computed} steps computed). Report: {folder / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lossland", description=(
         "lossland: train good and bad minima, measure their Hessian spectra, keep every run "
@@ -465,6 +488,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "results depend on it, and each Ray task asks for this many CPUs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("reproduce", help="run the paper's experiments (cached) and write a report with a claims table",
+                       description="Good/bad pairs over seeds and attack sizes, spectra, landscapes, basins and the "
+                                   "2-layer bound, all through the store (a second run reuses every stored result); "
+                                   "writes report.md, report.html, claims.json and PNG figures to "
+                                   "<store folder>/reports/<UTC time>/.")
+    p.add_argument("--scale", choices=["small", "full"], default="small",
+                   help="small: digits and mnist1d, minutes on a CPU (default); full: adds MNIST, Fashion-MNIST and "
+                        "CIFAR-10 when their files are present, more seeds and trials, sized for a GPU")
+    p.add_argument("--datasets", metavar="A,B", help="comma-separated, any of digits, mnist1d, mnist, fashion-mnist, "
+                                                      "cifar10 (default: the scale's)")
+    p.add_argument("--seeds", type=int, help="initialisation seeds per dataset (default 3 small, 5 full)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="where to train (default: cuda when present)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where the good/bad pairs run (see sweep); analyses run here")
+    p.add_argument("--reports", metavar="DIR", help="folder of report folders (default: reports/ beside the store)")
+    _add_store_args(p, json_flag=False)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("runs", help="table of stored runs", description="List stored runs, newest first.")
     p.add_argument("--where", action="append", metavar="COLUMN=VALUE", help="filter, e.g. --where dataset=digits")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,14 @@ def tiny_config(**changes) -> ExperimentConfig:
         "spectrum.slq_vectors": 2, "spectrum.slq_steps": 20, "spectrum.trace_samples": 12,
         "spectrum.max_steps": 120, "spectrum.exact_max_params": 2000, "spectrum.tol": 1e-5})
     return base.with_changes(**changes) if changes else base
+
+
+def wait_for_job(job, timeout: float = 120.0):
+    """Poll a dashboard job until it leaves queued/running (or `timeout` seconds pass); returns it."""
+    deadline = time.time() + timeout
+    while job.state in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.2)
+    return job
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, wait_for_job
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -119,10 +118,7 @@ def test_new_experiment_runs_in_the_background_and_lands(tmp_path, monkeypatch):
 
     job = ui.jobs().get(cfg.config_hash())
     assert job is not None
-    deadline = time.time() + 120
-    while job.state in ("queued", "running") and time.time() < deadline:
-        time.sleep(0.5)
-    assert job.state == "done", job.error
+    assert wait_for_job(job).state == "done", job.error
     at.run()
     assert f"Pair {cfg.config_hash()} is stored" in _texts(at)
 
@@ -141,10 +137,7 @@ def test_empty_store_offers_the_default_run_with_progress_and_cancel(tmp_path, m
     assert job is not None and job.state in ("queued", "running", "done")
     assert at.get("progress") or job.state == "done"
     job.cancel = True
-    deadline = time.time() + 30
-    while job.state in ("queued", "running") and time.time() < deadline:
-        time.sleep(0.2)
-    assert job.state == "cancelled"
+    assert wait_for_job(job, 30).state == "cancelled"
     assert Store(tmp_path / "empty.duckdb").count_runs() == 0  # a cancelled run leaves nothing
 
 

@@ -1,0 +1,228 @@
+"""`reproduce` end to end on a tiny plan: every claim comes from stored results, a second run computes
+nothing, the report folder is complete (or absent), and the Reproduce page shows it."""
+
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import tiny_config, wait_for_job
+from streamlit.testing.v1 import AppTest
+
+from lossland import claims, report
+from lossland.cli import main
+from lossland.config import ConfigError, preset
+from lossland.reproduce import Plan, collect, plan_for, reports_dir, reproduce, run
+from lossland.store import Store
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_plan(**changes) -> Plan:
+    two_layer = preset("teacher-2layer").with_changes(**{
+        "data.n_train": 100, "attack.n_attack": 100, "model.widths": (8,), "train.loss_target": 1e-2,
+        "spectrum.k": 3, "spectrum.slq_vectors": 1, "spectrum.slq_steps": 10, "spectrum.trace_samples": 6})
+    settings = dict(seeds=2, attack_factors=(0.0, 1.0), slice_directions=1, slice_points=9, surface_points=5,
+                    escape_radii=(0.1,), escape_trials=2, escape_epochs=50, random_init_seeds=3,
+                    two_layer=two_layer, two_layer_factors=(0.0, 1.0))
+    return Plan("custom", (("digits", tiny_config()),), **(settings | changes))
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("repro") / "runs.duckdb")
+    plan = tiny_plan()
+    messages = []
+    rep, folder = reproduce(plan, store, lambda f, m: messages.append((f, m)))
+    return store, plan, rep, folder, messages
+
+
+def test_report_folder_holds_markdown_html_claims_and_png_figures(tiny_report):
+    store, plan, rep, folder, _ = tiny_report
+    assert folder.parent == reports_dir(store) and folder.is_dir()
+    assert {p.name for p in folder.iterdir()} == {"report.md", "report.html", "claims.json", "figures"}
+    data = json.loads((folder / "claims.json").read_text())
+    assert [c["number"] for c in data["claims"]] == list(range(1, 8))
+    figures = {f["file"] for f in data["figures"]}
+    for kind in ("attack-accuracy", "attack-sharpness", "spectra", "density", "interpolation", "contours",
+                 "escape", "random-init"):
+        assert f"digits-{kind}.png" in figures
+    assert {"log-volume-gap.png", "two-layer.png"} <= figures
+    for f in figures:
+        assert (folder / "figures" / f).read_bytes().startswith(PNG)
+    md = (folder / "report.md").read_text()
+    for c in rep.claims:
+        assert f"| {c.number} | {c.statement} |" in md and f"**{c.verdict}**" in md
+        assert c.verdict in ("PASS", "FAIL", "NO DATA")
+    for f in figures:
+        assert f"(figures/{f})" in md and f"src='figures/{f}'" in (folder / "report.html").read_text()
+    assert not list(folder.parent.glob(".*partial"))
+
+
+def test_every_claim_is_computed_from_the_store(tiny_report, tmp_path):
+    store, plan, rep, _, _ = tiny_report
+    # A fresh handle on a copy of the files: nothing can come from memory.
+    shutil.copytree(store.path.parent, tmp_path / "copy", ignore=shutil.ignore_patterns("reports", "*.wal"))
+    copy = Store(tmp_path / "copy" / store.path.name)
+    _, _, again = collect(plan, copy)
+    assert [c.to_dict() for c in again] == [c.to_dict() for c in rep.claims]
+    # The numbers in the table are the stored ones.
+    runs = copy.runs(pair_id=[c.config_hash() for c in plan.main_configs(tiny_config())])
+    good = runs[runs["role"] == "good"]["test_acc"]
+    assert claims._pct(good) in rep.claims[1].measured
+    assert len(good) == plan.seeds
+    # Remove the stored escape trials: claim 6 has no data any more, the others are unchanged.
+    with duckdb.connect(str(copy.path)) as con:
+        con.execute("DELETE FROM basin_trials WHERE kind = 'escape'")
+        con.execute("DELETE FROM analyses WHERE kind = 'escape'")
+    _, _, without = collect(plan, copy)
+    assert without[5].verdict == "NO DATA" and "no escape trials" in without[5].checks[0].detail
+    assert [c.to_dict() for c in without[:5]] == [c.to_dict() for c in rep.claims[:5]]
+
+
+def test_second_run_computes_nothing_and_reports_it(tiny_report):
+    store, plan, rep, folder, messages = tiny_report
+    assert rep.computed > 0
+    assert messages[-1][0] == 1.0 and all(0.0 <= f <= 1.0 for f, _ in messages)
+    assert [f for f, _ in messages] == sorted(f for f, _ in messages)
+    n_runs = store.count_runs()
+    assert run(plan, store) == 0
+    assert store.count_runs() == n_runs
+    rep2, folder2 = reproduce(plan, store)
+    assert rep2.computed == 0 and folder2 != folder
+    assert "everything from the store" in (folder2 / "report.md").read_text()
+    assert report.list_reports(reports_dir(store))[:2] == [folder2, folder]
+    shutil.rmtree(folder2)
+
+
+def test_the_tiny_pairs_show_the_paper_effect(tiny_report):
+    """A sanity check of the pipeline on real (tiny) runs: the bad minima generalise worse and are sharper."""
+    _, _, rep, _, _ = tiny_report
+    by_number = {c.number: c for c in rep.claims}
+    assert by_number[2].checks[0].verdict == "PASS"
+    assert by_number[3].checks[0].verdict == "PASS"
+    assert by_number[7].verdict == "PASS"
+
+
+def test_a_failed_figure_leaves_no_report_folder(tiny_report, monkeypatch, tmp_path):
+    _, _, rep, _, _ = tiny_report
+
+    def broken(chart, scale=2.0):
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(report.charts, "to_png", broken)
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        report.write_report(rep, tmp_path / "reports")
+    assert list((tmp_path / "reports").iterdir()) == []
+    assert report.list_reports(tmp_path / "reports") == []
+
+
+def test_list_reports_skips_partial_and_unreadable_folders(tmp_path):
+    (tmp_path / "20260101-000000").mkdir()  # no claims.json: incomplete
+    (tmp_path / ".20260102-000000.partial").mkdir()
+    good = tmp_path / "20260103-000000"
+    good.mkdir()
+    (good / "claims.json").write_text("{}")
+    bad = tmp_path / "20260104-000000"
+    bad.mkdir()
+    (bad / "claims.json").write_text("{not json")
+    assert report.list_reports(tmp_path) == [bad, good]
+    with pytest.raises(ValueError, match="20260104-000000/claims.json"):
+        report.load_report(bad)
+
+
+def test_plan_for_small_and_full_scales(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/datasets/ here: the file-based datasets are missing
+    plan, skipped = plan_for("small")
+    assert [d for d, _ in plan.bases] == ["digits", "mnist1d"] and plan.seeds == 3 and skipped == []
+    full, skipped = plan_for("full", seeds=2)
+    assert [d for d, _ in full.bases] == ["digits", "mnist1d"] and full.seeds == 2
+    assert [d for d, _ in skipped] == ["mnist", "fashion-mnist", "cifar10"]
+    assert all("mnist" in why or "cifar" in why for _, why in skipped)
+    base = preset("digits-mlp")
+    assert Plan.attack_sizes(base, plan.attack_factors) == [0, 250, 500, 900]  # 1000 clipped to the pool
+    with pytest.raises(ConfigError, match="--datasets imagenet"):
+        plan_for("small", ["digits", "imagenet"])
+    with pytest.raises(ConfigError, match="--scale"):
+        plan_for("huge")
+    with pytest.raises(ConfigError, match="--seeds"):
+        plan_for("small", seeds=0)
+
+
+def test_cli_refuses_bad_arguments_with_a_clear_message(tmp_path, capsys):
+    assert main(["reproduce", "--datasets", "digits,nope", "--store", str(tmp_path / "s.duckdb")]) == 2
+    assert "--datasets nope" in capsys.readouterr().err
+    assert main(["reproduce", "--seeds", "0", "--store", str(tmp_path / "s.duckdb")]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert not (tmp_path / "s.duckdb").exists()
+
+
+# --- the Reproduce page -------------------------------------------------------------------------------
+
+SUBMIT = "FormSubmitter:reproduce-form-Run the reproduction"
+
+
+def _page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("views/reproduce.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _texts(at: AppTest) -> str:
+    return " ".join(str(e.value) for kind in ("markdown", "caption", "info", "warning", "error", "success")
+                    for e in at.get(kind))
+
+
+def test_reproduce_page_shows_the_latest_report(tiny_report, dashboard):
+    store, _, rep, folder, _ = tiny_report
+    dashboard(store.path)
+    at = _page()
+    assert list(at.dataframe[0].value["result"]) == [c.verdict for c in rep.claims]
+    assert folder.name in at.selectbox(key="repro-report").value.name
+    assert len(at.get("image")) == len(report.load_report(folder)["figures"])
+    labels = {b.proto.label for b in at.get("download_button")}
+    assert {"Report (zip)", "report.md", "report.html"} <= labels
+    assert at.button(key=SUBMIT) is not None
+
+
+def test_reproduce_page_read_only_has_no_launch(tiny_report, dashboard, monkeypatch):
+    store, _, rep, _, _ = tiny_report
+    dashboard(store.path)
+    monkeypatch.setenv("LOSSLAND_READONLY", "1")
+    at = _page()
+    assert "read-only" in _texts(at)
+    assert SUBMIT not in [b.key for b in at.button]
+    assert list(at.dataframe[0].value["result"]) == [c.verdict for c in rep.claims]
+
+
+def test_reproduce_page_launches_the_plan_with_progress(tmp_path, dashboard, monkeypatch):
+    import lossland.reproduce
+
+    dashboard(tmp_path / "runs.duckdb")
+    asked = []
+
+    def small_plan(scale, datasets, seeds):
+        asked.append((scale, datasets, seeds))
+        return tiny_plan(seeds=1), []
+
+    monkeypatch.setattr(lossland.reproduce, "plan_for", small_plan)
+    at = _page()
+    assert "No report yet" in _texts(at)
+    at.number_input(key="repro-seeds").set_value(1)
+    at.button(key=SUBMIT).click().run()
+    assert not at.exception
+    assert asked == [("small", ["digits", "mnist1d"], 1)]
+    import ui
+
+    job = ui.jobs().get("reproduce")
+    assert job is not None
+    assert wait_for_job(job).state == "done", job.error
+    at.run()
+    assert not at.exception
+    assert len(at.dataframe[0].value) == 7
+    assert len(report.list_reports(tmp_path / "reports")) == 1
