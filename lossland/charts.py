@@ -249,7 +249,8 @@ def sweep_chart(df: pd.DataFrame, metric: str, title: str | None = None, log: bo
     y = alt.Y(f"mean({metric}):Q", title=label, scale=alt.Scale(type="log" if log else "linear", zero=False))
     line = base.mark_line(point=True).encode(y=y, tooltip=["role", "n_attack", alt.Tooltip(f"mean({metric}):Q",
                                                                                            format=".4g")])
-    bars = base.mark_errorbar(extent="stdev").encode(y=alt.Y(f"{metric}:Q", title=label))
+    # min–max over seeds: always inside the data, so a log axis never sees a bar below zero
+    bars = base.mark_rule(strokeWidth=2).encode(y=alt.Y(f"min({metric}):Q", title=label), y2=f"max({metric}):Q")
     return alt.layer(bars, line, title=title or f"{label} vs attack size").properties(width=300, height=220)
 
 

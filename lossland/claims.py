@@ -171,10 +171,17 @@ def drop_check(e: DatasetEvidence) -> Check:
                         "can't be tested")
         return Check(e.dataset, "FAIL", measured, "; ".join(problems))
     drops = complete.groupby(level="n_attack")
+    short = sweep[sweep["status"] != "converged"]
+    if len(short):
+        where = ", ".join(f"{int(n)}: {len(g)}" for n, g in short.groupby("n_attack"))
+        note = f"; {len(short)}/{len(sweep)} sweep runs stopped before the loss target (by attack size {where})"
+    else:
+        note = ""
     means, spread = drops.mean(), drops.std(ddof=1)
     steps = np.diff(means.to_numpy())
     measured += "; drop by attack size " + ", ".join(
         f"{int(n)}: {m:.1%}" + (f" ± {spread[n]:.1%}" if pd.notna(spread[n]) else "") for n, m in means.items())
+    measured += note
     if not (steps > 0).all():
         sizes = [int(n) for n in means.index]
         bad_steps = [f"{sizes[i]}→{sizes[i + 1]}" for i, s in enumerate(steps) if s <= 0]
@@ -353,3 +360,13 @@ def claims_frame(found: list[Claim] | list[dict]) -> pd.DataFrame:
     rows = [c.to_dict() if isinstance(c, Claim) else c for c in found]
     return pd.DataFrame([{"#": r["number"], "claim": r["statement"], "measured": r["measured"], "test": r["test"],
                           "result": r["verdict"]} for r in rows], columns=["#", "claim", "measured", "test", "result"])
+
+
+def claims_verdicts(found: list[Claim] | list[dict]) -> pd.DataFrame:
+    """One row per claim: its statement, the verdict on each dataset (blank where it wasn't tested) and
+    the overall result."""
+    rows = [c.to_dict() if isinstance(c, Claim) else c for c in found]
+    datasets = list(dict.fromkeys(ch["dataset"] for r in rows for ch in r["checks"]))
+    verdict = lambda r, d: next((ch["verdict"] for ch in r["checks"] if ch["dataset"] == d), "")  # noqa: E731
+    return pd.DataFrame([{"#": r["number"], "claim": r["statement"], **{d: verdict(r, d) for d in datasets},
+                          "result": r["verdict"]} for r in rows], columns=["#", "claim", *datasets, "result"])

@@ -85,12 +85,15 @@ def test_escape_chart_averages_trials_per_radius_and_role():
     assert d[("bad", 0.1)] == 0.5 and d[("bad", 0.2)] == 1.0 and d[("good", 0.2)] == 0.5
 
 
-def test_sweep_chart_draws_means_with_error_bars_per_role():
+def test_sweep_chart_draws_means_with_min_max_bars_per_role():
     df = pd.DataFrame({"n_attack": [0, 0, 100, 100] * 2, "role": ["good"] * 4 + ["bad"] * 4,
                        "test_acc": [0.9, 0.92, 0.91, 0.9, 0.9, 0.91, 0.6, 0.62]})
     spec = _spec(charts.sweep_chart(df, "test_acc"))
     marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in spec["layer"]]
-    assert marks == ["errorbar", "line"]
+    assert marks == ["rule", "line"]
+    bars = spec["layer"][0]["encoding"]
+    assert (bars["y"]["aggregate"], bars["y2"]["aggregate"]) == ("min", "max")  # positive data: log-safe bars
+    assert spec["layer"][1]["encoding"]["y"]["aggregate"] == "mean"
 
 
 def test_random_init_chart_marks_the_pair_minima():

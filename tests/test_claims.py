@@ -23,6 +23,7 @@ from lossland.claims import (
     Evidence,
     bound_check,
     claims_frame,
+    claims_verdicts,
     drop_check,
     evaluate,
     fit_check,
@@ -229,6 +230,14 @@ def test_drop_fails_when_the_mean_drop_does_not_grow_at_one_step_and_names_that_
     check = drop_check(DatasetEvidence("d", pairs(), sweep(drops)))
     assert check.verdict == "FAIL"
     assert check.detail == f"the mean drop does not grow at step(s) {step}"
+
+
+def test_drop_counts_sweep_runs_that_stopped_before_the_loss_target():
+    s = sweep({250: [0.05, 0.05], 500: [0.10, 0.10]})
+    s.loc[(s["n_attack"] == 500) & (s["role"] == "bad") & (s["seed"] == 1), "status"] = "max_epochs"
+    check = drop_check(DatasetEvidence("d", pairs(), s))
+    assert check.verdict == "PASS"  # they still count in the drop; the note says so
+    assert check.measured.endswith("; 1/8 sweep runs stopped before the loss target (by attack size 500: 1)")
 
 
 def test_drop_fails_when_the_bad_minimum_tests_higher():
@@ -585,3 +594,14 @@ def test_spread_and_pct_format_mean_and_sample_standard_deviation():
     assert claims._spread([np.nan, 4.0]) == "4"
     assert claims._spread([]) == "—"
     assert claims._pct([0.9, 0.8]) == "85.0 ± 7.1%"
+
+
+def test_claims_verdicts_has_one_column_per_dataset_and_blanks_where_untested():
+    found = evaluate(Evidence((passing_evidence("digits"), failing_evidence("cifar")),
+                              two_layer([1.0, 2.0, 4.0], [2.0, 3.0, 8.0], [3.0, 2.0, 1.0])))
+    table = claims_verdicts(found)
+    assert list(table.columns) == ["#", "claim", "digits", "cifar", "teacher", "result"]
+    assert list(table["digits"]) == ["PASS"] * 6 + [""] and list(table["cifar"]) == ["FAIL"] * 6 + [""]
+    assert list(table["teacher"]) == [""] * 6 + ["PASS"]
+    assert list(table["result"]) == ["FAIL"] * 6 + ["PASS"]
+    assert table.equals(claims_verdicts(json.loads(json.dumps([c.to_dict() for c in found]))))

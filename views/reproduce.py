@@ -4,7 +4,7 @@ import streamlit as st
 
 import ui
 from lossland import report
-from lossland.claims import claims_frame
+from lossland.claims import claims_verdicts
 from lossland.config import ConfigError
 from lossland.reproduce import DATASET_PRESETS, SCALES, plan_for, reports_dir, reproduce
 
@@ -81,15 +81,18 @@ for s in meta.get("skipped", []):
     st.caption(f"Skipped {s['dataset']}: {s['reason']}")
 
 st.subheader("Claims")
-table = claims_frame(data["claims"])
-st.dataframe(table, hide_index=True, width="stretch",
-             column_config={"claim": st.column_config.TextColumn(width="medium"),
-                            "measured": st.column_config.TextColumn(width="large"),
-                            "test": st.column_config.TextColumn(width="medium")})
-failing = [(c, ch) for c in data["claims"] for ch in c["checks"] if ch["verdict"] != "PASS"]
-for c, ch in failing:
-    st.error(f"Claim {c['number']} on {ch['dataset']}: {ch['verdict']} — {ch['detail'] or 'no detail'}. "
-             f"{report.FAIL_NOTES.get(c['number'], '')}", icon="❌")
+passed = sum(c["verdict"] == "PASS" for c in data["claims"])
+st.write(f"**{passed} of {len(data['claims'])}** claims pass. Each is tested on every dataset; open a claim for "
+         "its numbers (mean ± standard deviation over seeds) and the test applied.")
+st.dataframe(claims_verdicts(data["claims"]), hide_index=True, width="stretch",
+             column_config={"claim": st.column_config.TextColumn(width="large")})
+for c in data["claims"]:
+    with st.expander(f"{c['number']}. {c['statement']} — {c['verdict']}", expanded=c["verdict"] != "PASS"):
+        st.markdown(f"**Test:** {c['test']}")
+        for ch in c["checks"]:
+            st.markdown(f"- **{ch['dataset']}** ({ch['verdict']}): {ch['measured']}")
+            if ch["verdict"] != "PASS":
+                st.error(f"{ch['detail'] or 'no detail'}. {report.FAIL_NOTES.get(c['number'], '')}", icon="❌")
 
 row = st.container(horizontal=True)
 row.download_button("Report (zip)", lambda: report.report_zip(folder), f"lossland-report-{folder.name}.zip",
