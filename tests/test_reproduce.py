@@ -151,6 +151,17 @@ def test_plan_for_small_and_full_scales(tmp_path, monkeypatch):
         plan_for("small", seeds=0)
 
 
+def test_full_scale_takes_a_file_dataset_whose_files_are_present(tmp_path, monkeypatch):
+    from test_data import _write_idx_dataset
+
+    monkeypatch.chdir(tmp_path)
+    _write_idx_dataset(tmp_path / "data" / "datasets" / "fashion-mnist", n_train=2000, n_test=50)
+    plan, skipped = plan_for("full", ["fashion-mnist", "mnist"])
+    assert [d for d, _ in plan.bases] == ["fashion-mnist"]
+    assert plan.bases[0][1] == preset("fashion-mlp")
+    assert [d for d, _ in skipped] == ["mnist"] and "train-images-idx3-ubyte" in skipped[0][1]
+
+
 def test_cli_refuses_bad_arguments_with_a_clear_message(tmp_path, capsys):
     assert main(["reproduce", "--datasets", "digits,nope", "--store", str(tmp_path / "s.duckdb")]) == 2
     assert "--datasets nope" in capsys.readouterr().err
