@@ -186,13 +186,21 @@ def run(plan: Plan, store: Store, progress: Progress = _quiet, device: torch.dev
 
 def _analysis(fn: Callable[..., analyses.Analysis | None], store: Store, pair_id: str, **settings
               ) -> Callable[[Progress], bool]:
+    """A step computing one analysis of a pair; a pair that failed to train is skipped (its seed is then
+    left out of the claims, which say so) instead of stopping the whole reproduction."""
     def work(progress: Progress) -> bool:
+        if not store.has_pair(pair_id):
+            progress(1.0, f"skipped: pair {pair_id} failed (see the Runs page)")
+            return False
         return not fn(store, pair_id, progress=progress, **settings).from_store
     return work
 
 
 def _bound(store: Store, pair_id: str) -> Callable[[Progress], bool]:
     def work(progress: Progress) -> bool:
+        if not store.has_pair(pair_id):
+            progress(1.0, f"skipped: pair {pair_id} failed (see the Runs page)")
+            return False
         stored = analyses.bound(store, pair_id, compute=False) is not None
         analyses.bound(store, pair_id, progress=progress)
         return not stored

@@ -10,10 +10,10 @@ import pytest
 from conftest import tiny_config, wait_for_job
 from streamlit.testing.v1 import AppTest
 
-from lossland import claims, report
+from lossland import analyses, claims, report
 from lossland.cli import main
 from lossland.config import ConfigError, preset
-from lossland.reproduce import Plan, collect, plan_for, reports_dir, reproduce, run
+from lossland.reproduce import Plan, _analysis, collect, plan_for, reports_dir, reproduce, run
 from lossland.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -95,6 +95,25 @@ def test_second_run_computes_nothing_and_reports_it(tiny_report):
     assert "everything from the store" in (folder2 / "report.md").read_text()
     assert report.list_reports(reports_dir(store))[:2] == [folder2, folder]
     shutil.rmtree(folder2)
+
+
+def test_a_failed_pair_is_skipped_by_the_analyses_and_left_out_of_the_claims(tiny_report, tmp_path):
+    store, plan, rep, _, _ = tiny_report
+    shutil.copytree(store.path.parent, tmp_path / "copy", ignore=shutil.ignore_patterns("reports", "*.wal"))
+    copy = Store(tmp_path / "copy" / store.path.name)
+    second = plan.main_configs(tiny_config())[1]
+    with duckdb.connect(str(copy.path)) as con:  # as sweep stores a point that raised
+        con.execute("UPDATE runs SET status = 'failed', error = 'RuntimeError: boom' WHERE pair_id = ?",
+                    [second.config_hash()])
+        con.execute("DELETE FROM analyses WHERE run_id LIKE ?", [second.config_hash() + "%"])
+        con.execute("DELETE FROM basin_trials WHERE run_id LIKE ?", [second.config_hash() + "%"])
+        con.execute("DELETE FROM landscapes WHERE run_id LIKE ?", [second.config_hash() + "%"])
+    messages = []
+    escape = _analysis(analyses.escape, copy, second.config_hash())
+    assert escape(lambda f, m: messages.append(m)) is False and "failed" in messages[-1]
+    _, _, found = collect(plan, copy)
+    assert "1/1 seeds fit and matched; seed(s) [1] left out: a run failed" in found[0].measured
+    assert found[5].verdict == rep.claims[5].verdict  # the other seed's analyses still count
 
 
 def test_the_tiny_pairs_show_the_paper_effect(tiny_report):
