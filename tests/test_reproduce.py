@@ -214,6 +214,7 @@ def test_reproduce_page_shows_the_latest_report(tiny_report, dashboard):
     at = _page()
     assert list(at.dataframe[0].value["result"]) == [c.verdict for c in rep.claims]
     assert folder.name in at.selectbox(key="repro-report").value.name
+    assert f"({rep.computed} steps computed)" in _texts(at)
     assert len(at.get("image")) == len(report.load_report(folder)["figures"])
     labels = {b.proto.label for b in at.get("download_button")}
     assert {"Report (zip)", "report.md", "report.html"} <= labels

@@ -76,7 +76,9 @@ folder = st.selectbox("report", choices, format_func=label, key="repro-report")
 data = loaded[folder]
 meta = data["meta"]
 st.write(f"Scale **{meta['scale']}** · datasets **{', '.join(meta['datasets'])}** · {meta['seeds']} seeds · "
-         f"started {meta['started']} · took **{meta['seconds'] / 60:.1f} min** on {meta['machine']}.")
+         f"started {meta['started']} · took **{meta['seconds'] / 60:.1f} min** ("
+         + ("everything from the store" if meta.get("computed_steps") == 0 else
+            f"{meta.get('computed_steps', '?')} steps computed") + f") on {meta['machine']}.")
 for s in meta.get("skipped", []):
     st.caption(f"Skipped {s['dataset']}: {s['reason']}")
 
