@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,15 +37,8 @@ from lossland.landscape import (  # noqa: E402
     set_flat_params,
     slice_2d,
 )
+from lossland.machine import describe  # noqa: E402
 from lossland.train import _Evaluator, train  # noqa: E402
-
-
-def machine(device: torch.device) -> str:
-    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
-    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{load}, "
-            f"python {platform.python_version()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} intra-op threads{gpu}")
 
 
 def timed(fn):
@@ -87,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = preset("digits-mlp").with_changes(**{"train.device": args.device})
     data = load_experiment_data(cfg).to(device)
     loss = cfg.train.loss
-    print(f"machine: {machine(device)}")
+    print(f"machine: {describe(device)}")
 
     good, t_good = timed(lambda: train(cfg, data, "good", device=device))
     bad, t_bad = timed(lambda: train(cfg, data, "bad", device=device))

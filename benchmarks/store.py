@@ -10,8 +10,6 @@ opening and closing its own connection as the dashboard does. Target: each under
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,6 +24,7 @@ import pandas as pd  # noqa: E402
 
 from lossland import __version__  # noqa: E402
 from lossland.config import ExperimentConfig  # noqa: E402
+from lossland.machine import describe  # noqa: E402
 from lossland.store import Store  # noqa: E402
 
 EPOCHS, EIGENVALUES, TARGET_MS = 50, 20, 100.0
@@ -78,13 +77,7 @@ def timed(fn, repeats: int) -> tuple[float, float, float]:
 
 
 def machine() -> str:
-    from lossland.reproduce import cpu_model
-
-    cpu = cpu_model()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cpu}, {cores} cores usable, {platform.system()} {platform.release()}; Python "
-            f"{platform.python_version()}, duckdb {duckdb.__version__}, pandas {pd.__version__}, "
-            f"lossland {__version__}")
+    return f"{describe('cpu')}; duckdb {duckdb.__version__}, pandas {pd.__version__}, lossland {__version__}"
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ import torch  # noqa: E402
 
 from lossland.config import ExperimentConfig  # noqa: E402
 from lossland.experiments import sweep  # noqa: E402
+from lossland.machine import describe  # noqa: E402
 from lossland.store import Store  # noqa: E402
 
 
@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     torch.set_num_threads(args.threads)
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}, torch {torch.__version__}, ray {ray.__version__}, "
-          f"{args.threads} torch thread(s) per point")
+    print(f"machine: {describe('cpu')}; ray {ray.__version__}; {args.threads} torch thread(s) per point")
     grid = {"train.seed": list(range(args.points))}
     base = small_config()
     rows = []

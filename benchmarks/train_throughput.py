@@ -16,8 +16,6 @@ best of --repeats after one warm-up run.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lossland.config import preset  # noqa: E402
 from lossland.data import load_experiment_data  # noqa: E402
+from lossland.machine import describe  # noqa: E402
 from lossland.models import build_model  # noqa: E402
 from lossland.train import evaluate, loss_function, train, train_ensemble  # noqa: E402
 
@@ -73,14 +72,6 @@ def best_seconds(fn, repeats: int) -> float:
     return min(times)
 
 
-def machine(device: torch.device) -> str:
-    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
-    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{load}, "
-            f"python {platform.python_version()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} intra-op threads{gpu}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -97,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     n_fit = len(data.y_train) + len(data.y_attack)
     short = cfg.with_changes(**{"train.max_epochs": 2})
 
-    print(f"machine: {machine(device)}")
+    print(f"machine: {describe(device)}")
     print(f"workload: digits-mlp (3,466 parameters), bad role, {n_fit} samples, batch {cfg.train.batch_size}, "
           f"{cfg.train.optimizer} lr {cfg.train.lr}, {args.epochs} epochs, best of {args.repeats}, device {device}")
 

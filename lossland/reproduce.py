@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from . import analyses, claims
 from .config import ConfigError, ExperimentConfig, preset
 from .data import DatasetError, load_experiment_data
 from .experiments import sweep
+from .machine import describe
 from .store import Store
 
 Progress = Callable[[float, str], None]
@@ -316,27 +315,6 @@ def collect(plan: Plan, store: Store) -> tuple[tuple[DatasetResults, ...], pd.Da
 
 # --- one command -----------------------------------------------------------------------------------
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else what the platform module says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_description(device: torch.device | str | None = None) -> str:
-    """CPU model and cores (or the GPU), torch version, OS: for the report's 'measured on' line."""
-    cpu = cpu_model()
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    n = torch.get_num_threads()
-    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU only, {n} torch thread{'s' * (n != 1)}"
-    return (f"{cpu}, {os.cpu_count()} cores; {where}; torch {torch.__version__}; Python {platform.python_version()}; "
-            f"{platform.system()} {platform.release()}")
-
-
 def reproduce(plan: Plan, store: Store, progress: Progress = _quiet, device: torch.device | str | None = None,
               executor=None, skipped: list[tuple[str, str]] | None = None,
               reports: str | Path | None = None) -> tuple[Reproduction, Path]:
@@ -350,7 +328,7 @@ def reproduce(plan: Plan, store: Store, progress: Progress = _quiet, device: tor
     progress(0.95, "reading the results back from the store")
     datasets, two_layer, found = collect(plan, store)
     rep = Reproduction(plan, datasets, two_layer, tuple(found), tuple(skipped or ()), time.perf_counter() - t0,
-                       computed, machine_description(device), started.isoformat(timespec="seconds"))
+                       computed, describe(device), started.isoformat(timespec="seconds"))
     progress(0.97, "writing the report and its figures")
     folder = write_report(rep, Path(reports) if reports else reports_dir(store))
     progress(1.0, f"report written to {folder}")

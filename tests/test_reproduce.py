@@ -181,6 +181,21 @@ def test_full_scale_takes_a_file_dataset_whose_files_are_present(tmp_path, monke
     assert [d for d, _ in skipped] == ["mnist"] and "train-images-idx3-ubyte" in skipped[0][1]
 
 
+def test_machine_line_names_the_device_threads_and_versions(tiny_report):
+    import platform
+
+    import torch
+
+    from lossland.machine import describe
+
+    line = describe("cpu")
+    n = torch.get_num_threads()
+    assert f"CPU only, {n} torch thread{'s' * (n != 1)}" in line
+    assert f"torch {torch.__version__}" in line and f"Python {platform.python_version()}" in line
+    _, _, rep, folder, _ = tiny_report
+    assert rep.machine and rep.machine in (folder / "report.md").read_text()
+
+
 def test_cli_refuses_bad_arguments_with_a_clear_message(tmp_path, capsys):
     assert main(["reproduce", "--datasets", "digits,nope", "--store", str(tmp_path / "s.duckdb")]) == 2
     assert "--datasets nope" in capsys.readouterr().err
