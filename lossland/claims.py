@@ -99,8 +99,9 @@ def _pct(values) -> str:
 def _by_role(pairs: pd.DataFrame, column: str) -> pd.DataFrame:
     """seed × role table of `column` over the pairs whose both runs are present."""
     wide = pairs.pivot_table(index="seed", columns="role", values=column, aggfunc="first")
-    return wide.dropna(subset=[r for r in ("good", "bad") if r in wide.columns]) if {"good", "bad"} <= set(
-        wide.columns) else pd.DataFrame(columns=["good", "bad"])
+    if not {"good", "bad"} <= set(wide.columns):
+        return pd.DataFrame(columns=["good", "bad"])
+    return wide[["good", "bad"]].dropna()
 
 
 def _verdict(ok: bool) -> str:

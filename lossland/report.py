@@ -180,10 +180,7 @@ def figures(rep: Reproduction) -> list[Figure]:
     out: list[Figure] = []
 
     def add(file: str, title: str, dataset: str, make) -> None:
-        try:
-            out.append(Figure(file, title, dataset, make()))
-        except (ValueError, KeyError):  # a frame without the data this figure needs: leave it out
-            pass
+        out.append(Figure(file, title, dataset, make()))
 
     for r in rep.datasets:
         d, e = r.dataset, r.evidence
@@ -238,7 +235,7 @@ def _md_cell(text: str) -> str:
 def _meta(rep: Reproduction) -> dict:
     return {"scale": rep.plan.scale, "datasets": [r.dataset for r in rep.datasets], "seeds": rep.plan.seeds,
             "started": rep.started, "seconds": round(rep.seconds, 1), "computed_steps": rep.computed,
-            "machine": rep.machine, "plan": rep.plan.to_dict(),
+            "machine": rep.machine, "code": rep.code, "plan": rep.plan.to_dict(),
             "skipped": [{"dataset": d, "reason": why} for d, why in rep.skipped],
             "pairs": {r.dataset: list(r.pair_ids) for r in rep.datasets}}
 
@@ -268,7 +265,7 @@ def report_markdown(rep: Reproduction, figs: list[Figure]) -> str:
              f"Scale **{m['scale']}** · datasets **{', '.join(m['datasets']) or 'none'}** · {m['seeds']} seed(s) · "
              f"started {m['started']} · took **{_minutes(rep.seconds)}** "
              f"({'everything from the store' if rep.computed == 0 else f'{rep.computed} steps computed'}) on "
-             f"{m['machine']}.", ""]
+             f"{m['machine']}; {m['code']}.", ""]
     passed = sum(c.verdict == "PASS" for c in rep.claims)
     lines += ["## Claims", "", f"{passed} of {len(rep.claims)} claims pass. Numbers are mean ± standard deviation "
               "over seeds; each check names its dataset.", "",
@@ -309,7 +306,7 @@ def report_html(rep: Reproduction, figs: list[Figure]) -> str:
         "img{max-width:100%}</style></head><body>"
         f"<h1>lossland reproduces Wu, Zhu &amp; E (2017)</h1><p>Scale <b>{esc(m['scale'])}</b> · datasets "
         f"<b>{esc(', '.join(m['datasets']))}</b> · {m['seeds']} seed(s) · started {esc(m['started'])} · took "
-        f"<b>{_minutes(rep.seconds)}</b> on {esc(m['machine'])}.</p>"
+        f"<b>{_minutes(rep.seconds)}</b> on {esc(m['machine'])}; {esc(m['code'])}.</p>"
         "<h2>Claims</h2><table><tr><th>#</th><th>claim</th><th>measured</th><th>test</th><th>result</th></tr>"
         f"{rows}</table><h2>Discussion</h2><ul>{discussion}</ul><h2>Figures</h2>{pics}<h2>Runs</h2><ul>{runs}</ul>"
         "</body></html>")

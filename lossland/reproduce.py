@@ -82,6 +82,19 @@ class Plan:
         """The main pair of each seed (at the base's attack size)."""
         return [base.with_changes(**{"model.seed": s}) for s in self.seed_values(base)]
 
+    # The settings of each analysis: `run` computes with them and `collect` reads back with them.
+    def slice_settings(self, direction: int) -> dict:
+        return {"seed": direction, "n_points": self.slice_points, "span": self.slice_span}
+
+    def escape_settings(self) -> dict:
+        return {"radii": self.escape_radii, "n_trials": self.escape_trials, "retrain_epochs": self.escape_epochs}
+
+    def surface_settings(self, role: str) -> dict:
+        return {"role": role, "n": self.surface_points, "span": self.slice_span}
+
+    def random_init_settings(self) -> dict:
+        return {"n_seeds": self.random_init_seeds}
+
     def to_dict(self) -> dict:
         return {"scale": self.scale, "datasets": [d for d, _ in self.bases], "seeds": self.seeds,
                 "attack_factors": list(self.attack_factors), "slice_directions": self.slice_directions,
@@ -155,17 +168,16 @@ def run(plan: Plan, store: Store, progress: Progress = _quiet, device: torch.dev
             pid, tag = cfg.config_hash(), f"{name} seed {cfg.model.seed}"
             steps.append((0.2, f"{tag}: interpolation", _analysis(analyses.interpolation, store, pid)))
             for d in range(plan.slice_directions):
-                steps.append((0.2, f"{tag}: 1-D slice {d}", _analysis(
-                    analyses.slices_1d, store, pid, seed=d, n_points=plan.slice_points, span=plan.slice_span)))
-            steps.append((1.5, f"{tag}: escape trials", _analysis(
-                analyses.escape, store, pid, radii=plan.escape_radii, n_trials=plan.escape_trials,
-                retrain_epochs=plan.escape_epochs)))
+                steps.append((0.2, f"{tag}: 1-D slice {d}",
+                              _analysis(analyses.slices_1d, store, pid, **plan.slice_settings(d))))
+            steps.append((1.5, f"{tag}: escape trials",
+                          _analysis(analyses.escape, store, pid, **plan.escape_settings())))
             if i == 0:
                 for role in ("good", "bad"):
-                    steps.append((0.5, f"{tag}: 2-D surface of the {role} minimum", _analysis(
-                        analyses.surface, store, pid, role=role, n=plan.surface_points, span=plan.slice_span)))
-                steps.append((3.0, f"{name}: {plan.random_init_seeds} random inits", _analysis(
-                    analyses.random_init, store, pid, n_seeds=plan.random_init_seeds)))
+                    steps.append((0.5, f"{tag}: 2-D surface of the {role} minimum",
+                                  _analysis(analyses.surface, store, pid, **plan.surface_settings(role))))
+                steps.append((3.0, f"{name}: {plan.random_init_seeds} random inits",
+                              _analysis(analyses.random_init, store, pid, **plan.random_init_settings())))
     if plan.two_layer is not None:
         for s in plan.seed_values(plan.two_layer):
             for n in plan.attack_sizes(plan.two_layer, plan.two_layer_factors):
@@ -232,6 +244,7 @@ class Reproduction:
     seconds: float = 0.0
     computed: int = 0  # steps that computed something; 0: everything came from the store
     machine: str = ""
+    code: str = ""  # lossland version and git commit that produced it
     started: str = ""  # UTC, ISO 8601
 
 
@@ -264,17 +277,15 @@ def collect_dataset(plan: Plan, store: Store, name: str, base: ExperimentConfig)
         lv = view.estimates[view.estimates["name"] == "log_volume_k"]
         log_volume.append(_seeded(lv[["role", "k", "value"]], seed))
         for d in range(plan.slice_directions):
-            f = _stored(analyses.slices_1d, store, pid, seed=d, n_points=plan.slice_points, span=plan.slice_span)
+            f = _stored(analyses.slices_1d, store, pid, **plan.slice_settings(d))
             slices.append(_seeded(f.assign(direction_seed=d) if len(f) else f, seed))
-        escape.append(_seeded(_stored(analyses.escape, store, pid, radii=plan.escape_radii,
-                                      n_trials=plan.escape_trials, retrain_epochs=plan.escape_epochs), seed))
+        escape.append(_seeded(_stored(analyses.escape, store, pid, **plan.escape_settings()), seed))
     first = ids[0]
-    random_init = _stored(analyses.random_init, store, first, n_seeds=plan.random_init_seeds)
+    random_init = _stored(analyses.random_init, store, first, **plan.random_init_settings())
     if len(random_init):
         status = json.loads(random_init["settings_json"].iloc[0]).get("status")
         random_init = random_init.assign(status=list(status) if status else "converged")
-    surfaces = [_stored(analyses.surface, store, first, role=role, n=plan.surface_points, span=plan.slice_span)
-                for role in ("good", "bad")]
+    surfaces = [_stored(analyses.surface, store, first, **plan.surface_settings(role)) for role in ("good", "bad")]
     density, interpolation = pd.DataFrame(), pd.DataFrame()
     if first in views:
         v = views[first]
@@ -327,12 +338,21 @@ def reproduce(plan: Plan, store: Store, progress: Progress = _quiet, device: tor
     computed = run(plan, store, lambda f, m: progress(0.95 * f, m), device=device, executor=executor)
     progress(0.95, "reading the results back from the store")
     datasets, two_layer, found = collect(plan, store)
-    rep = Reproduction(plan, datasets, two_layer, tuple(found), tuple(skipped or ()), time.perf_counter() - t0,
-                       computed, describe(device), started.isoformat(timespec="seconds"))
+    rep = Reproduction(plan, datasets, two_layer, tuple(found), skipped=tuple(skipped or ()),
+                       seconds=time.perf_counter() - t0, computed=computed, machine=describe(device),
+                       code=_code_version(), started=started.isoformat(timespec="seconds"))
     progress(0.97, "writing the report and its figures")
     folder = write_report(rep, Path(reports) if reports else reports_dir(store))
     progress(1.0, f"report written to {folder}")
     return rep, folder
+
+
+def _code_version() -> str:
+    from . import __version__
+    from .store import git_commit
+
+    commit = git_commit()
+    return f"lossland {__version__}" + (f" at commit {commit[:12]}" if commit else "")
 
 
 def reports_dir(store: Store) -> Path:

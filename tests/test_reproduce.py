@@ -193,7 +193,13 @@ def test_machine_line_names_the_device_threads_and_versions(tiny_report):
     assert f"CPU only, {n} torch thread{'s' * (n != 1)}" in line
     assert f"torch {torch.__version__}" in line and f"Python {platform.python_version()}" in line
     _, _, rep, folder, _ = tiny_report
-    assert rep.machine and rep.machine in (folder / "report.md").read_text()
+    md = (folder / "report.md").read_text()
+    assert rep.machine and rep.machine in md
+    from lossland import __version__
+    from lossland.store import git_commit
+
+    assert rep.code.startswith(f"lossland {__version__}") and rep.code in md
+    assert (git_commit() or "")[:12] in rep.code
 
 
 def test_cli_refuses_bad_arguments_with_a_clear_message(tmp_path, capsys):

@@ -78,7 +78,8 @@ meta = data["meta"]
 st.write(f"Scale **{meta['scale']}** · datasets **{', '.join(meta['datasets'])}** · {meta['seeds']} seeds · "
          f"started {meta['started']} · took **{meta['seconds'] / 60:.1f} min** ("
          + ("everything from the store" if meta.get("computed_steps") == 0 else
-            f"{meta.get('computed_steps', '?')} steps computed") + f") on {meta['machine']}.")
+            f"{meta.get('computed_steps', '?')} steps computed") + f") on {meta['machine']}"
+         + (f"; {meta['code']}." if meta.get("code") else "."))
 for s in meta.get("skipped", []):
     st.caption(f"Skipped {s['dataset']}: {s['reason']}")
 
