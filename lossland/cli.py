@@ -13,8 +13,11 @@ from .config import DEFAULT_PRESET, PRESETS, ConfigError, ExperimentConfig, pres
 CHECKPOINT_DIR = Path("data/checkpoints")
 
 
-def _progress_bar(desc: str) -> tuple[Callable[[float, str], None], Callable[[], None]]:
-    """A tqdm bar driven by the library's progress(fraction, message) protocol (on stderr)."""
+def _progress_bar(desc: str, quiet: bool = False) -> tuple[Callable[[float, str], None], Callable[[], None]]:
+    """A tqdm bar driven by the library's progress(fraction, message) protocol (on stderr), and its close;
+    both do nothing when `quiet`."""
+    if quiet:
+        return (lambda fraction, message: None), (lambda: None)
     from tqdm import tqdm
 
     bar = tqdm(total=1000, desc=desc, file=sys.stderr, leave=False,
@@ -91,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train_pair
 
     cfg = load_config(args)
-    progress, close = _progress_bar("training good/bad pair") if not args.quiet else (lambda f, m: None, lambda: None)
+    progress, close = _progress_bar("training good/bad pair", args.quiet)
     try:
         pair = train_pair(cfg, progress)
     finally:
@@ -115,7 +118,7 @@ def _pair_spectra(pair, cfg: ExperimentConfig, quiet: bool) -> dict:
     data = load_experiment_data(cfg)
     out = {}
     for r in (pair.good, pair.bad):
-        progress, close = _progress_bar(f"spectrum of {r.role}") if not quiet else (lambda f, m: None, lambda: None)
+        progress, close = _progress_bar(f"spectrum of {r.role}", quiet)
         try:
             x, y = data.x_train.to(r.device), data.y_train.to(r.device)
             out[r.role] = spectrum(r.model, x, y, loss_function(cfg.train.loss), cfg.spectrum, progress)
@@ -181,7 +184,7 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
             settings = replace(settings, **{name: getattr(args, name)})
     settings.validate()
     x, y = ck.clean_train()
-    progress, close = _progress_bar("spectrum") if not args.quiet else (lambda f, m: None, lambda: None)
+    progress, close = _progress_bar("spectrum", args.quiet)
     try:
         s = spectrum(ck.model, x, y, ck.loss_fn, settings, progress)
     finally:
@@ -270,7 +273,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     store = _store(args)
-    progress, close = _progress_bar("run") if not args.quiet else (lambda f, m: None, lambda: None)
+    progress, close = _progress_bar("run", args.quiet)
     try:
         outcome = run_pair(cfg, store, progress)
     finally:
@@ -297,7 +300,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     store = _store(args)
     executor = make_executor(args.executor, address=args.ray_address, max_retries=args.max_retries)
     desc = f"sweep of {n} points" + (f" on {executor.where}" if hasattr(executor, "where") else "")
-    progress, close = _progress_bar(desc) if not args.quiet else (lambda f, m: None, lambda: None)
+    progress, close = _progress_bar(desc, args.quiet)
     try:
         outcomes = sweep(cfg, grid, store, progress, executor=executor, threads=args.threads)
     except ExecutorError as e:
@@ -416,8 +419,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for name, why in skipped:
         print(f"skipping {name}: {why}", file=sys.stderr)
     store = _store(args)
-    progress, close = _progress_bar(f"reproduce ({plan.scale})") if not args.quiet else (lambda f, m: None,
-                                                                                          lambda: None)
+    progress, close = _progress_bar(f"reproduce ({plan.scale})", args.quiet)
     try:
         rep, folder = reproduce(plan, store, progress, device=args.device, executor=args.executor,
                                 skipped=skipped, reports=args.reports)
