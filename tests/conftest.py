@@ -31,6 +31,32 @@ def tiny_config(**changes) -> ExperimentConfig:
     return base.with_changes(**changes) if changes else base
 
 
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def open_app(page: str | None = None, query: dict | None = None, timeout: float = 60):
+    """The dashboard under Streamlit's AppTest, opened with URL `query` and switched to `page` (a views/
+    file); fails the test on an exception in the page."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def page_texts(at) -> str:
+    """Every text element of a page (markdown, captions and the info/error/warning/success boxes)."""
+    parts = [m.value for m in at.markdown] + [m.value for m in at.caption] + [m.value for m in at.info]
+    parts += [m.value for m in at.error] + [m.value for m in at.warning] + [m.value for m in at.success]
+    return "\n".join(parts)
+
+
 def wait_for_job(job, timeout: float = 120.0):
     """Poll a dashboard job until it leaves queued/running (or `timeout` seconds pass); returns it."""
     deadline = time.time() + timeout
@@ -83,3 +109,17 @@ def copied_store(filled_store, tmp_path, dashboard):
     store = Store(tmp_path / "copy" / src.path.name)
     dashboard(store.path)
     return store, ids
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A run bundle (zip) of one stored synthetic pair with its checkpoints: (path, run ids)."""
+    from store_writer import make_pair, with_checkpoints
+
+    from lossland.store import Store
+
+    root = tmp_path_factory.mktemp("bundle")
+    s = Store(root / "runs.duckdb")
+    pair, spectra = make_pair(9)
+    ids = s.save_pair(pair, spectra, with_checkpoints(s, pair))
+    return s.export(ids, root / "bundle.zip"), ids

@@ -83,6 +83,18 @@ def make_pair(seed: int = 0, epochs: int = 5, dataset: str = "digits", exact: bo
     return PairResult(config=cfg, good=results["good"], bad=results["bad"]), spectra
 
 
+def with_checkpoints(store, pair) -> dict[str, str]:
+    """Save both models of `pair` as checkpoints beside `store`; their paths by role, for save_pair."""
+    from lossland.checkpoint import save_checkpoint
+
+    out = {}
+    for role in ("good", "bad"):
+        path = store.checkpoint_dir / f"{pair.pair_id}-{role}.pt"
+        save_checkpoint(path, pair.config, role, getattr(pair, role).model)
+        out[role] = str(path)
+    return out
+
+
 def expected_counts(epochs: int = 5, exact: bool = True) -> dict[str, int]:
     """Rows per table of one run saved from make_pair(epochs=epochs, exact=exact) with spectra."""
     from lossland.store import GRID_POINTS

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
-from conftest import tiny_config
-from streamlit.testing.v1 import AppTest
+from conftest import open_app, tiny_config
 
 from lossland import analyses
 from lossland.experiments import run_pair
 from lossland.store import Store, StoreError
-
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
 @pytest.fixture(scope="module")
@@ -122,16 +118,6 @@ def page_env(pair, dashboard):
     return store, pair_id
 
 
-def _open(page: str, pair_id: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["pair"] = pair_id
-    at.run()
-    at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def _wait_for_jobs(timeout: float = 120) -> None:
     import ui
 
@@ -142,7 +128,7 @@ def _wait_for_jobs(timeout: float = 120) -> None:
 
 def test_landscape_page_computes_on_click_and_shows_the_stored_result(page_env):
     store, pair_id = page_env
-    at = _open("views/landscape.py", pair_id)
+    at = open_app("views/landscape.py", {"pair": pair_id})
     assert at.selectbox(key="landscape-pair").value == pair_id  # deep link
     buttons = [b for b in at.button if b.label.startswith("Compute")]
     for b in buttons:
@@ -160,7 +146,7 @@ def test_basins_page_shows_random_init_and_radius_against_the_pair(page_env):
     store, pair_id = page_env
     analyses.random_init(store, pair_id)  # the page's defaults (32 seeds)
     analyses.radius(store, pair_id)
-    at = _open("views/basins.py", pair_id)
+    at = open_app("views/basins.py", {"pair": pair_id})
     text = "\n".join(m.value for m in at.markdown)
     assert "random inits" in text and "the bad minimum's" in text
     assert len(at.get("vega_lite_chart")) >= 4
@@ -168,7 +154,7 @@ def test_basins_page_shows_random_init_and_radius_against_the_pair(page_env):
 
 def test_theory_page_explains_the_bound_and_counts_sweep_points(page_env):
     store, pair_id = page_env
-    at = _open("views/theory.py", pair_id)
+    at = open_app("views/theory.py", {"pair": pair_id})
     text = "\n".join(m.value for m in at.markdown) + "\n".join(i.value for i in at.info)
     assert "√m ‖W‖₂² ‖G‖_F" in text
     assert "two_layer" in text  # this pair is an mlp: the page says the bound is for two_layer models
@@ -180,5 +166,5 @@ def test_read_only_pages_offer_no_compute_buttons(page_env, monkeypatch):
     store, pair_id = page_env
     monkeypatch.setenv("LOSSLAND_READONLY", "1")
     for page in ("views/landscape.py", "views/basins.py", "views/theory.py"):
-        at = _open(page, pair_id)
+        at = open_app(page, {"pair": pair_id})
         assert not [b for b in at.button if b.label.startswith("Compute") or b.key == "theory-sweep"], page

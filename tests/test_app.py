@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from conftest import tiny_config, wait_for_job
-from streamlit.testing.v1 import AppTest
-
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-TIMEOUT = 60
+from conftest import open_app, page_texts, tiny_config, wait_for_job
 
 
 @pytest.fixture(autouse=True)
@@ -17,27 +11,9 @@ def _clean_caches(dashboard):
     yield
 
 
-def _app(store_path, page: str | None = None, query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for k, v in (query or {}).items():
-        at.query_params[k] = v
-    at.run()
-    if page:
-        at.switch_page(page)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def _texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [m.value for m in at.caption] + [m.value for m in at.info]
-    parts += [m.value for m in at.error] + [m.value for m in at.warning] + [m.value for m in at.success]
-    return "\n".join(parts)
-
-
 def test_overview_shows_the_latest_pair_numbers_and_spectra(store_env):
     store, ids = store_env
-    at = _app(store.path)
+    at = open_app()
     latest = store.latest_pair_id()
     assert at.selectbox(key="overview-pair").value == latest
     runs = store.pair(latest).runs.set_index("role")
@@ -45,7 +21,7 @@ def test_overview_shows_the_latest_pair_numbers_and_spectra(store_env):
     assert table.loc["test accuracy", "good"] == f"{runs.loc['good', 'test_acc']:.1%}"
     assert table.loc["test accuracy", "bad"] == f"{runs.loc['bad', 'test_acc']:.1%}"
     assert table.loc["top eigenvalue λ₁", "bad"] == f"{runs.loc['bad', 'top_eigenvalue']:.4g}"
-    assert "Both minima fit the clean training set" in _texts(at)
+    assert "Both minima fit the clean training set" in page_texts(at)
     specs = [c.proto.spec for c in at.get("vega_lite_chart")]
     assert any('"symlog"' in s for s in specs), "the spectrum chart is drawn on a symlog scale"
     sidebar = "\n".join(m.value for m in at.sidebar.get("metric")) if hasattr(at.sidebar, "get") else ""
@@ -55,33 +31,33 @@ def test_overview_shows_the_latest_pair_numbers_and_spectra(store_env):
 def test_deep_link_selects_the_pair_in_the_url(store_env):
     store, ids = store_env
     older = [i for i in ids if i != store.latest_pair_id()][0]
-    at = _app(store.path, query={"pair": older})
+    at = open_app(query={"pair": older})
     assert at.selectbox(key="overview-pair").value == older
     assert at.query_params["pair"] == [older] or at.query_params["pair"] == older
 
 
 def test_unknown_deep_link_warns_and_falls_back(store_env):
     store, _ = store_env
-    at = _app(store.path, query={"pair": "doesnotexist"})
-    assert "not in this store" in _texts(at)
+    at = open_app(query={"pair": "doesnotexist"})
+    assert "not in this store" in page_texts(at)
     assert at.selectbox(key="overview-pair").value == store.latest_pair_id()
 
 
 def test_spectrum_page_resmooths_without_new_hvps(store_env):
     store, ids = store_env
-    at = _app(store.path, "views/spectrum.py", {"pair": ids[0]})
+    at = open_app("views/spectrum.py", {"pair": ids[0]})
     charts_before = [c.proto.spec for c in at.get("vega_lite_chart")]
     assert len(charts_before) >= 4  # eigenvalues, density, estimates, log-volume
     assert any('"type": "log"' in s or '"type":"log"' in s for s in charts_before)
     at.slider(key="spectrum-sigma").set_value(0.01).run()
     assert not at.exception
     assert len(at.get("vega_lite_chart")) == len(charts_before)
-    assert "Exact values" in _texts(at)
+    assert "Exact values" in page_texts(at)
 
 
 def test_new_experiment_shows_validation_errors_beside_the_form(store_env):
     store, _ = store_env
-    at = _app(store.path, "views/new_experiment.py")
+    at = open_app("views/new_experiment.py")
     at.number_input(key="ne-digits-mlp-lr").set_value(-0.5)
     at.button(key="FormSubmitter:ne-digits-mlp-form-Run").click().run()
     assert not at.exception
@@ -100,9 +76,9 @@ def test_new_experiment_answers_a_stored_config_from_the_store(store_env, monkey
     cfg = tiny_config(**{"attack.n_attack": 100})
     assert cfg.config_hash() in ids
     monkeypatch.setitem(PRESETS, "digits-mlp", cfg)  # the form starts from this config
-    at = _app(store.path, "views/new_experiment.py")
+    at = open_app("views/new_experiment.py")
     at.button(key="FormSubmitter:ne-digits-mlp-form-Run").click().run()
-    assert "came from the store" in _texts(at)
+    assert "came from the store" in page_texts(at)
 
 
 def test_new_experiment_runs_in_the_background_and_lands(tmp_path, monkeypatch):
@@ -111,7 +87,7 @@ def test_new_experiment_runs_in_the_background_and_lands(tmp_path, monkeypatch):
 
     cfg = tiny_config(**{"train.seed": 7})
     monkeypatch.setitem(PRESETS, "digits-mlp", cfg)
-    at = _app(tmp_path / "runs.duckdb", "views/new_experiment.py")
+    at = open_app("views/new_experiment.py")
     at.button(key="FormSubmitter:ne-digits-mlp-form-Run").click().run()
     assert not at.exception
     import ui
@@ -120,13 +96,13 @@ def test_new_experiment_runs_in_the_background_and_lands(tmp_path, monkeypatch):
     assert job is not None
     assert wait_for_job(job).state == "done", job.error
     at.run()
-    assert f"Pair {cfg.config_hash()} is stored" in _texts(at)
+    assert f"Pair {cfg.config_hash()} is stored" in page_texts(at)
 
 
 def test_empty_store_offers_the_default_run_with_progress_and_cancel(tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSLAND_STORE", str(tmp_path / "empty.duckdb"))
-    at = _app(tmp_path / "empty.duckdb")
-    assert "The store is empty" in _texts(at)
+    at = open_app()
+    assert "The store is empty" in page_texts(at)
     at.button(key="overview-run-default").click().run()
     assert not at.exception
     import ui
@@ -143,7 +119,7 @@ def test_empty_store_offers_the_default_run_with_progress_and_cancel(tmp_path, m
 
 def test_runs_page_filters_compares_and_queries(store_env):
     store, ids = store_env
-    at = _app(store.path, "views/runs.py")
+    at = open_app("views/runs.py")
     table = at.dataframe[0].value
     assert len(table) == store.count_runs()
     at.multiselect(key="runs-role").set_value(["bad"]).run()
@@ -167,13 +143,13 @@ def test_runs_page_filters_compares_and_queries(store_env):
 def test_read_only_mode_hides_launching_and_upload(store_env, monkeypatch):
     store, _ = store_env
     monkeypatch.setenv("LOSSLAND_READONLY", "1")
-    at = _app(store.path)
+    at = open_app()
     assert "Read-only" in "\n".join(i.value for i in at.sidebar.info)
     at.switch_page("views/runs.py")
     at.run()
     assert not at.exception
     assert not at.get("file_uploader"), "no import in read-only mode"
-    assert "importing is switched off" in _texts(at)
+    assert "importing is switched off" in page_texts(at)
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         at.switch_page("views/new_experiment.py")  # not in the navigation at all when read-only
 
@@ -181,5 +157,5 @@ def test_read_only_mode_hides_launching_and_upload(store_env, monkeypatch):
 def test_read_only_empty_store_offers_no_run_button(tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSLAND_STORE", str(tmp_path / "empty.duckdb"))
     monkeypatch.setenv("LOSSLAND_READONLY", "1")
-    at = _app(tmp_path / "empty.duckdb")
+    at = open_app()
     assert not [b for b in at.button if b.key == "overview-run-default"]

@@ -17,10 +17,9 @@ import duckdb
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import open_app, page_texts, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
-from streamlit.testing.v1 import AppTest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store_writer import make_pair  # noqa: E402
@@ -34,8 +33,6 @@ from lossland.lanczos import spectral_density, top_eigenpairs  # noqa: E402
 from lossland.limits import Limits, check_experiment, limits, model_params  # noqa: E402
 from lossland.store import TABLES, BundleError, Store, StoreError  # noqa: E402
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-TIMEOUT = 60
 PAGES = ("views/overview.py", "views/new_experiment.py", "views/spectrum.py", "views/landscape.py",
          "views/basins.py", "views/theory.py", "views/runs.py")
 TRIED = {"random dicts": 0, "hostile fields": 0, "random json": 0}  # bad inputs tried, for RELIABILITY.md
@@ -45,24 +42,6 @@ TRIED = {"random dicts": 0, "hostile fields": 0, "random json": 0}  # bad inputs
 def _clean(monkeypatch, dashboard):
     for f in Limits.__dataclass_fields__:
         monkeypatch.delenv(Limits.variable(f), raising=False)
-
-
-def _app(page: str | None = None, query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for k, v in (query or {}).items():
-        at.query_params[k] = v
-    at.run()
-    if page and page != "views/overview.py":
-        at.switch_page(page)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def _texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [m.value for m in at.caption] + [m.value for m in at.info]
-    parts += [m.value for m in at.error] + [m.value for m in at.warning] + [m.value for m in at.success]
-    return "\n".join(parts)
 
 
 def _tables(store: Store) -> dict:
@@ -165,7 +144,7 @@ def _no_jobs() -> bool:
 
 def test_the_new_experiment_form_enforces_the_operator_caps_without_compute(store_env, monkeypatch):
     monkeypatch.setenv("LOSSLAND_MAX_PARAMS", "1000")
-    at = _app("views/new_experiment.py")
+    at = open_app("views/new_experiment.py")
     at.button(key="FormSubmitter:ne-digits-mlp-form-Run").click().run()
     assert not at.exception
     assert "LOSSLAND_MAX_PARAMS" in at.error[0].value and "3,466" in at.error[0].value
@@ -181,7 +160,7 @@ def test_the_new_experiment_form_enforces_the_operator_caps_without_compute(stor
 def test_the_default_run_button_respects_the_caps_too(tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSLAND_STORE", str(tmp_path / "empty.duckdb"))
     monkeypatch.setenv("LOSSLAND_MAX_PARAMS", "1000")
-    at = _app()
+    at = open_app()
     assert "LOSSLAND_MAX_PARAMS" in at.error[0].value
     assert not [b for b in at.button if b.key == "overview-run-default"] and _no_jobs()
 
@@ -189,19 +168,19 @@ def test_the_default_run_button_respects_the_caps_too(tmp_path, monkeypatch):
 def test_analyses_over_the_caps_are_refused_in_the_page_without_compute(store_env, monkeypatch):
     store, ids = store_env
     monkeypatch.setenv("LOSSLAND_MAX_GRID_POINTS", "100")
-    at = _app("views/landscape.py", {"pair": ids[0]})
+    at = open_app("views/landscape.py", {"pair": ids[0]})
     errors = "\n".join(e.value for e in at.error)
     assert "grid points = 1,681" in errors and "LOSSLAND_MAX_GRID_POINTS" in errors  # the 41 × 41 surfaces
     keys = {b.key for b in at.button}
     assert f"btn-interp:{ids[0]}" in keys and not any(k and k.startswith("btn-surface") for k in keys)
     monkeypatch.setenv("LOSSLAND_MAX_TRIALS", "20")
-    at = _app("views/basins.py", {"pair": ids[0]})
+    at = open_app("views/basins.py", {"pair": ids[0]})
     errors = "\n".join(e.value for e in at.error)
     assert "escape trials: trials = 64" in errors and "random inits: trials = 32" in errors, errors
     keys = {b.key for b in at.button}
     assert f"btn-radius:{ids[0]}" in keys and f"btn-escape:{ids[0]}" not in keys
     monkeypatch.setenv("LOSSLAND_MAX_GRID_POINTS", "10")
-    at = _app("views/theory.py", {"pair": ids[0]})
+    at = open_app("views/theory.py", {"pair": ids[0]})
     assert "attack sweep: points = 15" in at.error[0].value and not [b for b in at.button if b.key == "theory-sweep"]
     assert _no_jobs()
 
@@ -211,8 +190,8 @@ def test_a_corrupt_store_is_stated_on_every_page_never_a_traceback(tmp_path, mon
     path.write_bytes(b"not a database" * 1000)
     monkeypatch.setenv("LOSSLAND_STORE", str(path))
     for page in PAGES:
-        at = _app(page)  # asserts no exception
-        assert "corrupt or truncated" in _texts(at), page
+        at = open_app(page)  # asserts no exception
+        assert "corrupt or truncated" in page_texts(at), page
     assert path.read_bytes() == b"not a database" * 1000
 
 
@@ -227,11 +206,11 @@ def test_a_diverged_pair_is_stored_with_its_curves_and_shown_without_a_traceback
     assert runs["top_eigenvalue"].isna().all()
     assert store.has_pair(out.pair_id)  # answered from the store next time, not retrained
     monkeypatch.setenv("LOSSLAND_STORE", str(store.path))
-    at = _app()
-    assert "diverged" in _texts(at)
+    at = open_app()
+    assert "diverged" in page_texts(at)
     assert [m.value for m in at.main.get("metric")][2:] == ["—", "—"]
     for page in ("views/spectrum.py", "views/runs.py"):
-        _app(page)
+        open_app(page)
 
 
 def test_ctrl_c_mid_training_leaves_no_rows_and_the_sweep_resumes(tmp_path):
@@ -357,10 +336,10 @@ def test_missing_or_corrupt_checkpoints_are_stated_and_the_rest_of_the_app_works
     store.checkpoint_path(f"{ids[1]}-bad").write_bytes(b"PK\x03\x04 truncated")
     for pair_id, problem in ((ids[0], "missing"), (ids[1], "corrupt")):
         for page in ("views/overview.py", "views/spectrum.py", "views/runs.py"):
-            at = _app(page, {"pair": pair_id})
+            at = open_app(page, {"pair": pair_id})
             assert not at.error, (page, [e.value for e in at.error])
         for page in ("views/landscape.py", "views/basins.py"):
-            at = _app(page, {"pair": pair_id})
+            at = open_app(page, {"pair": pair_id})
             errors = [e.value for e in at.error]
             assert errors and all(problem in e for e in errors), (page, errors)
             assert not [b for b in at.button if b.key and b.key.startswith("btn-")], "no compute offered"
@@ -370,17 +349,6 @@ def test_missing_or_corrupt_checkpoints_are_stated_and_the_rest_of_the_app_works
 
 
 # --- 4. bundles from strangers ----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    from test_store import with_checkpoints
-
-    root = tmp_path_factory.mktemp("bundle")
-    s = Store(root / "runs.duckdb")
-    pair, spectra = make_pair(12)
-    ids = s.save_pair(pair, spectra, with_checkpoints(s, pair))
-    return s.export(ids, root / "bundle.zip"), ids
-
 
 def _members(src: Path) -> dict[str, bytes]:
     with zipfile.ZipFile(src) as zf:
@@ -454,14 +422,14 @@ def test_damaged_and_tricky_bundles_are_refused_and_the_store_is_unchanged(bundl
 def test_the_runs_page_refuses_an_upload_over_the_cap(store_env, bundle, monkeypatch):
     src, _ = bundle
     monkeypatch.setenv("LOSSLAND_MAX_UPLOAD_MB", "1")
-    at = _app("views/runs.py")
+    at = open_app("views/runs.py")
     at.file_uploader(key="runs-import").set_value(("big.zip", b"\0" * (2 * 1024**2), "application/zip")).run()
     assert not at.exception
     assert "upload = 2.0 MB is over this dashboard's cap of 1 MB (LOSSLAND_MAX_UPLOAD_MB" in at.error[0].value
     assert not [b for b in at.button if b.key == "runs-import-go"], "no Import button for it"
     at.file_uploader(key="runs-import").set_value(("bundle.zip", src.read_bytes(), "application/zip")).run()
     assert not at.error and [b for b in at.button if b.key == "runs-import-go"]
-    config = (Path(APP).parent / ".streamlit" / "config.toml").read_text()
+    config = (Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text()
     assert f"maxUploadSize = {Limits().max_upload_mb}" in config, "Streamlit's own limit matches the default cap"
 
 
@@ -470,12 +438,12 @@ def test_the_runs_page_refuses_an_upload_over_the_cap(store_env, bundle, monkeyp
 def test_the_sql_tab_caps_huge_results_with_a_note_and_stops_runaway_queries(store_env, monkeypatch):
     monkeypatch.setenv("LOSSLAND_SQL_MAX_ROWS", "1000")
     monkeypatch.setenv("LOSSLAND_SQL_TIMEOUT_S", "1")
-    at = _app("views/runs.py")
+    at = open_app("views/runs.py")
     box = "runs-sql-mean test accuracy by role"
     at.text_area(key=box).set_value("SELECT * FROM range(25000) t(i)")
     at.button(key="runs-sql-run").click().run()
     assert len(at.dataframe[-1].value) == 1000
-    assert "1000 rows" in _texts(at) and "capped; refine the query for the rest" in _texts(at)
+    assert "1000 rows" in page_texts(at) and "capped; refine the query for the rest" in page_texts(at)
     at.text_area(key=box).set_value("SELECT count(*) FROM range(10000000000) a, range(1000) b")
     start = time.monotonic()
     at.button(key="runs-sql-run").click().run()

@@ -3,12 +3,10 @@ nothing, the report folder is complete (or absent), and the Reproduce page shows
 
 import json
 import shutil
-from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import tiny_config, wait_for_job
-from streamlit.testing.v1 import AppTest
+from conftest import open_app, page_texts, tiny_config, wait_for_job
 
 from lossland import analyses, claims, report
 from lossland.cli import main
@@ -16,7 +14,6 @@ from lossland.config import ConfigError, preset
 from lossland.reproduce import Plan, _analysis, collect, plan_for, reports_dir, reproduce, run
 from lossland.store import Store
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -215,27 +212,13 @@ def test_cli_refuses_bad_arguments_with_a_clear_message(tmp_path, capsys):
 SUBMIT = "FormSubmitter:reproduce-form-Run the reproduction"
 
 
-def _page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page("views/reproduce.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def _texts(at: AppTest) -> str:
-    return " ".join(str(e.value) for kind in ("markdown", "caption", "info", "warning", "error", "success")
-                    for e in at.get(kind))
-
-
 def test_reproduce_page_shows_the_latest_report(tiny_report, dashboard):
     store, _, rep, folder, _ = tiny_report
     dashboard(store.path)
-    at = _page()
+    at = open_app("views/reproduce.py")
     assert list(at.dataframe[0].value["result"]) == [c.verdict for c in rep.claims]
     assert folder.name in at.selectbox(key="repro-report").value.name
-    assert f"({rep.computed} steps computed)" in _texts(at)
+    assert f"({rep.computed} steps computed)" in page_texts(at)
     assert len(at.get("image")) == len(report.load_report(folder)["figures"])
     labels = {b.proto.label for b in at.get("download_button")}
     assert {"Report (zip)", "report.md", "report.html"} <= labels
@@ -246,8 +229,8 @@ def test_reproduce_page_read_only_has_no_launch(tiny_report, dashboard, monkeypa
     store, _, rep, _, _ = tiny_report
     dashboard(store.path)
     monkeypatch.setenv("LOSSLAND_READONLY", "1")
-    at = _page()
-    assert "read-only" in _texts(at)
+    at = open_app("views/reproduce.py")
+    assert "read-only" in page_texts(at)
     assert SUBMIT not in [b.key for b in at.button]
     assert list(at.dataframe[0].value["result"]) == [c.verdict for c in rep.claims]
 
@@ -263,8 +246,8 @@ def test_reproduce_page_launches_the_plan_with_progress(tmp_path, dashboard, mon
         return tiny_plan(seeds=1), []
 
     monkeypatch.setattr(lossland.reproduce, "plan_for", small_plan)
-    at = _page()
-    assert "No report yet" in _texts(at)
+    at = open_app("views/reproduce.py")
+    assert "No report yet" in page_texts(at)
     at.number_input(key="repro-seeds").set_value(1)
     at.button(key=SUBMIT).click().run()
     assert not at.exception

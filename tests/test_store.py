@@ -21,10 +21,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from store_writer import expected_counts, make_pair  # noqa: E402
+from store_writer import expected_counts, make_pair, with_checkpoints  # noqa: E402
 
 from lossland import store as store_module  # noqa: E402
-from lossland.checkpoint import save_checkpoint  # noqa: E402
 from lossland.store import (  # noqa: E402
     SCHEMA_VERSION,
     TABLES,
@@ -73,15 +72,6 @@ def wait_for(proc: subprocess.Popen, line: str, timeout: float = 60) -> None:
         raise AssertionError(f"writer ended before {line!r}: {proc.stderr.read()}")
     finally:
         timer.cancel()
-
-
-def with_checkpoints(store: Store, pair) -> dict[str, str]:
-    out = {}
-    for role in ("good", "bad"):
-        path = store.checkpoint_dir / f"{pair.pair_id}-{role}.pt"
-        save_checkpoint(path, pair.config, role, getattr(pair, role).model)
-        out[role] = str(path)
-    return out
 
 
 # --- schema ---------------------------------------------------------------------------------
@@ -382,15 +372,6 @@ def rewrite(src: Path, dst: Path, drop: tuple[str, ...] = (), add: dict[str, byt
         for name, data in (add or {}).items():
             zout.writestr(name, data)
     return dst
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundle")
-    s = Store(root / "runs.duckdb")
-    pair, spectra = make_pair(9)
-    ids = s.save_pair(pair, spectra, with_checkpoints(s, pair))
-    return s.export(ids, root / "bundle.zip"), ids
 
 
 def parquet_bytes(sql: str, tmp_path: Path) -> bytes:
