@@ -17,17 +17,15 @@ from pathlib import Path
 
 import streamlit as st
 
-from lossland.checkpoint import CheckpointError
+from lossland.checkpoint import CheckpointError, read_checkpoint_file
 from lossland.config import ConfigError, ExperimentConfig
 from lossland.data import DatasetError
 from lossland.limits import Limits, check_grid, check_trials, limits
+from lossland.pairs import run_ids
 from lossland.store import Store, StoreError, default_store_path
 
 # What the library raises for bad input or a damaged store: shown in the page, never as a traceback.
 LIBRARY_ERRORS = (StoreError, ConfigError, DatasetError, CheckpointError)
-
-COLORS = {"good": "#1f77b4", "bad": "#d62728"}
-
 
 def read_only() -> bool:
     """Serving to collaborators: LOSSLAND_READONLY=1, or `streamlit run app.py -- --read-only`."""
@@ -278,33 +276,26 @@ def show_config_error(e: ConfigError) -> None:
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _checkpoint_problem(path: str, mtime: float, size: int) -> str | None:
-    import torch
-
-    from lossland.checkpoint import FORMAT
-
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt, truncated or hostile: stated, never loaded
-        return f"checkpoint {path} can't be read ({type(e).__name__}); it is corrupt or truncated"
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "state_dict" not in blob:
-        return f"checkpoint {path} is not a lossland checkpoint of format {FORMAT}"
+        read_checkpoint_file(path)
+    except CheckpointError as e:
+        return str(e)
     return None
 
 
 def checkpoint_problem(store: Store, pair_id: str) -> str | None:
     """Why the pair's minima can't be loaded for an analysis (a checkpoint missing or corrupt), or None."""
-    for role in ("good", "bad"):
-        run_id = f"{pair_id}-{role}"
-        path = store.checkpoint_path(run_id)
+    for rid in run_ids(pair_id):
+        path = store.checkpoint_path(rid)
         if path is None:
-            return f"run {run_id} has no checkpoint recorded"
+            return f"run {rid} has no checkpoint recorded"
         try:
             info = path.stat()
         except OSError:
-            return f"the checkpoint of run {run_id} is missing ({path})"
+            return f"the checkpoint of run {rid} is missing ({path})"
         problem = _checkpoint_problem(str(path), info.st_mtime, info.st_size)
         if problem:
-            return f"run {run_id}: {problem}"
+            return f"run {rid}: {problem}"
     return None
 
 
