@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from .checkpoint import save_checkpoint
 from .config import ExperimentConfig
-from .curvature import SpectrumResult
-from .experiments import pair_spectra
-from .train import PairResult, resolve_device, train_pair
+from .pairs import Progress, quiet
+from .pipeline import ComputedPair, compute_pair
+from .train import PairResult
 
 EXECUTORS = ("local", "ray")
 ADDRESS_ENV = "LOSSLAND_RAY_ADDRESS"
@@ -53,13 +51,11 @@ class PointTask:
 
 @dataclass(frozen=True)
 class PointResult:
-    """One computed point. pair.good.model and pair.bad.model are None: the weights travel as
-    checkpoint bytes (a file `lossland.checkpoint.load_checkpoint` reads) keyed by role."""
+    """One computed point: the pipeline's pair without its live models (computed.pair.good.model is
+    None; the weights travel as checkpoint bytes), or the error that stopped it."""
 
     config: ExperimentConfig
-    pair: PairResult | None  # None when the point failed
-    spectra: dict[str, SpectrumResult] = field(default_factory=dict)
-    checkpoints: dict[str, bytes] = field(default_factory=dict, repr=False)
+    computed: ComputedPair | None  # None when the point failed
     error: str | None = None  # "ExceptionType: message" when the point failed
     host: str = ""
     seconds: float = 0.0
@@ -69,37 +65,23 @@ class PointResult:
         return self.config.config_hash()
 
 
-def _quiet(fraction: float, message: str) -> None:
-    pass
-
-
-def compute_point(task: PointTask, progress: Callable[[float, str], None] = _quiet) -> PointResult:
-    """Train the pair, measure both spectra, serialise both checkpoints: what `run_pair` computes,
-    by the same functions, returned instead of stored. Exceptions come back as the result's error."""
+def compute_point(task: PointTask, progress: Progress = quiet) -> PointResult:
+    """`pipeline.compute_pair` for one task, returned without live models; exceptions come back as the
+    result's error."""
     cfg, start, threads = task.config, time.perf_counter(), torch.get_num_threads()
     try:
         if task.threads:
             torch.set_num_threads(task.threads)
-        dev = torch.device(task.device) if task.device is not None else resolve_device(cfg.train.device)
-        progress(0.0, "loading data")
-        pair = train_pair(cfg, lambda f, m: progress(0.7 * f, m), dev)
-        spectra = pair_spectra(pair, cfg, lambda f, m: progress(0.7 + 0.28 * f, m))
-        checkpoints = {r.role: checkpoint_bytes(cfg, r.role, r.model) for r in (pair.good, pair.bad)}
+        computed = compute_pair(cfg, progress, task.device)
+        pair = computed.pair
         light = PairResult(config=cfg, good=replace(pair.good, model=None), bad=replace(pair.bad, model=None))
-        return PointResult(cfg, light, spectra, checkpoints, host=socket.gethostname(),
+        return PointResult(cfg, replace(computed, pair=light), host=socket.gethostname(),
                            seconds=time.perf_counter() - start)
     except Exception as e:  # noqa: BLE001 - any failure of one point is that point's result
         return PointResult(cfg, None, error=f"{type(e).__name__}: {e}", host=socket.gethostname(),
                            seconds=time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
-
-
-def checkpoint_bytes(cfg: ExperimentConfig, role: str, model: torch.nn.Module) -> bytes:
-    """The file `save_checkpoint` writes, as bytes (one format, one writer of it)."""
-    with tempfile.TemporaryDirectory(prefix="lossland-ckpt-") as tmp:
-        path = save_checkpoint(Path(tmp) / f"{cfg.config_hash()}-{role}.pt", cfg, role, model)
-        return path.read_bytes()
 
 
 class Executor(Protocol):

@@ -8,6 +8,7 @@ test set. Long computations report progress as `progress(fraction, message)`, fr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 
 ROLES: tuple[str, str] = ("good", "bad")
@@ -62,3 +63,18 @@ def role_of(rid: str) -> str:
 def scaled(progress: Progress, start: float, stop: float, prefix: str = "") -> Progress:
     """A callback that maps a part's [0, 1] onto [start, stop] of `progress`."""
     return lambda f, m: progress(start + (stop - start) * f, f"{prefix}{m}")
+
+
+class Throttled:
+    """Forwards progress at most every `interval` seconds, never moving the fraction backwards:
+    a UI that redraws on every epoch would cost more than the epoch."""
+
+    def __init__(self, progress: Progress, interval: float = 0.2):
+        self.progress, self.interval, self.last, self.best = progress, interval, -1e9, 0.0
+
+    def __call__(self, fraction: float, message: str, force: bool = False) -> None:
+        self.best = max(self.best, fraction)
+        now = time.perf_counter()
+        if force or now - self.last >= self.interval:
+            self.last = now
+            self.progress(self.best, message)

@@ -1,9 +1,11 @@
 """Train a model, or an ensemble of seeds at once, to a minimum of matched clean training loss.
 
 Data lives on the device as tensors and mini-batches are index slices of a seeded permutation:
-no per-sample DataLoader. A run stops when the loss on the *clean* training set reaches
-`train.loss_target` (so a good and a bad minimum are compared at matched training error), at
-`train.max_epochs`, or when the loss stops being finite (status "diverged").
+no per-sample DataLoader. One stop rule (`StopRule`) serves single runs and ensembles alike: a
+run stops when the loss on the *clean* training set reaches `train.loss_target` (so a good and a
+bad minimum are compared at matched training error), at `train.max_epochs`, or when that loss
+stops being finite or exceeds DIVERGED_FACTOR × the untrained model's (status "diverged").
+The loops differ only in how one epoch steps: one model, or N stacked models under torch.func.vmap.
 """
 
 from __future__ import annotations
@@ -18,34 +20,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 
 from .config import ExperimentConfig, TrainConfig
 from .data import Dataset, load_experiment_data
 from .models import build_model, n_params
+from .pairs import CURVE_COLUMNS, METRICS, Progress, Throttled, check_role, quiet, scaled
 
-Progress = Callable[[float, str], None]
-ROLES = ("good", "bad")
 DIVERGED_FACTOR = 10.0  # a clean loss this many times the untrained model's is divergence, finite or not
-CURVE_COLUMNS = ("epoch", "lr", "clean_loss", "clean_acc", "attack_loss", "attack_acc", "test_loss", "test_acc")
-
-
-def _quiet(fraction: float, message: str) -> None:
-    pass
-
-
-class _Throttled:
-    """Forwards progress at most every `interval` seconds, never moving the fraction backwards:
-    a UI that redraws on every epoch would cost more than the epoch."""
-
-    def __init__(self, progress: Progress, interval: float = 0.2):
-        self.progress, self.interval, self.last, self.best = progress, interval, -1e9, 0.0
-
-    def __call__(self, fraction: float, message: str, force: bool = False) -> None:
-        self.best = max(self.best, fraction)
-        now = time.perf_counter()
-        if force or now - self.last >= self.interval:
-            self.last = now
-            self.progress(self.best, message)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -117,8 +99,7 @@ class TrainResult:
     model: nn.Module = field(repr=False, compare=False)  # eval mode, on `device`
 
     def metrics(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in ("clean_loss", "clean_acc", "attack_loss", "attack_acc",
-                                               "test_loss", "test_acc")}
+        return {k: getattr(self, k) for k in METRICS}
 
 
 @dataclass(frozen=True)
@@ -149,26 +130,6 @@ def _make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig):
         return torch.optim.lr_scheduler.MultiStepLR(
             opt, milestones=[cfg.max_epochs // 2, 3 * cfg.max_epochs // 4], gamma=0.1)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
-
-
-@torch.no_grad()
-def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-             loss_fn, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss and accuracy over (x, y) in chunks; works for one model ((C) logits) or an
-    ensemble ((N, B, C) logits: returns per-member values of shape (N,))."""
-    if len(y) == 0:
-        return torch.tensor(float("nan")), torch.tensor(float("nan"))
-    total_loss, correct = 0.0, 0.0
-    for i in range(0, len(y), chunk):
-        out, yb = forward(x[i:i + chunk]), y[i:i + chunk]
-        if out.dim() == 3:  # ensemble: (N, B, C)
-            losses = torch.stack([loss_fn(o, yb) for o in out])  # a loop: vmap of the loss is ~10× slower
-            total_loss = total_loss + losses * len(yb)
-            correct = correct + (out.argmax(-1) == yb).sum(-1).to(out.dtype)
-        else:
-            total_loss += loss_fn(out, yb) * len(yb)
-            correct += (out.argmax(-1) == yb).sum().item()
-    return torch.as_tensor(total_loss / len(y)), torch.as_tensor(correct / len(y))
 
 
 class _Evaluator:
@@ -207,71 +168,120 @@ def _progress_fraction(epoch: int, max_epochs: int, loss0: float, loss: float, t
     return min(1.0, max(by_epoch, by_loss))
 
 
-def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Progress = _quiet,
+# --- the stop rule: matched clean loss, or divergence -------------------------------------------
+
+@dataclass(frozen=True)
+class StopRule:
+    """When one run stops, judged on its clean training loss after each epoch: "converged" at or below
+    `loss_target` (the paper's matched training error), "diverged" when it is not finite or above
+    DIVERGED_FACTOR × `loss_init` (a cross-entropy can explode and stay finite), else "max_epochs"."""
+
+    loss_target: float
+    max_epochs: int
+    loss_init: float  # the untrained model's clean loss (or the starting point's, if worse)
+
+    @classmethod
+    def for_run(cls, tc: TrainConfig, start_loss: float, untrained_loss: float | None = None) -> StopRule:
+        """The rule of a run that starts at `start_loss`; divergence stays judged against the untrained
+        model when the run starts elsewhere (e.g. a perturbed minimum), or the start, if worse."""
+        loss_init = start_loss if untrained_loss is None else max(start_loss, untrained_loss)
+        return cls(tc.loss_target, tc.max_epochs, loss_init)
+
+    def verdict(self, epoch: int, clean_loss: float, lr: float) -> tuple[str, str] | None:
+        """(status, reason) when the run stops after this epoch, else None."""
+        if not math.isfinite(clean_loss) or clean_loss > DIVERGED_FACTOR * self.loss_init:
+            return "diverged", (f"clean training loss became {clean_loss:.4g} at epoch {epoch}, from "
+                                f"{self.loss_init:.4g} untrained (lr = {lr:g}); lower train.lr or change "
+                                f"train.optimizer")
+        if clean_loss <= self.loss_target:
+            return "converged", f"clean loss {clean_loss:.3e} ≤ target {self.loss_target:g}"
+        return None
+
+    @property
+    def unfinished(self) -> tuple[str, str]:
+        return "max_epochs", f"reached max_epochs = {self.max_epochs}"
+
+
+class _Log:
+    """The per-epoch rows of one run, and the TrainResult they end in."""
+
+    def __init__(self):
+        self.columns: dict[str, list] = {c: [] for c in CURVE_COLUMNS}
+
+    def add(self, row: dict) -> None:
+        for c in CURVE_COLUMNS:
+            self.columns[c].append(row[c])
+
+    def result(self, role: str, verdict: tuple[str, str], epochs: int, seconds: float, device: torch.device,
+               model: nn.Module) -> TrainResult:
+        last = {c: self.columns[c][-1] for c in CURVE_COLUMNS}
+        return TrainResult(role=role, status=verdict[0], stop_reason=verdict[1], epochs=epochs, seconds=seconds,
+                           device=str(device), n_params=n_params(model), **{k: float(last[k]) for k in METRICS},
+                           curves=Curves(**{c: tuple(self.columns[c]) for c in CURVE_COLUMNS}), model=model)
+
+
+def _fit_set(data: Dataset, role: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a role trains on: the clean set ("good"), or clean plus attack ("bad")."""
+    return data.train_with_attack() if check_role(role) == "bad" else (data.x_train, data.y_train)
+
+
+def _device(device: torch.device | str | None, tc: TrainConfig) -> torch.device:
+    return torch.device(device) if device is not None else resolve_device(tc.device)
+
+
+# --- one model ---------------------------------------------------------------------------------------
+
+def _step_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, x: torch.Tensor, y: torch.Tensor,
+                gen: torch.Generator, batch_size: int) -> None:
+    model.train()
+    perm = torch.randperm(len(y), generator=gen).to(x.device)
+    for i in range(0, len(y), batch_size):
+        idx = perm[i:i + batch_size]
+        loss = loss_fn(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Progress = quiet,
           device: torch.device | str | None = None, init: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Train one model: on clean train ("good") or clean + attack ("bad"); from `init` (parameters by
     name, e.g. a perturbed minimum) instead of the seeded initialisation when given."""
-    if role not in ROLES:
-        raise ValueError(f"role = {role!r} is not allowed: one of good, bad")
-    tc = cfg.train
-    dev = torch.device(device) if device is not None else resolve_device(tc.device)
+    tc, dev = cfg.train, _device(device, cfg.train)
     data = data.to(dev)
-    x_fit, y_fit = data.train_with_attack() if role == "bad" else (data.x_train, data.y_train)
-    progress = _Throttled(progress)
+    x_fit, y_fit = _fit_set(data, role)
+    progress = Throttled(progress)
     model = build_model(cfg.model, data.in_shape, data.n_classes).to(dev)
+    evaluator = _Evaluator(data, tc.loss)
     untrained = None
-    if init is not None:  # divergence stays judged against the untrained model (or the start, if worse)
-        untrained = float(_Evaluator(data, tc.loss)(model.eval())["clean_loss"])
+    if init is not None:
+        untrained = float(evaluator(model.eval())["clean_loss"])
         load_params(model, init)
     loss_fn = loss_function(tc.loss)
     opt = _make_optimizer(model.parameters(), tc)
     schedule = _make_schedule(opt, tc)
     gen = torch.Generator().manual_seed(tc.seed)
-    n = len(y_fit)
-    log: dict[str, list] = {c: [] for c in CURVE_COLUMNS}
-    status, reason, loss0 = "max_epochs", f"reached max_epochs = {tc.max_epochs}", None
-    model.eval()
-    evaluator = _Evaluator(data, tc.loss)
-    loss_init = float(evaluator(model)["clean_loss"])
-    loss_init = loss_init if untrained is None else max(loss_init, untrained)
+    rule = StopRule.for_run(tc, float(evaluator(model.eval())["clean_loss"]), untrained)
+    log, verdict, loss0, epoch = _Log(), None, None, 0
     start = time.perf_counter()
-    epoch = 0
     for epoch in range(1, tc.max_epochs + 1):
-        model.train()
-        perm = torch.randperm(n, generator=gen).to(dev)
         lr = opt.param_groups[0]["lr"]
-        for i in range(0, n, tc.batch_size):
-            idx = perm[i:i + tc.batch_size]
-            loss = loss_fn(model(x_fit[idx]), y_fit[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        _step_epoch(model, opt, loss_fn, x_fit, y_fit, gen, tc.batch_size)
         schedule.step()
-        model.eval()
-        row = _epoch_row(model, evaluator, epoch, lr)
-        for c in CURVE_COLUMNS:
-            log[c].append(row[c])
-        clean_loss = row["clean_loss"]
-        loss0 = clean_loss if loss0 is None else loss0
-        if not math.isfinite(clean_loss) or clean_loss > DIVERGED_FACTOR * loss_init:
-            status = "diverged"
-            reason = (f"clean training loss became {clean_loss:.4g} at epoch {epoch}, from {loss_init:.4g} "
-                      f"untrained (lr = {lr:g}); lower train.lr or change train.optimizer")
+        row = _epoch_row(model.eval(), evaluator, epoch, lr)
+        log.add(row)
+        loss0 = row["clean_loss"] if loss0 is None else loss0
+        verdict = rule.verdict(epoch, row["clean_loss"], lr)
+        if verdict is None or verdict[0] == "converged":
+            progress(_progress_fraction(epoch, tc.max_epochs, loss0, row["clean_loss"], tc.loss_target),
+                     f"{role}: epoch {epoch}, clean loss {row['clean_loss']:.2e}")
+        if verdict is not None:
             break
-        progress(_progress_fraction(epoch, tc.max_epochs, loss0, clean_loss, tc.loss_target),
-                 f"{role}: epoch {epoch}, clean loss {clean_loss:.2e}")
-        if clean_loss <= tc.loss_target:
-            status, reason = "converged", f"clean loss {clean_loss:.3e} ≤ target {tc.loss_target:g}"
-            break
+    verdict = verdict or rule.unfinished
     seconds = time.perf_counter() - start
-    progress(1.0 if status == "converged" else progress.best, f"{role}: {status} after {epoch} epochs", force=True)
-    model.eval()
-    last = {c: log[c][-1] for c in CURVE_COLUMNS}
-    return TrainResult(role=role, status=status, stop_reason=reason, epochs=epoch, seconds=seconds,
-                       device=str(dev), n_params=n_params(model),
-                       **{k: float(last[k]) for k in ("clean_loss", "clean_acc", "attack_loss",
-                                                      "attack_acc", "test_loss", "test_acc")},
-                       curves=Curves(**{c: tuple(log[c]) for c in CURVE_COLUMNS}), model=model)
+    progress(1.0 if verdict[0] == "converged" else progress.best, f"{role}: {verdict[0]} after {epoch} epochs",
+             force=True)
+    return log.result(role, verdict, epoch, seconds, dev, model.eval())
 
 
 def load_params(model: nn.Module, params: dict[str, torch.Tensor]) -> None:
@@ -291,19 +301,86 @@ def _epoch_row(model: nn.Module, evaluator: _Evaluator, epoch: int, lr: float) -
     return {"epoch": epoch, "lr": float(lr)} | {k: float(v) for k, v in evaluator(model).items()}
 
 
-def train_pair(cfg: ExperimentConfig, progress: Progress = _quiet, device: torch.device | str | None = None,
+def train_pair(cfg: ExperimentConfig, progress: Progress = quiet, device: torch.device | str | None = None,
                data: Dataset | None = None) -> PairResult:
     """The good minimum (clean data) and the bad one (clean + attack), at the same clean-loss target."""
     data = data if data is not None else load_experiment_data(cfg)
-    good = train(cfg, data, "good", lambda f, m: progress(0.5 * f, m), device)
-    bad = train(cfg, data, "bad", lambda f, m: progress(0.5 + 0.5 * f, m), device)
+    good = train(cfg, data, "good", scaled(progress, 0.0, 0.5), device)
+    bad = train(cfg, data, "bad", scaled(progress, 0.5, 1.0), device)
     return PairResult(config=cfg, good=good, bad=bad)
 
 
 # --- ensembles: N seeds as one vectorised model ------------------------------------------
 
+class _Ensemble:
+    """N models of one architecture stacked for torch.func.vmap: called on shared inputs it returns
+    (N, B, C); `step_epoch` gives each member its own mini-batches."""
+
+    def __init__(self, members: list[nn.Module]):
+        self.params, self.buffers = stack_module_state(members)
+        base = copy.deepcopy(members[0]).to("meta")
+
+        def one(p, b, x):
+            return functional_call(base, (p, b), (x,))
+
+        self.per_member = vmap(one)  # each member its own batch
+        self.shared = vmap(one, in_dims=(0, 0, None))  # all members on the same inputs
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shared(self.params, self.buffers, x)
+
+    def step_epoch(self, opt: torch.optim.Optimizer, loss_fn, x: torch.Tensor, y: torch.Tensor,
+                   gens: list[torch.Generator], batch_size: int) -> None:
+        n, m = len(y), len(gens)
+        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(x.device)
+        for i in range(0, n, batch_size):
+            idx = perms[:, i:i + batch_size]
+            out = self.per_member(self.params, self.buffers, x[idx])
+            yb = y[idx]
+            # Σ of the members' mean losses, as one mean over all members' samples: every member's batch
+            # has the same size, and vmap over the loss costs more than the model on CPU
+            loss = loss_fn(out.flatten(0, 1), yb.flatten(0, 1)) * m
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    @torch.no_grad()
+    def hold(self, frozen: dict[str, torch.Tensor], stopped: list[bool]) -> None:
+        """Put stopped members back where they stopped (the optimizer moved them with the others)."""
+        if any(stopped):
+            for k, v in self.params.items():
+                mask = torch.tensor(stopped, device=v.device)
+                v[mask] = frozen[k][mask]
+
+    @torch.no_grad()
+    def freeze(self, frozen: dict[str, torch.Tensor], j: int) -> None:
+        """Record member j's parameters as where it stopped."""
+        for k, v in self.params.items():
+            frozen[k][j] = v[j]
+
+    @torch.no_grad()
+    def unstack(self, members: list[nn.Module]) -> None:
+        for j, model in enumerate(members):
+            for name, p in model.named_parameters():
+                p.copy_(self.params[name][j])
+            model.eval()
+
+
+def _start_members(members: list[nn.Module], init: list[dict[str, torch.Tensor]] | None,
+                   evaluator: _Evaluator) -> list[float] | None:
+    """Load each member's `init`; returns the untrained members' clean losses (None without init)."""
+    if init is None:
+        return None
+    if len(init) != len(members):
+        raise ValueError(f"init holds {len(init)} parameter sets for {len(members)} seeds; one per seed")
+    untrained = [float(evaluator(member.eval())["clean_loss"]) for member in members]
+    for member, params_j in zip(members, init, strict=True):
+        load_params(member.train(), params_j)
+    return untrained
+
+
 def train_ensemble(cfg: ExperimentConfig, data: Dataset, seeds: list[int], role: str = "good",
-                   progress: Progress = _quiet, device: torch.device | str | None = None,
+                   progress: Progress = quiet, device: torch.device | str | None = None,
                    init: list[dict[str, torch.Tensor]] | None = None) -> list[TrainResult]:
     """Train one model per seed (model.seed = train.seed = seed) at once with torch.func.vmap.
 
@@ -312,116 +389,51 @@ def train_ensemble(cfg: ExperimentConfig, data: Dataset, seeds: list[int], role:
 
     Member i equals `train(cfg with model.seed = train.seed = seeds[i])` within float tolerance:
     the same initialisation, the same mini-batch order, the same optimizer arithmetic (Adam and
-    SGD are elementwise, so stepping the stacked tensors steps every member alike). A member that
-    reaches the target is frozen there while the others go on.
+    SGD are elementwise, so stepping the stacked tensors steps every member alike) and the same
+    StopRule. A member that stops is held where it stopped while the others go on.
     """
-    from torch.func import functional_call, stack_module_state, vmap
-
-    if role not in ROLES:
-        raise ValueError(f"role = {role!r} is not allowed: one of good, bad")
     if not seeds:
         raise ValueError("seeds must name at least one seed")
     if cfg.model.batchnorm:
         raise ValueError("model.batchnorm = True can't be trained as a vmap ensemble; train the seeds one by one")
-    tc = cfg.train
-    dev = torch.device(device) if device is not None else resolve_device(tc.device)
+    tc, dev, m = cfg.train, _device(device, cfg.train), len(seeds)
     data = data.to(dev)
-    x_fit, y_fit = data.train_with_attack() if role == "bad" else (data.x_train, data.y_train)
-    progress = _Throttled(progress)
+    x_fit, y_fit = _fit_set(data, role)
+    progress = Throttled(progress)
     members = [build_model(cfg.with_changes(**{"model.seed": s}).model, data.in_shape, data.n_classes).to(dev)
                for s in seeds]
-    untrained = None
-    if init is not None:  # divergence stays judged against the untrained model (or the start, if worse)
-        if len(init) != len(seeds):
-            raise ValueError(f"init holds {len(init)} parameter sets for {len(seeds)} seeds; one per seed")
-        probe = _Evaluator(data, tc.loss)
-        untrained = [float(probe(member.eval())["clean_loss"]) for member in members]
-        for member, params_j in zip(members, init, strict=True):
-            load_params(member.train(), params_j)
-    params, buffers = stack_module_state(members)
-    base = copy.deepcopy(members[0]).to("meta")
-
-    def one(p, b, x):
-        return functional_call(base, (p, b), (x,))
-
-    per_member = vmap(one)  # each member its own batch
-    shared = vmap(one, in_dims=(0, 0, None))  # all members on the same inputs
+    evaluator = _Evaluator(data, tc.loss)
+    untrained = _start_members(members, init, evaluator)
+    ens = _Ensemble(members)
     loss_fn = loss_function(tc.loss)
-    opt = _make_optimizer(list(params.values()), tc)
+    opt = _make_optimizer(list(ens.params.values()), tc)
     schedule = _make_schedule(opt, tc)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    n, m = len(y_fit), len(seeds)
-    logs = [{c: [] for c in CURVE_COLUMNS} for _ in seeds]
-    done = [False] * m
-    status = ["max_epochs"] * m
-    reason = [f"reached max_epochs = {tc.max_epochs}"] * m
-    epochs = [tc.max_epochs] * m
-    frozen: dict[str, torch.Tensor] = {k: v.detach().clone() for k, v in params.items()}
-    loss0: list[float | None] = [None] * m
+    frozen = {k: v.detach().clone() for k, v in ens.params.items()}
+    start_losses = evaluator(ens)["clean_loss"].expand(m).tolist()
+    rules = [StopRule.for_run(tc, start_losses[j], untrained[j] if untrained else None) for j in range(m)]
+    logs, verdicts, epochs = [_Log() for _ in seeds], [None] * m, [tc.max_epochs] * m
     start = time.perf_counter()
-    forward = lambda x: shared(params, buffers, x)  # noqa: E731
-    evaluator = _Evaluator(data, tc.loss)
-    loss_init = evaluator(forward)["clean_loss"].expand(m).tolist()
-    if untrained is not None:
-        loss_init = [max(a, b) for a, b in zip(loss_init, untrained, strict=True)]
     for epoch in range(1, tc.max_epochs + 1):
-        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
         lr = opt.param_groups[0]["lr"]
-        for i in range(0, n, tc.batch_size):
-            idx = perms[:, i:i + tc.batch_size]
-            out = per_member(params, buffers, x_fit[idx])
-            yb = y_fit[idx]
-            # Σ of the members' mean losses, as one mean over all members' samples: every member's batch
-            # has the same size, and vmap over the loss costs more than the model on CPU
-            loss = loss_fn(out.flatten(0, 1), yb.flatten(0, 1)) * m
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        ens.step_epoch(opt, loss_fn, x_fit, y_fit, gens, tc.batch_size)
         schedule.step()
-        if any(done):
-            with torch.no_grad():
-                mask = torch.tensor(done, device=dev)
-                for k, v in params.items():
-                    v[mask] = frozen[k][mask]
-        rows = _ensemble_rows(forward, evaluator, epoch, lr, m)
-        for j in range(m):
-            if done[j]:
-                continue
-            for c in CURVE_COLUMNS:
-                logs[j][c].append(rows[j][c])
-            cl = rows[j]["clean_loss"]
-            loss0[j] = cl if loss0[j] is None else loss0[j]
-            if not math.isfinite(cl) or cl > DIVERGED_FACTOR * loss_init[j]:
-                done[j], status[j], epochs[j] = True, "diverged", epoch
-                reason[j] = (f"clean training loss became {cl:.4g} at epoch {epoch}, from {loss_init[j]:.4g} "
-                             f"untrained (lr = {lr:g})")
-            elif cl <= tc.loss_target:
-                done[j], status[j], epochs[j] = True, "converged", epoch
-                reason[j] = f"clean loss {cl:.3e} ≤ target {tc.loss_target:g}"
-            if done[j]:
-                with torch.no_grad():
-                    for k, v in params.items():
-                        frozen[k][j] = v[j]
-        finished = sum(done)
+        ens.hold(frozen, [v is not None for v in verdicts])
+        rows = _ensemble_rows(ens, evaluator, epoch, lr, m)
+        for j in (j for j in range(m) if verdicts[j] is None):
+            logs[j].add(rows[j])
+            verdicts[j] = rules[j].verdict(epoch, rows[j]["clean_loss"], lr)
+            if verdicts[j] is not None:
+                epochs[j] = epoch
+                ens.freeze(frozen, j)
+        finished = sum(v is not None for v in verdicts)
         progress(max(finished / m, epoch / tc.max_epochs), f"ensemble {role}: epoch {epoch}, {finished}/{m} done")
-        if all(done):
+        if finished == m:
             break
     seconds = time.perf_counter() - start
-    results = []
-    for j in range(m):
-        model = members[j]
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.copy_(params[name][j])
-        model.eval()
-        last = {c: logs[j][c][-1] for c in CURVE_COLUMNS}
-        results.append(TrainResult(
-            role=role, status=status[j], stop_reason=reason[j], epochs=epochs[j], seconds=seconds / m,
-            device=str(dev), n_params=n_params(model),
-            **{k: float(last[k]) for k in ("clean_loss", "clean_acc", "attack_loss", "attack_acc",
-                                           "test_loss", "test_acc")},
-            curves=Curves(**{c: tuple(logs[j][c]) for c in CURVE_COLUMNS}), model=model))
-    return results
+    ens.unstack(members)
+    return [logs[j].result(role, verdicts[j] or rules[j].unfinished, epochs[j], seconds / m, dev, members[j])
+            for j in range(m)]
 
 
 def _ensemble_rows(forward, evaluator: _Evaluator, epoch: int, lr: float, m: int) -> list[dict]:

@@ -226,10 +226,11 @@ def test_points_results_carry_no_model_and_survive_pickling():
 
     result = compute_point(PointTask(BASE.with_changes(**{"train.max_epochs": 20}), "cpu", 1))
     assert isinstance(result, PointResult) and result.error is None
-    assert result.pair.good.model is None and result.pair.bad.model is None
-    assert set(result.checkpoints) == {"good", "bad"}
+    computed = result.computed
+    assert computed.pair.good.model is None and computed.pair.bad.model is None
+    assert set(computed.checkpoints) == {"good", "bad"}
     again = pickle.loads(pickle.dumps(result))
-    assert again.spectra["good"].top.eigenvalues == result.spectra["good"].top.eigenvalues
+    assert again.computed.spectra["good"].top.eigenvalues == computed.spectra["good"].top.eigenvalues
 
 
 def test_a_point_that_needs_a_gpu_the_cluster_lacks_is_refused_before_it_hangs(tmp_path):

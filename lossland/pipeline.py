@@ -1,0 +1,60 @@
+"""One pair of minima from a config: train both roles, measure their spectra, serialise their checkpoints.
+
+This is the only place the paper's pair is computed. `experiments.run_pair` stores what it returns,
+the executors return it from a worker (local or Ray) to the driver that stores it, and
+`lossland train` prints it. The data are loaded once and shared by training and the spectra; the
+Hessian is that of the clean training loss, measured at every minimum that did not diverge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .checkpoint import checkpoint_bytes
+from .config import ExperimentConfig
+from .curvature import SpectrumResult, spectrum
+from .data import Dataset, load_experiment_data
+from .pairs import Progress, quiet, scaled
+from .train import PairResult, loss_function, resolve_device, train_pair
+
+
+@dataclass(frozen=True)
+class ComputedPair:
+    """A trained pair (its models on `pair.good.model` / `pair.bad.model`), the spectra of the minima
+    that did not diverge, and both checkpoint files as bytes, keyed by role."""
+
+    pair: PairResult
+    spectra: dict[str, SpectrumResult] = field(default_factory=dict)
+    checkpoints: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    @property
+    def pair_id(self) -> str:
+        return self.pair.pair_id
+
+
+def pair_spectra(pair: PairResult, data: Dataset, progress: Progress = quiet) -> dict[str, SpectrumResult]:
+    """Hessian spectra of the clean training loss at both minima, skipping a diverged one."""
+    cfg = pair.config
+    loss_fn = loss_function(cfg.train.loss)
+    runs = [r for r in (pair.good, pair.bad) if r.status != "diverged"]
+    out: dict[str, SpectrumResult] = {}
+    for i, r in enumerate(runs):
+        dev = torch.device(r.device)
+        part = scaled(progress, i / len(runs), (i + 1) / len(runs), f"spectrum of {r.role}: ")
+        out[r.role] = spectrum(r.model, data.x_train.to(dev), data.y_train.to(dev), loss_fn, cfg.spectrum, part)
+    return out
+
+
+def compute_pair(cfg: ExperimentConfig, progress: Progress = quiet, device: torch.device | str | None = None,
+                 with_spectra: bool = True) -> ComputedPair:
+    """Train the good and the bad minimum to the same clean-loss target, measure their spectra (unless
+    `with_spectra` is False) and serialise both checkpoints."""
+    dev = torch.device(device) if device is not None else resolve_device(cfg.train.device)
+    progress(0.0, "loading data")
+    data = load_experiment_data(cfg)
+    pair = train_pair(cfg, scaled(progress, 0.0, 0.7), dev, data=data)
+    spectra = pair_spectra(pair, data, scaled(progress, 0.7, 0.98)) if with_spectra else {}
+    checkpoints = {r.role: checkpoint_bytes(cfg, r.role, r.model) for r in (pair.good, pair.bad)}
+    return ComputedPair(pair, spectra, checkpoints)
