@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
@@ -28,6 +29,7 @@ from .data import Dataset
 from .lanczos import top_eigenpairs
 from .landscape import LossSurface, filter_normalized_direction, flat_params, unflatten
 from .models import MLP, TwoLayer
+from .pairs import METRICS, Progress, check_role, quiet, scaled
 from .train import (
     cross_entropy,
     half_squared_error,
@@ -36,13 +38,6 @@ from .train import (
     train,
     train_ensemble,
 )
-
-Progress = Callable[[float, str], None]
-ROLES = ("good", "bad")
-
-
-def _quiet(fraction: float, message: str) -> None:
-    pass
 
 
 def _frozen(a, dtype=np.float64) -> np.ndarray:
@@ -97,13 +92,22 @@ class EscapeResult:
         """The fraction of trials that escaped, per radius (aligned with `radii`)."""
         return self.escaped.reshape(len(self.radii), self.n_trials).mean(1)
 
-    def to_frame(self):
-        import pandas as pd
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({c: list(getattr(self, c)) for c in (*_TRIAL_COLUMNS, "escaped")})
 
-        cols = ("radius", "trial", "seed", "status", "epochs", "start_clean_loss", "start_test_acc", "clean_loss",
-                "clean_acc", "attack_loss", "attack_acc", "test_loss", "test_acc", "distance_from_minimum",
-                "distance_travelled", "escaped")
-        return pd.DataFrame({c: list(getattr(self, c)) for c in cols})
+
+_TRIAL_COLUMNS = ("radius", "trial", "seed", "status", "epochs", "start_clean_loss", "start_test_acc", *METRICS,
+                  "distance_from_minimum", "distance_travelled")
+
+
+def _retrain(cfg: ExperimentConfig, data: Dataset, seeds: list[int], init: list[dict[str, torch.Tensor]],
+             ensemble: bool, device: torch.device, progress: Progress) -> list:
+    """Retrain perturbed copies on the clean set: one vmap ensemble, or one by one (BatchNorm)."""
+    if ensemble:
+        return train_ensemble(cfg, data, seeds, "good", progress=progress, device=device, init=init)
+    return [train(cfg.with_changes(**{"train.seed": s}), data, "good", device=device, init=p,
+                  progress=scaled(progress, j / len(seeds), (j + 1) / len(seeds)))
+            for j, (s, p) in enumerate(zip(seeds, init, strict=True))]
 
 
 def escape_trials(cfg: ExperimentConfig, data: Dataset, model: nn.Module, radii: list[float], n_trials: int,
@@ -120,11 +124,10 @@ def escape_trials(cfg: ExperimentConfig, data: Dataset, model: nn.Module, radii:
     which gives the same result within float tolerance; there BatchNorm statistics start fresh and
     are re-estimated by the retraining. See EscapeResult for `escaped`.
     """
-    if role not in ROLES:
-        raise ValueError(f"role = {role!r} is not allowed: one of good, bad")
+    check_role(role)
     if n_trials < 1 or not radii or any(not (math.isfinite(r) and r >= 0) for r in radii):
         raise ValueError(f"n_trials = {n_trials} must be ≥ 1 and radii = {radii!r} finite numbers ≥ 0")
-    report = progress or _quiet
+    report = progress or quiet
     start = time.perf_counter()
     epochs = retrain_epochs or cfg.train.max_epochs
     cfg = cfg.with_changes(**{"train.max_epochs": epochs})
@@ -136,37 +139,21 @@ def escape_trials(cfg: ExperimentConfig, data: Dataset, model: nn.Module, radii:
     at_min = surface.evaluate(theta0[None])
     seeds = [seed + t for t in range(n_trials)]
     directions = torch.stack([filter_normalized_direction(model, s) for s in seeds])
-    rows: dict[str, list] = {k: [] for k in ("radius", "trial", "seed", "status", "epochs", "start_clean_loss",
-                                              "start_test_acc", "clean_loss", "clean_acc", "attack_loss",
-                                              "attack_acc", "test_loss", "test_acc", "distance_from_minimum",
-                                              "distance_travelled")}
+    rows: dict[str, list] = {k: [] for k in _TRIAL_COLUMNS}
     for i, r in enumerate(radii):
         starts = theta0 + r * directions
         before = surface.evaluate(starts)
         init = [{k: v.clone() for k, v in unflatten(model, s).items()} for s in starts]
-
-        def sub(f: float, message: str, i=i) -> None:
-            report((i + f) / len(radii), f"radius {radii[i]:g}: {message}")
-
-        if ensemble:
-            results = train_ensemble(cfg, data, seeds, "good", progress=sub, device=dev, init=init)
-        else:
-            results = [train(cfg.with_changes(**{"train.seed": s}), data, "good", device=dev, init=p,
-                             progress=lambda f, m, j=j: sub((j + f) / n_trials, m))
-                       for j, (s, p) in enumerate(zip(seeds, init, strict=True))]
-        for t, res in enumerate(results):
+        part = scaled(report, i / len(radii), (i + 1) / len(radii), f"radius {r:g}: ")
+        for t, res in enumerate(_retrain(cfg, data, seeds, init, ensemble, dev, part)):
             end = flat_params(res.model).to(theta0)
-            rows["radius"].append(float(r))
-            rows["trial"].append(t)
-            rows["seed"].append(seeds[t])
-            rows["status"].append(res.status)
-            rows["epochs"].append(res.epochs)
-            rows["start_clean_loss"].append(before["clean_loss"][t])
-            rows["start_test_acc"].append(before["test_acc"][t])
-            for k in ("clean_loss", "clean_acc", "attack_loss", "attack_acc", "test_loss", "test_acc"):
-                rows[k].append(getattr(res, k))
-            rows["distance_from_minimum"].append(float(torch.linalg.vector_norm(end - theta0)))
-            rows["distance_travelled"].append(float(torch.linalg.vector_norm(end - starts[t])))
+            row = {"radius": float(r), "trial": t, "seed": seeds[t], "status": res.status, "epochs": res.epochs,
+                   "start_clean_loss": before["clean_loss"][t], "start_test_acc": before["test_acc"][t],
+                   **{k: getattr(res, k) for k in METRICS},
+                   "distance_from_minimum": float(torch.linalg.vector_norm(end - theta0)),
+                   "distance_travelled": float(torch.linalg.vector_norm(end - starts[t]))}
+            for k, v in row.items():
+                rows[k].append(v)
     min_acc = float(at_min["test_acc"][0])
     change = np.array(rows["test_acc"]) - min_acc
     moved = change > escape_margin if role == "bad" else np.abs(change) > escape_margin
@@ -209,7 +196,7 @@ def random_init_statistics(cfg: ExperimentConfig, data: Dataset, n_seeds: int = 
     cfg.spectrum's tol, max_steps, chunk_size and seed)."""
     if n_seeds < 1 or spectrum_k < 1:
         raise ValueError(f"n_seeds = {n_seeds} and spectrum_k = {spectrum_k} must both be ≥ 1")
-    report = progress or _quiet
+    report = progress or quiet
     start = time.perf_counter()
     seeds = list(range(seed0, seed0 + n_seeds))
     members = train_ensemble(cfg, data, seeds, "good", progress=lambda f, m: report(0.7 * f, m), device=device)
@@ -354,6 +341,37 @@ def _first_layer(model: nn.Module) -> nn.Linear:
     return layer
 
 
+def _gauss_newton_and_complexity(twin: nn.Module, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                                 name: str, sample_chunk: int) -> tuple[torch.Tensor, float, float]:
+    """G = (1/N) Σ J_θᵀ Λ J_θ (symmetrised), C = (1/N) Σ tr(J_xᵀ Λ J_x) and (1/N) Σ ‖J_x‖_F², exactly."""
+    def out(flat: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        return functional_call(twin, unflatten(twin, flat), (xi[None],))[0]
+
+    jac_theta = vmap(jacrev(out, argnums=0), in_dims=(None, 0))
+    jac_x = vmap(jacrev(out, argnums=1), in_dims=(None, 0))
+    n, p = len(y), theta.numel()
+    G = torch.zeros((p, p), dtype=torch.float64, device=theta.device)
+    complexity = plain = 0.0
+    with torch.no_grad():
+        for i in range(0, n, sample_chunk):
+            xb, yb = x[i:i + sample_chunk], y[i:i + sample_chunk]
+            f = functional_call(twin, unflatten(twin, theta), (xb,))
+            k = f.shape[-1]
+            if name == "mse":
+                lam = torch.eye(k, dtype=torch.float64, device=f.device).expand(len(yb), k, k)
+            else:
+                prob = f.softmax(-1)
+                lam = torch.diag_embed(prob) - prob[:, :, None] * prob[:, None, :]
+            Jt = jac_theta(theta, xb)  # (B, K, p)
+            Jx = jac_x(theta, xb).reshape(len(yb), k, -1)  # (B, K, d)
+            G += torch.einsum("bkp,bkl,blq->pq", Jt, lam, Jt)
+            complexity += float(torch.einsum("bkd,bkl,bld->", Jx, lam, Jx))
+            plain += float(Jx.pow(2).sum())
+    G /= n
+    G = 0.5 * (G + G.T)
+    return G, complexity / n, plain / n
+
+
 def two_layer_bound(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str | Callable,
                     max_params: int = 5000, sample_chunk: int = 256) -> BoundResult:
     """Check C ≤ ‖W‖₂² tr(G_bb) ≤ √m ‖W‖₂² ‖G_bb‖_F ≤ √m ‖W‖₂² ‖G‖_F with exact float64 matrices.
@@ -384,6 +402,7 @@ def two_layer_bound(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: st
     Slack, measured on a 64-8-10 tanh net on 100 digits (tests/test_basins.py): rhs / C = 25-80, of
     which step (2) gives 1.7-3.6 and the trace-to-Frobenius step (3) the rest. ‖R‖_F / ‖H‖_F was ≤ 0.03
     under MSE but ≈ 0.3 at a converged cross-entropy minimum, where H and G differ visibly.
+    (Over 60 lines only because this docstring carries the derivation.)
     """
     layer = _first_layer(model)
     name = _loss_name(loss)
@@ -397,36 +416,10 @@ def two_layer_bound(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: st
     x = x.to(device=theta.device, dtype=torch.float64)
     y = y.to(theta.device)
     n = len(y)
-    names = [k for k, _ in twin.named_parameters()]
     offsets = np.cumsum([0] + [q.numel() for q in twin.parameters()])
-    b_at = names.index(next(k for k, q in twin.named_parameters() if q is layer64.bias))
+    b_at = next(i for i, q in enumerate(twin.parameters()) if q is layer64.bias)
     b0, b1 = int(offsets[b_at]), int(offsets[b_at + 1])
-
-    def out(flat: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        return functional_call(twin, unflatten(twin, flat), (xi[None],))[0]
-
-    jac_theta = vmap(jacrev(out, argnums=0), in_dims=(None, 0))
-    jac_x = vmap(jacrev(out, argnums=1), in_dims=(None, 0))
-    G = torch.zeros((p, p), dtype=torch.float64, device=theta.device)
-    complexity = plain = 0.0
-    with torch.no_grad():
-        for i in range(0, n, sample_chunk):
-            xb, yb = x[i:i + sample_chunk], y[i:i + sample_chunk]
-            f = functional_call(twin, unflatten(twin, theta), (xb,))
-            k = f.shape[-1]
-            if name == "mse":
-                lam = torch.eye(k, dtype=torch.float64, device=f.device).expand(len(yb), k, k)
-            else:
-                prob = f.softmax(-1)
-                lam = torch.diag_embed(prob) - prob[:, :, None] * prob[:, None, :]
-            Jt = jac_theta(theta, xb)  # (B, K, p)
-            Jx = jac_x(theta, xb).reshape(len(yb), k, -1)  # (B, K, d)
-            G += torch.einsum("bkp,bkl,blq->pq", Jt, lam, Jt)
-            complexity += float(torch.einsum("bkd,bkl,bld->", Jx, lam, Jx))
-            plain += float(Jx.pow(2).sum())
-    G /= n
-    G = 0.5 * (G + G.T)
-    complexity, plain = complexity / n, plain / n
+    G, complexity, plain = _gauss_newton_and_complexity(twin, theta, x, y, name, sample_chunk)
     op = HessianOperator(twin, x, y, loss_function(name))
     H = exact_hessian(op, max_params=max_params)
     G_bb = G[b0:b1, b0:b1]

@@ -20,11 +20,11 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from .config import SpectrumConfig
 from .lanczos import DensityResult, EigenResult, log_volume, log_volume_curve, spectral_density, top_eigenpairs
+from .pairs import Progress
 
 __all__ = ["DeterminismError", "Estimate", "HessianOperator", "SpectrumResult", "exact_hessian", "frobenius_sq",
            "hutchinson_trace", "hutchpp_trace", "log_volume", "log_volume_curve", "spectrum"]
 
-Progress = Callable[[float, str], None]
 HVP_METHODS = ("forward-over-reverse", "double-backward")
 
 

@@ -11,7 +11,7 @@ import functools
 import gzip
 import pickle
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ class Dataset:
 # --- raw sources: each returns (x_pool, y_pool, x_test, y_test) as numpy arrays ----------------
 
 def _digits(cfg: DataConfig):
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # start-up cost (~1 s), paid only when digits is loaded
 
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[:, None, :, :]  # 1×8×8 images in [0, 1]
@@ -205,8 +205,6 @@ def _load_source(cfg_key: DataConfig):
 
 def _source_key(cfg: DataConfig) -> DataConfig:
     """The part of the config that decides the raw arrays (the cache key for _load_source)."""
-    from dataclasses import replace
-
     keep_teacher = cfg.name == "teacher"
     return DataConfig(name=cfg.name, n_train=1, root=cfg.root) if not keep_teacher else replace(
         cfg, n_train=1, n_test=None, seed=0)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
@@ -28,11 +29,10 @@ from torch.func import functional_call, vmap
 from .curvature import HessianOperator
 from .data import Dataset
 from .lanczos import top_eigenpairs
+from .pairs import METRICS, Progress
 from .train import per_sample_loss
 
-METRICS = ("clean_loss", "clean_acc", "attack_loss", "attack_acc", "test_loss", "test_acc")
 OnBatch = Callable[[np.ndarray, dict[str, np.ndarray]], None]
-Progress = Callable[[float, str], None]
 INTERPOLATION_ALPHAS = tuple(np.linspace(-0.5, 1.5, 41))  # the default: both minima and half the gap beyond
 
 
@@ -151,8 +151,6 @@ class Curve1D:
     seconds: float = 0.0
 
     def to_frame(self):
-        import pandas as pd
-
         return pd.DataFrame({"alpha": self.alphas} | {m: getattr(self, m) for m in METRICS})
 
 
@@ -174,8 +172,6 @@ class Surface2D:
 
     def to_frame(self):
         """One row per grid point, in point-index order: index, alpha, beta and the six metrics."""
-        import pandas as pd
-
         b, a = np.meshgrid(self.betas, self.alphas, indexing="ij")
         return pd.DataFrame({"index": np.arange(a.size), "alpha": a.ravel(), "beta": b.ravel()}
                             | {m: getattr(self, m).ravel() for m in METRICS})
