@@ -10,8 +10,9 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-ROLE_COLORS = {"good": "#1f77b4", "bad": "#d62728"}
-ROLE_SCALE = alt.Scale(domain=list(ROLE_COLORS), range=list(ROLE_COLORS.values()))
+from .pairs import ROLE_COLORS, ROLES
+
+ROLE_SCALE = alt.Scale(domain=list(ROLES), range=[ROLE_COLORS[r] for r in ROLES])
 CURVE_METRICS = {
     "clean_loss": "clean-train loss", "clean_acc": "clean-train accuracy", "attack_loss": "attack loss",
     "attack_acc": "attack accuracy", "test_loss": "test loss", "test_acc": "test accuracy",
@@ -59,7 +60,7 @@ def estimate_chart(df: pd.DataFrame, title: str = "Trace and Frobenius norm (± 
     """One panel per estimate with ±2 standard-error bars (df: name, role, value, stderr)."""
     _require(df, ["name", "role", "value", "stderr"], "estimate_chart")
     d = df.assign(lo=df["value"] - 2 * df["stderr"].fillna(0), hi=df["value"] + 2 * df["stderr"].fillna(0))
-    base = alt.Chart(d).encode(x=alt.X("role:N", title=None, sort=list(ROLE_COLORS)))
+    base = alt.Chart(d).encode(x=alt.X("role:N", title=None, sort=list(ROLES)))
     bars = base.mark_bar().encode(y=alt.Y("value:Q", title=None), color=_role_color(),
                                   tooltip=["role", "name", alt.Tooltip("value:Q", format=".5g"),
                                            alt.Tooltip("stderr:Q", format=".2g")])
@@ -105,7 +106,7 @@ def accuracy_chart(df: pd.DataFrame, title: str = "Accuracy at each minimum") ->
     long["set"] = long["set"].map({"clean_acc": "clean train", "attack_acc": "attack", "test_acc": "test"})
     return alt.Chart(long, title=title).mark_bar().encode(
         x=alt.X("set:N", title=None, sort=["clean train", "attack", "test"]),
-        xOffset=alt.XOffset("role:N", sort=list(ROLE_COLORS)),
+        xOffset=alt.XOffset("role:N", sort=list(ROLES)),
         y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
         color=_role_color(), tooltip=["role", "set", alt.Tooltip("accuracy:Q", format=".1%")],
     )
@@ -218,7 +219,7 @@ def random_init_chart(seeds: pd.DataFrame, minima: pd.DataFrame, field: str = "t
 def radius_chart(df: pd.DataFrame, title: str = "Empirical basin radius per direction") -> alt.Chart:
     _require(df, ["role", "radius", "trial"], "radius_chart")
     return alt.Chart(df, title=title).mark_tick(thickness=3, size=30).encode(
-        x=alt.X("role:N", sort=list(ROLE_COLORS), title=None), y=alt.Y("radius:Q", title="relative radius"),
+        x=alt.X("role:N", sort=list(ROLES), title=None), y=alt.Y("radius:Q", title="relative radius"),
         color=_role_color(), tooltip=["role", "trial", alt.Tooltip("radius:Q", format=".4g")])
 
 

@@ -128,8 +128,10 @@ def _pair_spectra(pair, cfg: ExperimentConfig, quiet: bool) -> dict:
 
 
 def pair_summary(pair, spectra: dict, checkpoints: dict) -> dict:
+    from .pairs import ROLES
+
     rows = {}
-    for r in (pair.good, pair.bad):
+    for r in (getattr(pair, role) for role in ROLES):
         row = {"role": r.role, "status": r.status, "stop_reason": r.stop_reason, "epochs": r.epochs,
                "seconds": round(r.seconds, 3), "device": r.device, "n_params": r.n_params, **r.metrics(),
                "checkpoint": checkpoints.get(r.role)}
@@ -141,29 +143,18 @@ def pair_summary(pair, spectra: dict, checkpoints: dict) -> dict:
                     "log_volume": s.log_volume_k[-1], "log_volume_k": len(s.log_volume_k),
                     "eps": s.settings.eps, "spectrum_hvps": s.hvps, "spectrum_seconds": round(s.seconds, 3)}
         rows[r.role] = row
-    return {"pair_id": pair.pair_id, "config": json.loads(pair.config.to_json()), "good": rows["good"],
-            "bad": rows["bad"]}
+    return {"pair_id": pair.pair_id, "config": json.loads(pair.config.to_json()), **rows}
 
 
 def format_pair(summary: dict) -> str:
+    from .frames import CLI, comparison
+    from .pairs import ROLES
+
     g, b = summary["good"], summary["bad"]
-    fields = [("status", "status", "s"), ("epochs", "epochs", "d"), ("seconds", "seconds", ".2f"),
-              ("clean-train loss", "clean_loss", ".2e"), ("clean-train acc", "clean_acc", ".2%"),
-              ("attack acc", "attack_acc", ".2%"), ("test acc", "test_acc", ".2%")]
-    rows = [(label, format(g[k], f), format(b[k], f)) for label, k, f in fields]
-    if "trace" in g:
-        for i in range(min(5, len(g["top_eigenvalues"]))):
-            rows.append((f"λ{i + 1}", _fmt(g["top_eigenvalues"][i]), _fmt(b["top_eigenvalues"][i])))
-        rows += [("trace", f"{g['trace']:.4g} ± {g['trace_stderr']:.2g}",
-                  f"{b['trace']:.4g} ± {b['trace_stderr']:.2g}"),
-                 ("‖H‖_F²", f"{g['frobenius_sq']:.4g} ± {g['frobenius_sq_stderr']:.2g}",
-                  f"{b['frobenius_sq']:.4g} ± {b['frobenius_sq_stderr']:.2g}"),
-                 (f"log-volume (k={g['log_volume_k']}, ε={g['eps']:g})", f"{g['log_volume']:.4g}",
-                  f"{b['log_volume']:.4g}")]
-    rows.append(("stop reason", g["stop_reason"], b["stop_reason"]))
+    table = comparison({role: summary[role] for role in ROLES}, CLI)
     text = [f"pair {summary['pair_id']}  ({summary['config']['data']['name']}, "
             f"{summary['config']['model']['name']}, {g['n_params']} parameters, {g['device']})",
-            _table(rows, ("", "good", "bad"))]
+            _table(list(table.itertuples(name=None)), ("", *ROLES))]
     if g.get("checkpoint"):
         text.append(f"checkpoints: {g['checkpoint']}, {b['checkpoint']}")
     return "\n".join(text)
@@ -234,38 +225,22 @@ def _add_store_args(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
 
 
 def _view_summary(view) -> dict:
-    runs = view.runs.set_index("role")
-    out = {"pair_id": str(runs["pair_id"].iloc[0])}
-    for role in ("good", "bad"):
-        if role not in runs.index:
-            continue
-        r = runs.loc[role]
-        out[role] = {k: (None if _isna(r[k]) else (r[k].item() if hasattr(r[k], "item") else r[k]))
-                     for k in ("run_id", "status", "epochs", "seconds", "clean_loss", "clean_acc", "attack_acc",
-                               "test_acc", "top_eigenvalue", "trace", "frobenius_sq", "log_volume", "checkpoint")}
-        out[role]["created_at"] = str(r["created_at"])
+    from .frames import records
+
+    keys = ("run_id", "status", "epochs", "seconds", "clean_loss", "clean_acc", "attack_acc", "test_acc",
+            "top_eigenvalue", "trace", "frobenius_sq", "log_volume", "checkpoint", "created_at")
+    out: dict = {"pair_id": view.pair_id}
+    for role, rec in records(view.runs, keys).items():
+        out[role] = rec | {"created_at": str(rec["created_at"])}
     return out
 
 
-def _isna(v) -> bool:
-    try:
-        import pandas as pd
-
-        return bool(pd.isna(v))
-    except (TypeError, ValueError):
-        return False
-
-
 def format_view(d: dict) -> str:
-    fields = [("status", "status", "s"), ("epochs", "epochs", "d"), ("seconds", "seconds", ".2f"),
-              ("clean-train loss", "clean_loss", ".2e"), ("clean-train acc", "clean_acc", ".2%"),
-              ("attack acc", "attack_acc", ".2%"), ("test acc", "test_acc", ".2%"),
-              ("top eigenvalue", "top_eigenvalue", ".5g"), ("trace", "trace", ".5g"),
-              ("‖H‖_F²", "frobenius_sq", ".5g"), ("log-volume", "log_volume", ".5g")]
-    g, b = d.get("good", {}), d.get("bad", {})
-    cell = lambda r, k, f: "—" if r.get(k) is None else format(r[k], f)  # noqa: E731
-    rows = [(label, cell(g, k, f), cell(b, k, f)) for label, k, f in fields]
-    return f"pair {d['pair_id']}\n" + _table(rows, ("", "good", "bad"))
+    from .frames import CLI_STORED, comparison
+    from .pairs import ROLES
+
+    table = comparison({role: d.get(role, {}) for role in ROLES}, CLI_STORED)
+    return f"pair {d['pair_id']}\n" + _table(list(table.itertuples(name=None)), ("", *ROLES))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

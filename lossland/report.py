@@ -1,6 +1,6 @@
-"""Readable reports of stored runs: the good/bad comparison table, its one-sentence reading, a
-standalone HTML page of it, and the report of a whole reproduction of the paper (report.md,
-report.html, claims.json and the figures as PNG, in one folder)."""
+"""Reports of stored results: the standalone HTML page of one pair, and the report of a whole
+reproduction of the paper (report.md, report.html, claims.json and the figures as PNG, in one folder),
+written, listed, loaded and zipped. The tables and sentences come from `frames`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ import pandas as pd
 
 from . import charts
 from .frames import density_frame, pair_sentence, pair_table, spectrum_frame, with_roles  # noqa: F401
+from .pairs import ROLES
+
+# density_frame and with_roles: re-exported until views/basins.py and reproduce import them from frames
 
 if TYPE_CHECKING:
     from .reproduce import DatasetResults, Reproduction
@@ -38,8 +41,6 @@ def pair_html(runs: pd.DataFrame, spectra: pd.DataFrame, title: str) -> str:
 
 
 # --- the reproduction report ----------------------------------------------------------------------
-
-REPORT_FILES = ("report.md", "report.html", "claims.json")
 
 # What a FAIL of each claim can mean, said in the report beside the numbers.
 FAIL_NOTES = {
@@ -74,7 +75,7 @@ def _gap_frame(results: tuple[DatasetResults, ...]) -> pd.DataFrame:
         if len(lv) == 0:
             continue
         wide = lv.pivot_table(index=["seed", "k"], columns="role", values="value", aggfunc="first")
-        if {"good", "bad"} <= set(wide.columns):
+        if set(ROLES) <= set(wide.columns):
             gap = (wide["good"] - wide["bad"]).dropna().rename("gap").reset_index()
             frames.append(gap.assign(dataset=r.dataset))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -107,7 +108,7 @@ def figures(rep: Reproduction) -> list[Figure]:
         if len(r.interpolation):
             add(f"{d}-interpolation.png", f"{d}: interpolation from the good to the bad minimum", d,
                 lambda r=r: charts.interpolation_chart(r.interpolation, f"{r.dataset}: from good (α=0) to bad (α=1)"))
-        if len(r.surfaces) and set(r.surfaces["role"]) >= {"good", "bad"}:
+        if len(r.surfaces) and set(r.surfaces["role"]) >= set(ROLES):
             add(f"{d}-contours.png", f"{d}: 2-D loss contours around each minimum", d,
                 lambda r=r: _contours(r))
         if len(e.escape):
@@ -130,7 +131,7 @@ def _contours(r: DatasetResults) -> alt.TopLevelMixin:
     levels = np.log10(s["clean_loss"].clip(lower=1e-12))
     domain = (float(levels.min()), float(levels.max()))
     return alt.hconcat(*[charts.surface_chart(s[s["role"] == role], title=f"{r.dataset}: {role} minimum",
-                                              domain=domain) for role in ("good", "bad")])
+                                              domain=domain) for role in ROLES])
 
 
 def _md_cell(text: str) -> str:

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from lossland import charts
+from lossland.pairs import ROLE_COLORS
 
 
 def _spec(chart) -> dict:
@@ -23,7 +24,7 @@ def test_spectrum_chart_uses_symlog_so_negative_eigenvalues_draw():
 
 def test_good_and_bad_have_the_same_colours_on_every_chart():
     colour = _spec(charts.spectrum_chart(_spectrum_df()))["encoding"]["color"]["scale"]
-    assert colour == {"domain": ["good", "bad"], "range": [charts.ROLE_COLORS["good"], charts.ROLE_COLORS["bad"]]}
+    assert colour == {"domain": ["good", "bad"], "range": [ROLE_COLORS["good"], ROLE_COLORS["bad"]]}
     dens = pd.DataFrame({"x": [0.0, 1.0] * 2, "density": [0.5, 0.5, 0.2, 0.8], "role": ["good"] * 2 + ["bad"] * 2})
     assert _spec(charts.density_chart(dens))["encoding"]["color"]["scale"] == colour
     lv = pd.DataFrame({"k": [1, 2] * 2, "value": [1.0, 2.0, 0.5, 0.7], "role": ["good"] * 2 + ["bad"] * 2})

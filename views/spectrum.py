@@ -3,21 +3,21 @@
 import streamlit as st
 
 import ui
-from lossland import charts, report
+from lossland import charts, frames
 
 store, pair_id = ui.page_pair("Hessian spectra", key="spectrum-pair")
 view = store.pair(pair_id)
 runs = view.runs
 
 st.subheader("Top eigenvalues (Lanczos)")
-top = charts.spectrum_chart(report.spectrum_frame(view.spectra, runs))
+top = charts.spectrum_chart(frames.spectrum_frame(view.spectra, runs))
 st.altair_chart(top, width="stretch")
 ui.chart_downloads(top, f"eigenvalues-{pair_id}", key="spectrum-top")
 
 st.subheader("Spectral density (stochastic Lanczos quadrature)")
 sigma = st.slider("smoothing width (fraction of the spectral range)", 0.002, 0.2, 0.05, 0.002, format="%.3f",
                   key="spectrum-sigma", help="Re-smooths the stored quadrature nodes and weights: no new HVPs.")
-density = report.density_frame(view.densities, runs, sigma)
+density = frames.density_frame(view.densities, runs, sigma)
 if len(density):
     dchart = charts.density_chart(density)
     st.altair_chart(dchart, width="stretch")
@@ -26,23 +26,22 @@ else:
     st.caption("No density stored for this pair.")
 
 c1, c2 = st.columns(2)
-est = report.with_roles(view.estimates, runs)
 with c1:
     st.subheader("Trace and ‖H‖_F²")
-    e = est[est["name"].isin(["trace", "frobenius_sq"])]
+    e = frames.estimate_frame(view.estimates, runs, ["trace", "frobenius_sq"])
     if len(e):
         echart = charts.estimate_chart(e)
         st.altair_chart(echart)
         ui.chart_downloads(echart, f"estimates-{pair_id}", key="spectrum-est")
-        exact = est[est["name"].isin(["trace_exact", "frobenius_sq_exact", "log_volume_exact"])]
+        exact = frames.estimate_frame(view.estimates, runs, ["trace_exact", "frobenius_sq_exact", "log_volume_exact"])
         if len(exact):
             st.caption("Exact values (dense Hessian): " + "; ".join(
                 f"{r['role']} {r['name'].replace('_exact', '')} = {r['value']:.5g}" for _, r in exact.iterrows()))
 with c2:
     st.subheader("Basin volume proxy")
-    lv = est[est["name"] == "log_volume_k"]
+    lv = frames.log_volume_frame(view.estimates, runs)
     if len(lv):
-        lchart = charts.log_volume_chart(lv[["k", "value", "role"]])
+        lchart = charts.log_volume_chart(lv)
         st.altair_chart(lchart, width="stretch")
         ui.chart_downloads(lchart, f"logvolume-{pair_id}", key="spectrum-lv")
         eps = lv["eps"].dropna()
