@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import DEFAULT_PRESET, PRESETS, ConfigError, ExperimentConfig, preset
+from .frames import CLI, CLI_STORED, comparison, records
+from .pairs import ROLES
 
 CHECKPOINT_DIR = Path("data/checkpoints")
 
@@ -128,8 +130,6 @@ def _pair_spectra(pair, cfg: ExperimentConfig, quiet: bool) -> dict:
 
 
 def pair_summary(pair, spectra: dict, checkpoints: dict) -> dict:
-    from .pairs import ROLES
-
     rows = {}
     for r in (getattr(pair, role) for role in ROLES):
         row = {"role": r.role, "status": r.status, "stop_reason": r.stop_reason, "epochs": r.epochs,
@@ -147,9 +147,6 @@ def pair_summary(pair, spectra: dict, checkpoints: dict) -> dict:
 
 
 def format_pair(summary: dict) -> str:
-    from .frames import CLI, comparison
-    from .pairs import ROLES
-
     g, b = summary["good"], summary["bad"]
     table = comparison({role: summary[role] for role in ROLES}, CLI)
     text = [f"pair {summary['pair_id']}  ({summary['config']['data']['name']}, "
@@ -225,8 +222,6 @@ def _add_store_args(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
 
 
 def _view_summary(view) -> dict:
-    from .frames import records
-
     keys = ("run_id", "status", "epochs", "seconds", "clean_loss", "clean_acc", "attack_acc", "test_acc",
             "top_eigenvalue", "trace", "frobenius_sq", "log_volume", "checkpoint", "created_at")
     out: dict = {"pair_id": view.pair_id}
@@ -236,9 +231,6 @@ def _view_summary(view) -> dict:
 
 
 def format_view(d: dict) -> str:
-    from .frames import CLI_STORED, comparison
-    from .pairs import ROLES
-
     table = comparison({role: d.get(role, {}) for role in ROLES}, CLI_STORED)
     return f"pair {d['pair_id']}\n" + _table(list(table.itertuples(name=None)), ("", *ROLES))
 

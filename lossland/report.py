@@ -19,10 +19,8 @@ import numpy as np
 import pandas as pd
 
 from . import charts
-from .frames import density_frame, pair_sentence, pair_table, spectrum_frame, with_roles  # noqa: F401
+from .frames import pair_sentence, pair_table, spectrum_frame
 from .pairs import ROLES
-
-# density_frame and with_roles: re-exported until views/basins.py and reproduce import them from frames
 
 if TYPE_CHECKING:
     from .reproduce import DatasetResults, Reproduction
