@@ -2,9 +2,10 @@
 
     python benchmarks/store.py [--pairs 5000] [--repeats 20] [--path DIR]
 
-Builds a store of synthetic pairs in bulk (SQL, not one save_pair per pair: ~50 curve rows and
-20 spectrum rows per run), then times the median of --repeats calls of each query, every call
-opening and closing its own connection as the dashboard does. Target: each under 100 ms.
+Builds a store of synthetic pairs through the public write path (Store.save_pairs: every pair's rows
+as save_pair writes them, in one transaction; ~50 curve rows, 20 spectrum rows and 3 estimates per
+run), then times the median of --repeats calls of each query, every call opening and closing its own
+connection as the dashboard does. Target: each under 100 ms.
 """
 
 from __future__ import annotations
@@ -20,50 +21,56 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from torch import nn  # noqa: E402
 
 from lossland import __version__  # noqa: E402
 from lossland.config import ExperimentConfig  # noqa: E402
+from lossland.curvature import Estimate, SpectrumResult  # noqa: E402
+from lossland.lanczos import DensityResult, EigenResult  # noqa: E402
 from lossland.machine import describe  # noqa: E402
+from lossland.pairs import ROLES  # noqa: E402
 from lossland.store import Store  # noqa: E402
+from lossland.train import Curves, PairResult, TrainResult  # noqa: E402
 
 EPOCHS, EIGENVALUES, TARGET_MS = 50, 20, 100.0
+DATASETS = ("digits", "mnist1d", "teacher")
+
+
+def synthetic_pair(p: int, rng: np.random.Generator, model: nn.Module) -> tuple[PairResult, dict[str, SpectrumResult]]:
+    """Pair p: made-up metrics, curves and top eigenvalues, a bad run sharper than its good one."""
+    cfg = ExperimentConfig().with_changes(**{"model.seed": p, "data.name": DATASETS[p % 3]})
+    e = np.arange(1, EPOCHS + 1)
+    decay = np.exp(-e / 5)
+    results, spectra = {}, {}
+    for r, role in enumerate(ROLES):
+        curves = Curves(epoch=tuple(e.tolist()), lr=(0.005,) * EPOCHS, clean_loss=tuple(decay),
+                        clean_acc=tuple(1 - decay), attack_loss=(2.0 + r,) * EPOCHS,
+                        attack_acc=tuple(0.1 + 0.9 * r * (1 - decay)), test_loss=(0.2 + r,) * EPOCHS,
+                        test_acc=(0.95 - 0.5 * r,) * EPOCHS)
+        results[role] = TrainResult(
+            role=role, status="converged", stop_reason="clean loss below target", epochs=EPOCHS,
+            seconds=3.0 * rng.random(), device="cpu", n_params=3466, clean_loss=1e-3 * rng.random(), clean_acc=1.0,
+            attack_loss=2.0 + r, attack_acc=0.1 + 0.9 * r, test_loss=0.2 + r, test_acc=0.95 - 0.5 * r,
+            curves=curves, model=model)
+        top = tuple(50.0 / np.arange(1, EIGENVALUES + 1) * (1 + r) + 20 * r * rng.random())
+        spectra[role] = SpectrumResult(
+            top=EigenResult(eigenvalues=top, residuals=(1e-7,) * EIGENVALUES, hvps=400, seconds=1.0, converged=True,
+                            which="largest", tol=1e-6),
+            density=DensityResult(nodes=np.zeros((0, 0)), weights=np.zeros((0, 0)), n_params=3466, hvps=0,
+                                  seconds=0.0),
+            trace=Estimate(value=50 + 100 * r, stderr=1.0, samples=30, hvps=30, method="hutch++"),
+            frobenius_sq=Estimate(value=900 + 1000 * r, stderr=10.0, samples=30, hvps=30, method="gaussian-frobenius"),
+            log_volume_k=(-10.0 - r,), log_volume_exact=None, exact_eigenvalues=None, n_params=3466, hvps=400,
+            seconds=1.5, settings=cfg.spectrum)
+    return PairResult(config=cfg, good=results["good"], bad=results["bad"]), spectra
 
 
 def fill(store: Store, n_pairs: int) -> None:
-    """n_pairs synthetic pairs (2 runs each) with curves and spectra, in one transaction."""
-    config = ExperimentConfig().to_json().replace("'", "''")
-    store.count_runs()  # creates the schema
-    with store._connect() as con:
-        con.execute("BEGIN TRANSACTION")
-        con.execute(f"""
-            CREATE TEMP TABLE ids AS
-            SELECT p, r, lpad(printf('%x', hash(p)), 16, '0') AS pair_id, CASE r WHEN 0 THEN 'good' ELSE 'bad' END
-                   AS role, ['digits', 'mnist1d', 'teacher'][p % 3 + 1] AS dataset
-            FROM range({n_pairs}) a(p), range(2) b(r)""")
-        con.execute(f"""
-            INSERT INTO runs (run_id, pair_id, role, status, stop_reason, config_json, dataset, model, widths, n_params,
-                              seed, data_seed, train_seed, n_train, n_attack, attack_labels, optimizer, lr, batch_size,
-                              loss_target, clean_loss, clean_acc, attack_loss, attack_acc, test_loss, test_acc, epochs,
-                              seconds, device, top_eigenvalue, trace, frobenius_sq, log_volume, spectrum_hvps,
-                              spectrum_seconds, checkpoint, lossland_version, torch_version, python_version,
-                              git_commit, created_at)
-            SELECT pair_id || '-' || role, pair_id, role, 'converged', 'clean loss below target',
-                   replace('{config}', '"seed": 0', '"seed": ' || p), dataset, 'mlp', '32,32', 3466, p, 0, 0, 500,
-                   500, 'random', 'adam', 0.005, 100, 1e-3, 1e-3 * random(), 1.0, 2.0 + r, 0.1 + 0.9 * r,
-                   0.2 + r, 0.95 - 0.5 * r, {EPOCHS}, 3.0 * random(), 'cpu', 5 + 20 * r * random(), 50 + 100 * r,
-                   900 + 1000 * r, -10 - r, 400, 1.5, 'checkpoints/' || pair_id || '-' || role || '.pt', '0.1.0',
-                   '2.13.0', '3.11.7', NULL, TIMESTAMP '2026-01-01' + p * INTERVAL 1 MINUTE + r * INTERVAL 1 SECOND
-            FROM ids""")
-        con.execute(f"""
-            INSERT INTO curves SELECT pair_id || '-' || role, e, 0.005, exp(-e / 5), 1 - exp(-e / 5), 2.0 + r,
-                   0.1 + 0.9 * r * (1 - exp(-e / 5)), 0.2 + r, 0.95 - 0.5 * r
-            FROM ids, range(1, {EPOCHS} + 1) t(e)""")
-        con.execute(f"""
-            INSERT INTO spectra SELECT pair_id || '-' || role, 'lanczos', i, 50.0 / (i + 1) * (1 + r), 1e-7
-            FROM ids, range({EIGENVALUES}) t(i)""")
-        con.execute("DROP TABLE ids")
-        con.execute("COMMIT")
+    """n_pairs synthetic pairs (2 runs each) with curves, spectra and estimates, in one transaction."""
+    rng, model = np.random.default_rng(0), nn.Linear(1, 1)
+    store.save_pairs(synthetic_pair(p, rng, model) for p in range(n_pairs))
 
 
 def timed(fn, repeats: int) -> tuple[float, float, float]:
@@ -106,8 +113,7 @@ def main() -> None:
             ("Store.query(avg test_acc by dataset, role)", lambda: store.query(
                 "SELECT dataset, role, avg(test_acc) AS acc, count(*) AS n FROM runs GROUP BY ALL"), False),
         ]
-        with duckdb.connect(str(store.path), read_only=True) as con:
-            sizes = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("runs", "curves", "spectra")}
+        sizes = {t: len(store.table(t)) for t in ("curves", "spectra")}
         rows = [(name, *timed(fn, args.repeats), target) for name, fn, target in cases]
         size_mb = store.path.stat().st_size / 1e6
 

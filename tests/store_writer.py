@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -23,35 +22,21 @@ if str(ROOT) not in sys.path:
 K, N_VECTORS, M_NODES, N_EXACT = 5, 2, 8, 12
 
 
-def spectrum_type():
-    """SpectrumResult, with trace_exact/frobenius_sq_exact added while curvature.py lacks them."""
-    from lossland.curvature import SpectrumResult
-
-    if "trace_exact" in {f.name for f in dataclasses.fields(SpectrumResult)}:
-        return SpectrumResult
-
-    @dataclasses.dataclass(frozen=True)
-    class Spectrum(SpectrumResult):
-        trace_exact: float | None = None
-        frobenius_sq_exact: float | None = None
-
-    return Spectrum
-
-
 def make_pair(seed: int = 0, epochs: int = 5, dataset: str = "digits", exact: bool = True):
     """A PairResult with made-up numbers and its spectra by role; the config differs per seed."""
     import torch
     from torch import nn
 
     from lossland.config import ExperimentConfig, SpectrumConfig
-    from lossland.curvature import Estimate
+    from lossland.curvature import Estimate, SpectrumResult
     from lossland.lanczos import DensityResult, EigenResult
+    from lossland.pairs import ROLES
     from lossland.train import Curves, PairResult, TrainResult
 
     cfg = ExperimentConfig().with_changes(**{"model.seed": seed, "data.name": dataset})
     rng = np.random.default_rng(seed)
     results, spectra = {}, {}
-    for r, role in enumerate(("good", "bad")):
+    for r, role in enumerate(ROLES):
         e = np.arange(1, epochs + 1)
         loss = (np.exp(-e / 3) + r).tolist()
         curves = Curves(epoch=tuple(int(i) for i in e), lr=(0.005,) * epochs, clean_loss=tuple(loss),
@@ -79,17 +64,18 @@ def make_pair(seed: int = 0, epochs: int = 5, dataset: str = "digits", exact: bo
             n_params=8, hvps=150, seconds=0.3, settings=settings)
         if exact:
             fields |= {"trace_exact": 12.0 + r, "frobenius_sq_exact": 79.0 + r}
-        spectra[role] = spectrum_type()(**fields)
+        spectra[role] = SpectrumResult(**fields)
     return PairResult(config=cfg, good=results["good"], bad=results["bad"]), spectra
 
 
 def with_checkpoints(store, pair) -> dict[str, str]:
     """Save both models of `pair` as checkpoints beside `store`; their paths by role, for save_pair."""
     from lossland.checkpoint import save_checkpoint
+    from lossland.pairs import ROLES, run_id
 
     out = {}
-    for role in ("good", "bad"):
-        path = store.checkpoint_dir / f"{pair.pair_id}-{role}.pt"
+    for role in ROLES:
+        path = store.checkpoint_dir / f"{run_id(pair.pair_id, role)}.pt"
         save_checkpoint(path, pair.config, role, getattr(pair, role).model)
         out[role] = str(path)
     return out
@@ -97,10 +83,8 @@ def with_checkpoints(store, pair) -> dict[str, str]:
 
 def expected_counts(epochs: int = 5, exact: bool = True) -> dict[str, int]:
     """Rows per table of one run saved from make_pair(epochs=epochs, exact=exact) with spectra."""
-    from lossland.store import GRID_POINTS
-
     return {"runs": 1, "curves": epochs, "spectra": K + (N_EXACT if exact else 0), "densities": N_VECTORS * M_NODES,
-            "density_grid": GRID_POINTS, "estimates": 2 + K + (3 if exact else 0)}
+            "estimates": 2 + K + (3 if exact else 0)}
 
 
 def _say(text: str) -> None:

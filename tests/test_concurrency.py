@@ -26,8 +26,6 @@ SESSIONS = 8
 RUN = "FormSubmitter:ne-digits-mlp-form-Run"
 
 
-
-
 def test_eight_sessions_launch_the_same_config_at_once_while_a_cli_writes(copied_store, tmp_path, monkeypatch,
                                                                          record_property):
     import lossland.experiments as experiments
@@ -40,17 +38,17 @@ def test_eight_sessions_launch_the_same_config_at_once_while_a_cli_writes(copied
     monkeypatch.setitem(PRESETS, "digits-mlp", shared)  # the form starts from the shared config
 
     trained, saved, lock = Counter(), Counter(), threading.Lock()
-    train_pair, save_checkpoint = experiments.train_pair, experiments.save_checkpoint
+    compute_pair, write_checkpoint = experiments.compute_pair, experiments.write_checkpoint_bytes
 
-    def counting_train(cfg, *a, **k):
+    def counting_compute(cfg, *a, **k):
         with lock:
             trained[cfg.config_hash()] += 1
-        return train_pair(cfg, *a, **k)
+        return compute_pair(cfg, *a, **k)
 
-    def counting_save(path, *a, **k):
+    def counting_write(path, *a, **k):
         with lock:
             saved[Path(path).name] += 1
-        return save_checkpoint(path, *a, **k)
+        return write_checkpoint(path, *a, **k)
 
     # A server compiles each page once into its runtime's script cache, shared by every session; AppTest makes a
     # cache per run, and CPython 3.11's compiler is not safe from several threads at once. Share one, as a server.
@@ -60,8 +58,8 @@ def test_eight_sessions_launch_the_same_config_at_once_while_a_cli_writes(copied
     cache = ScriptCache()
     monkeypatch.setattr(local_script_runner, "ScriptCache", lambda: cache)
     monkeypatch.setattr(app_test, "ScriptCache", lambda: cache)
-    monkeypatch.setattr(experiments, "train_pair", counting_train)
-    monkeypatch.setattr(experiments, "save_checkpoint", counting_save)
+    monkeypatch.setattr(experiments, "compute_pair", counting_compute)
+    monkeypatch.setattr(experiments, "write_checkpoint_bytes", counting_write)
 
     cli_cfg = tiny_config(**{"train.seed": 54})
     (tmp_path / "cli.json").write_text(cli_cfg.to_json())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -23,22 +24,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store_writer import expected_counts, make_pair, with_checkpoints  # noqa: E402
 
-from lossland import store as store_module  # noqa: E402
 from lossland.store import (  # noqa: E402
     SCHEMA_VERSION,
     TABLES,
     BundleError,
+    PairView,
     QueryError,
     Store,
     StoreError,
     StoreLockedError,
     UnknownPairError,
-    create_v1_schema,
     default_store_path,
+    schema,
 )
+from lossland.store.sandbox import SANDBOX_CONFIG, fetch_capped  # noqa: E402
+from lossland.store.schema import MIGRATIONS, create_v1_schema, migrate  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).resolve().parent / "store_writer.py"
-DATA_TABLES = ("runs", "curves", "spectra", "densities", "density_grid", "estimates")
+DATA_TABLES = ("runs", "curves", "spectra", "densities", "estimates")
 
 
 @pytest.fixture
@@ -107,8 +111,9 @@ def test_v1_store_is_migrated_keeping_every_row(tmp_path, pair0):
                         "FROM range(7)", [f"p-{role}"])
             con.execute("INSERT INTO spectra VALUES (?, 'lanczos', 0, 3.5, 1e-7)", [f"p-{role}"])
             con.execute("INSERT INTO estimates (run_id, name, value) VALUES (?, 'trace', 12.0)", [f"p-{role}"])
+        con.execute("INSERT INTO density_grid VALUES (?, 0, 0.5, 1.0, 0.1)", ["p-good"])
         before = {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
-                  for t in ("curves", "spectra", "densities", "density_grid", "estimates")}
+                  for t in ("curves", "spectra", "densities", "estimates")}
     s = Store(path)
     runs = s.runs()
     assert list(runs["run_id"]) == ["p-bad", "p-good"] and list(runs["test_acc"]) == [0.4, 0.9]
@@ -119,15 +124,14 @@ def test_v1_store_is_migrated_keeping_every_row(tmp_path, pair0):
             assert con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() == rows
     fresh = Store(tmp_path / "fresh.duckdb")
     assert s.tables() == fresh.tables()  # a migrated store is column for column a fresh one
+    assert "density_grid" not in s.tables()
     assert s.has_pair("p") and s.pair("p").curves.shape[0] == 14
 
 
-def test_v2_store_with_landscape_rows_is_migrated_to_v3(tmp_path):
+def test_v2_store_with_landscape_rows_is_migrated(tmp_path):
     path = tmp_path / "v2.duckdb"
     with duckdb.connect(str(path)) as con:
-        create_v1_schema(con)
-        store_module._v1_to_v2(con)
-        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        migrate(con, path, target=2)
         con.execute("INSERT INTO landscapes (run_id, kind, alpha, clean_loss) VALUES ('p-good', 'slice1d', 0.5, 0.1)")
         con.execute("INSERT INTO basin_trials (run_id, kind, radius, trial, escaped) "
                     "VALUES ('p-bad', 'escape', 0.1, 0, true)")
@@ -139,6 +143,23 @@ def test_v2_store_with_landscape_rows_is_migrated_to_v3(tmp_path):
     assert s.table("analyses").empty
 
 
+def test_v3_store_is_migrated_dropping_only_density_grid(tmp_path, pair0):
+    fresh = Store(tmp_path / "fresh.duckdb")
+    fresh.save_pair(*pair0)
+    path = tmp_path / "v3.duckdb"
+    with duckdb.connect(str(path)) as con:  # a version-3 store holding the same runs, and their density_grid
+        migrate(con, path, target=3)
+        con.execute(f"ATTACH '{fresh.path.as_posix()}' AS fresh (READ_ONLY)")
+        for table in DATA_TABLES:
+            con.execute(f"INSERT INTO {table} SELECT * FROM fresh.{table}")
+        con.execute("INSERT INTO density_grid SELECT run_id, 0, 0.5, 1.0, 0.1 FROM runs")
+    s = Store(path)
+    assert s.tables() == fresh.tables() and "density_grid" not in s.tables()
+    assert s.table("meta").set_index("key")["value"]["schema_version"] == str(SCHEMA_VERSION)
+    for table in DATA_TABLES:
+        pd.testing.assert_frame_equal(s.table(table), fresh.table(table))
+
+
 def test_failed_migration_changes_nothing(tmp_path, monkeypatch):
     path = tmp_path / "old.duckdb"
     with duckdb.connect(str(path)) as con:
@@ -148,7 +169,7 @@ def test_failed_migration_changes_nothing(tmp_path, monkeypatch):
         con.execute("DROP TABLE curves")
         con.execute("SELECT no_such_column FROM runs")
 
-    monkeypatch.setattr(store_module, "MIGRATIONS", [create_v1_schema, half_then_fail, store_module._v2_to_v3])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*MIGRATIONS[:1], half_then_fail, *MIGRATIONS[2:]])
     with pytest.raises(StoreError, match=f"from schema version 1 to {SCHEMA_VERSION} failed, nothing changed"):
         Store(path).count_runs()
     with duckdb.connect(str(path), read_only=True) as con:
@@ -198,14 +219,13 @@ def test_save_pair_writes_every_row(store, pair0):
     assert list(curves["clean_loss"]) == list(pair.bad.curves.clean_loss)
     assert curves["attack_acc"].isna().all()  # NaN is stored as NULL
     lanczos = view.spectra[(view.spectra["role"] == "good") & (view.spectra["kind"] == "lanczos")]
+    assert list(lanczos["idx"]) == [1, 2, 3, 4, 5]  # idx 1 is the largest
     assert list(lanczos["eigenvalue"]) == list(spectra["good"].top.eigenvalues)
     assert list(lanczos["residual"]) == list(spectra["good"].top.residuals)
     assert view.spectra[view.spectra["kind"] == "exact"]["residual"].isna().all()
     nodes = view.densities[view.densities["role"] == "good"].sort_values(["vector", "idx"])["node"]
     assert np.array_equal(nodes.to_numpy(), spectra["good"].density.nodes.ravel())
-    grid = view.density_grid[view.density_grid["role"] == "good"]
-    assert np.trapezoid(grid["density"], grid["x"]) == pytest.approx(1.0, abs=0.02)
-    assert set(grid["sigma"]) == {pair.config.spectrum.sigma}
+    assert [f.name for f in dataclasses.fields(PairView)] == ["pair_id", *DATA_TABLES]
     est = view.estimates[view.estimates["role"] == "good"]
     assert set(est["name"]) == {"trace", "frobenius_sq", "trace_exact", "frobenius_sq_exact", "log_volume_exact",
                                 "log_volume_k"}
@@ -224,6 +244,22 @@ def test_save_pair_replaces_earlier_rows(store):
     store.save_pair(smaller, None)  # no spectra this time: their old rows go too
     assert counts(store, f"{pair.pair_id}-bad") == {t: 0 for t in DATA_TABLES} | {"runs": 1, "curves": 3}
     assert store.count_runs() == 2
+
+
+def test_save_pairs_writes_what_save_pair_writes_in_one_go(tmp_path):
+    results = [make_pair(seed, epochs=4) for seed in (20, 21, 22)]
+    one, bulk = Store(tmp_path / "one.duckdb"), Store(tmp_path / "bulk.duckdb")
+    ids = [i for pair, spectra in results for i in one.save_pair(pair, spectra)]
+    assert bulk.save_pairs(results) == ids
+    for table in DATA_TABLES:
+        mine, theirs = one.table(table), bulk.table(table)
+        if table == "runs":
+            mine, theirs = (t.drop(columns="created_at").sort_values("run_id", ignore_index=True)
+                            for t in (mine, theirs))
+        pd.testing.assert_frame_equal(mine, theirs)
+    assert bulk.latest_pair_id() == results[-1][0].pair_id  # newest first, as if saved one by one
+    with pytest.raises(StoreError, match="keyed by role"):
+        bulk.save_pairs([(results[0][0], {"best": results[0][1]["good"]})])
 
 
 def test_failed_pairs(store, pair0):
@@ -303,11 +339,17 @@ HARMLESS = ("SELECT 1; SELECT 2", "CREATE TEMP TABLE x AS SELECT 1", "CHECKPOINT
 
 
 @pytest.mark.parametrize("sql", [s for s in REFUSED if s not in HARMLESS])
-def test_the_sandbox_itself_refuses_without_the_statement_check(filled, sql, monkeypatch):
-    monkeypatch.setattr(store_module, "_check_select", lambda sql: None)
-    with pytest.raises(QueryError):
-        filled.query(sql)
+def test_the_sandbox_itself_refuses_without_the_statement_check(filled, sql):
+    with duckdb.connect(str(filled.path), read_only=True, config=SANDBOX_CONFIG) as con:
+        with pytest.raises(QueryError):
+            fetch_capped(con, sql, max_rows=100, timeout=10)
     assert filled.count_runs() == 2 and "x" not in filled.tables()
+
+
+def test_the_console_runs_in_the_sandbox(filled):
+    got = filled.query("SELECT current_setting('enable_external_access') AS external, "
+                       "current_setting('lock_configuration') AS locked").frame.iloc[0]
+    assert not got["external"] and got["locked"]
 
 
 def test_sql_console_answers_selects_capped_and_timed(filled):
@@ -421,6 +463,31 @@ def test_bad_bundles_are_refused_and_change_nothing(bundle, tmp_path):
     with pytest.raises(BundleError, match="not a readable run bundle"):
         target.import_bundle(WRITER)
     assert target.import_bundle(src).run_ids_added == tuple(ids)  # the genuine one goes in
+
+
+def test_a_bundle_of_schema_3_with_its_density_grid_imports(bundle, tmp_path):
+    src, ids = bundle
+    grid = parquet_bytes(f"SELECT run_id, 0 AS idx, 0.5 AS x, 1.0 AS density, 0.1 AS sigma "
+                         f"FROM (VALUES ('{ids[0]}'), ('{ids[1]}')) t(run_id)", tmp_path)
+    old = rewrite(src, tmp_path / "v3.zip", add={"tables/density_grid.parquet": grid}, manifest={"schema_version": 3})
+    target = Store(tmp_path / "t" / "runs.duckdb")
+    assert target.import_bundle(old).run_ids_added == tuple(ids)
+    assert "density_grid" not in target.tables() and len(target.runs()) == 2
+    current = rewrite(src, tmp_path / "v4.zip", add={"tables/density_grid.parquet": grid})
+    with pytest.raises(BundleError, match="unexpected member.*density_grid"):  # not in a bundle of this version
+        Store(tmp_path / "u" / "runs.duckdb").import_bundle(current)
+
+
+# --- start-up cost -------------------------------------------------------------------------
+
+def test_the_store_package_opens_a_store_without_torch(tmp_path):
+    # The package is imported under a bare `lossland` (lossland/__init__.py itself imports the checkpoint module).
+    code = ("import sys, types; pkg = types.ModuleType('lossland'); pkg.__path__ = [sys.argv[1]]; "
+            "pkg.__version__ = '0'; sys.modules['lossland'] = pkg; import lossland.store as s; "
+            "st = s.Store(sys.argv[2]); st.runs(); st.query('SELECT 1'); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "lossland"), str(tmp_path / "s.duckdb")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
 
 
 # --- processes and locks -------------------------------------------------------------------

@@ -11,7 +11,8 @@ import ui
 from lossland import charts
 from lossland.config import ConfigError
 from lossland.limits import check_upload
-from lossland.store import StoreError
+from lossland.pairs import ROLES, run_ids, split_run_id
+from lossland.store import EXAMPLE_QUERIES, StoreError
 
 store = ui.get_store()
 st.title("Runs")
@@ -29,7 +30,7 @@ with tab_table:
     if runs is not None and len(runs):
         c1, c2, c3, c4 = st.columns(4)
         ds = c1.multiselect("dataset", sorted(runs["dataset"].unique()), key="runs-ds")
-        roles = c2.multiselect("role", ["good", "bad"], key="runs-role")
+        roles = c2.multiselect("role", list(ROLES), key="runs-role")
         statuses = c3.multiselect("status", sorted(runs["status"].unique()), key="runs-status")
         sort = c4.selectbox("sort by", ["created_at", "test_acc", "top_eigenvalue", "trace", "n_attack"],
                             key="runs-sort")
@@ -57,7 +58,7 @@ with tab_compare:
             st.caption("Config fields that differ are highlighted.")
             st.dataframe(cfg.style.apply(lambda row: ["background-color: #fff3b0" if differs[row.name] else ""
                                                       for _ in row], axis=1), width="stretch")
-            pairs = {rid.rsplit("-", 1)[0] for rid in chosen}
+            pairs = {split_run_id(rid)[0] for rid in chosen}
             views = [store.pair(p) for p in pairs]
             curves = pd.concat([v.curves for v in views])
             curves = curves[curves["run_id"].isin(chosen)].rename(columns={"run_id": "run"})
@@ -80,18 +81,9 @@ with tab_sql:
             with st.expander(name):
                 st.code("\n".join(f"{c} {t}" for c, t in cols), language=None)
     with left:
-        examples = {
-            "mean test accuracy by role": "SELECT role, count(*) AS runs, avg(test_acc) AS test_acc, "
-                                          "avg(top_eigenvalue) AS lambda1 FROM runs GROUP BY role",
-            "sharpness vs attack size": "SELECT n_attack, role, avg(top_eigenvalue) AS lambda1, avg(trace) AS trace "
-                                        "FROM runs GROUP BY ALL ORDER BY n_attack, role",
-            "top-5 eigenvalues of the latest pair": "SELECT r.role, s.idx, s.eigenvalue FROM spectra s JOIN runs r "
-                                                    "USING (run_id) WHERE r.pair_id = (SELECT pair_id FROM runs "
-                                                    "ORDER BY created_at DESC LIMIT 1) AND s.kind = 'lanczos' "
-                                                    "AND s.idx <= 5 ORDER BY r.role, s.idx",
-        }
-        example = st.selectbox("example", list(examples), key="runs-sql-example")
-        sql = st.text_area("SQL (read-only; one statement)", examples[example], height=120, key=f"runs-sql-{example}")
+        example = st.selectbox("example", list(EXAMPLE_QUERIES), key="runs-sql-example")
+        sql = st.text_area("SQL (read-only; one statement)", EXAMPLE_QUERIES[example], height=120,
+                           key=f"runs-sql-{example}")
         if st.button("Run query", key="runs-sql-run"):
             caps = ui.caps()
             try:
@@ -110,7 +102,8 @@ with tab_share:
         pairs = list(runs.drop_duplicates("pair_id")["pair_id"])
         to_export = st.multiselect("pairs to export", pairs, key="runs-export")
         if to_export:
-            ids = [f"{p}-{r}" for p in to_export for r in ("good", "bad") if f"{p}-{r}" in set(runs["run_id"])]
+            stored = set(runs["run_id"])
+            ids = [rid for p in to_export for rid in run_ids(p) if rid in stored]
 
             def bundle() -> bytes:
                 with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,376 @@
+"""Every run in one DuckDB file: the `Store` facade over the modules of this package.
+
+    schema      tables, columns and types; migrations from older files (SCHEMA_VERSION)
+    rows        results -> Arrow rows typed like the store; the query reader; inserts
+    errors      StoreError and its kinds; the advice a message ends with
+    connection  short-lived connections with a bounded retry on lock conflicts; one-transaction writes
+    sandbox     the SQL console: one read-only SELECT, sandboxed, capped in rows and time
+    bundles     export and import of run bundles (untrusted input: checked before anything is written)
+
+A Store is cheap to create: nothing is opened until the first call, which creates or migrates the
+file. Connections are short-lived (open, work, close), so a dashboard and a CLI sweep can share one
+file; every write is one transaction or nothing. runs.checkpoint is relative to the store's folder
+when the file lies under it (a store folder moves whole), absolute otherwise. Failed runs are runs
+rows with status 'failed' and `error`. All of lossland's SQL lives in this package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from .. import pairs
+from . import bundles, connection, rows, schema
+from .bundles import BUNDLE_FORMAT, DEFAULT_MAX_BUNDLE_BYTES, ImportReport
+from .errors import BundleError, QueryError, StoreError, StoreLockedError, UnknownPairError
+from .rows import git_commit, query_frame
+from .sandbox import EXAMPLE_QUERIES, SANDBOX_CONFIG, QueryResult, check_query, fetch_capped
+from .schema import CHILD_TABLES, ORDER, RUN_COLUMNS, SCHEMA_VERSION, TABLES, column_names
+
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
+    from ..curvature import SpectrumResult
+    from ..train import PairResult
+
+__all__ = ["BUNDLE_FORMAT", "EXAMPLE_QUERIES", "SCHEMA_VERSION", "TABLES", "BundleError", "ImportReport", "PairView",
+           "QueryError", "QueryResult", "Store", "StoreError", "StoreLockedError", "UnknownPairError",
+           "default_store_path", "git_commit"]
+
+_insert = rows.insert_rows  # every write's rows go through this name (tests fail it midway)
+
+
+def default_store_path() -> Path:
+    return Path(os.environ.get("LOSSLAND_STORE", "data/runs.duckdb"))
+
+
+@dataclass(frozen=True, eq=False)
+class PairView:
+    """Everything stored for one pair; each frame has run_id and role, good rows first."""
+
+    pair_id: str
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    spectra: pd.DataFrame
+    densities: pd.DataFrame
+    estimates: pd.DataFrame
+
+    def run(self, role: str) -> pd.Series:
+        found = self.runs[self.runs["role"] == role]
+        if found.empty:
+            raise StoreError(f"pair {self.pair_id} has no {role!r} run")
+        return found.iloc[0]
+
+
+def _marks(values: list) -> str:
+    """Placeholders for `column IN (...)`; NULL for no values, so the test is never true."""
+    return ", ".join("?" * len(values)) or "NULL"
+
+
+class Store:
+    """One DuckDB file of runs. Cheap to create: nothing is opened until the first call."""
+
+    def __init__(self, path: str | Path | None = None, lock_timeout: float = 10.0,
+                 checkpoint_dir: str | Path | None = None, max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES):
+        self.path = Path(path) if path is not None else default_store_path()
+        self.lock_timeout = float(lock_timeout)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else self.path.parent / "checkpoints"
+        self.max_bundle_bytes = int(max_bundle_bytes)
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # --- connections ------------------------------------------------------------------
+    def _ensure_schema(self) -> None:
+        if not self._ready:
+            schema.ensure(self.path, self.lock_timeout)
+            self._ready = True
+
+    @contextmanager
+    def _connect(self, read_only: bool = False, config: dict | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        self._ensure_schema()
+        with connection.connected(self.path, self.lock_timeout, read_only, config) as con:
+            yield con
+
+    def _write(self, work: connection.Work, what: str) -> Any:
+        self._ensure_schema()
+        return connection.write(self.path, self.lock_timeout, work, what)
+
+    def _frame(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        with self._connect(read_only=True) as con:
+            return query_frame(con, sql, params)
+
+    # --- writes -------------------------------------------------------------------------
+    def save_pair(self, pair: PairResult, spectra: dict[str, SpectrumResult] | None = None,
+                  checkpoints: dict[str, str | Path] | None = None, extra: dict | None = None) -> list[str]:
+        """Write both runs of a pair and all their rows in one transaction, replacing any earlier
+        rows of the same run ids. spectra/checkpoints are keyed by role; extra is JSON-able facts
+        recorded with both runs (extra_json). Returns the run ids."""
+        return self._save([(pair, spectra or {}, checkpoints or {})], extra, f"saving pair {pair.pair_id}")
+
+    def save_pairs(self, results: Iterable[tuple[PairResult, dict[str, SpectrumResult] | None]],
+                   extra: dict | None = None) -> list[str]:
+        """Write many (pair, spectra by role) in one transaction, each as save_pair would (a bulk load:
+        one commit instead of one per pair). Returns the run ids, in order."""
+        items = [(pair, spectra or {}, {}) for pair, spectra in results]
+        return self._save(items, extra, f"saving {len(items)} pairs")
+
+    def _save(self, items: list[tuple[PairResult, dict, dict]], extra: dict | None, what: str) -> list[str]:
+        extra_json = json.dumps(extra, sort_keys=True, default=str) if extra else None
+        tables: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
+        run_ids: list[str] = []
+        for pair, spectra, checkpoints in items:
+            unknown = (set(spectra) | set(checkpoints)) - set(pairs.ROLES)
+            if unknown:
+                raise StoreError(f"spectra and checkpoints are keyed by role (good, bad); got {sorted(unknown)}")
+            stored = {role: self._relative(Path(p)) for role, p in checkpoints.items()}
+            for name, parts in rows.pair_tables(pair, spectra, stored, extra_json, rows.now()).items():
+                tables[name] += parts
+            run_ids += pairs.run_ids(pair.pair_id)
+        self._write(lambda con: self._replace(con, run_ids, tables), what)
+        return run_ids
+
+    def save_failed(self, cfg: ExperimentConfig, error: str) -> list[str]:
+        """Record both runs of cfg's pair as 'failed' with the error (replacing earlier rows)."""
+        run_ids = pairs.run_ids(cfg.config_hash())
+        tables = rows.failed_tables(cfg, error, rows.now())
+        self._write(lambda con: self._replace(con, run_ids, tables), f"recording failed pair {cfg.config_hash()}")
+        return run_ids
+
+    @staticmethod
+    def _replace(con: duckdb.DuckDBPyConnection, run_ids: list[str], tables: dict[str, list[pa.Table]]) -> None:
+        rows.delete_runs(con, run_ids)
+        for name in TABLES:
+            if tables.get(name):  # one contiguous table each: DuckDB scans many small chunks slowly
+                _insert(con, name, pa.concat_tables(tables[name]).combine_chunks())
+
+    def _relative(self, path: Path) -> str:
+        """Checkpoint paths under the store's folder are kept relative to it, so a store folder moves whole."""
+        full = path if path.is_absolute() else Path.cwd() / path
+        try:
+            return full.resolve().relative_to(self.path.parent.resolve()).as_posix()
+        except ValueError:
+            return str(full.resolve())
+
+    def _resolve(self, recorded: str) -> Path:
+        """A runs.checkpoint value as a path (relative ones lie under the store's folder)."""
+        path = Path(recorded)
+        return path if path.is_absolute() else self.path.parent / path
+
+    # --- analyses: landscapes, basins, theory (each cached by the hash of its settings) ------------
+    def analysis(self, analysis_id: str) -> pd.Series | None:
+        """The analyses row of `analysis_id` (status 'running' or 'done'), or None."""
+        found = self._frame(f"SELECT {', '.join(column_names(CHILD_TABLES['analyses']))} FROM analyses "
+                            "WHERE analysis_id = ?", [analysis_id])
+        return None if found.empty else found.iloc[0]
+
+    def analyses(self, run_ids: Iterable[str] | None = None, kind: str | None = None) -> pd.DataFrame:
+        clauses, params = [], []
+        if run_ids is not None:
+            ids = list(run_ids)
+            clauses.append(f"run_id IN ({_marks(ids)})")
+            params += ids
+        if kind is not None:
+            clauses.append("kind = ?")
+            params.append(kind)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return self._frame(f"SELECT {', '.join(column_names(CHILD_TABLES['analyses']))} FROM analyses{where} "
+                           "ORDER BY created_at DESC", params)
+
+    def begin_analysis(self, run_id: str, analysis_id: str, kind: str, settings_json: str) -> None:
+        """Mark an analysis as running (a no-op when it is already recorded), so its rows can land in parts."""
+        def work(con):
+            found = con.execute("SELECT count(*) FROM analyses WHERE analysis_id = ?", [analysis_id]).fetchall()[0][0]
+            if not found:
+                _insert(con, "analyses", self._analysis_row(run_id, analysis_id, kind, "running", settings_json, None))
+        self._write(work, f"starting analysis {analysis_id}")
+
+    def append_landscape(self, analysis_id: str, points: pd.DataFrame) -> None:
+        """Add grid points of a running analysis in one transaction (a stopped grid keeps them)."""
+        self._write(lambda con: _insert(con, "landscapes", rows.frame_arrow("landscapes", points.assign(
+            analysis_id=analysis_id))), f"storing {len(points)} landscape points of {analysis_id}")
+
+    def save_analysis(self, run_id: str, analysis_id: str, kind: str, settings_json: str, seconds: float,
+                      landscapes: pd.DataFrame | None = None, trials: pd.DataFrame | None = None,
+                      estimates: pd.DataFrame | None = None) -> None:
+        """Write a finished analysis in one transaction: its rows replace any earlier ones of the same id
+        (landscape rows already appended by a resumable grid are kept unless new ones are given)."""
+        def work(con):
+            for table, frame in (("landscapes", landscapes), ("basin_trials", trials)):
+                if frame is not None:
+                    con.execute(f"DELETE FROM {table} WHERE analysis_id = ?", [analysis_id])
+                    _insert(con, table, rows.frame_arrow(table, frame.assign(analysis_id=analysis_id)))
+            if estimates is not None and len(estimates):
+                for rid, name in estimates[["run_id", "name"]].drop_duplicates().itertuples(index=False):
+                    con.execute("DELETE FROM estimates WHERE run_id = ? AND name = ?", [rid, name])
+                _insert(con, "estimates", rows.frame_arrow("estimates", estimates))
+            con.execute("DELETE FROM analyses WHERE analysis_id = ?", [analysis_id])
+            _insert(con, "analyses", self._analysis_row(run_id, analysis_id, kind, "done", settings_json, seconds))
+        self._write(work, f"storing analysis {analysis_id}")
+
+    @staticmethod
+    def _analysis_row(run_id: str, analysis_id: str, kind: str, status: str, settings_json: str,
+                      seconds: float | None) -> pa.Table:
+        return rows.frame_arrow("analyses", pd.DataFrame([{
+            "run_id": run_id, "analysis_id": analysis_id, "kind": kind, "status": status,
+            "settings_json": settings_json, "seconds": seconds, "created_at": rows.now()}]))
+
+    def landscape(self, analysis_id: str) -> pd.DataFrame:
+        return self._frame(f"SELECT {', '.join(column_names(CHILD_TABLES['landscapes']))} FROM landscapes "
+                           "WHERE analysis_id = ? ORDER BY run_id, point, alpha, beta", [analysis_id])
+
+    def basin_trials(self, analysis_id: str) -> pd.DataFrame:
+        return self._frame(f"SELECT {', '.join(column_names(CHILD_TABLES['basin_trials']))} FROM basin_trials "
+                           "WHERE analysis_id = ? ORDER BY run_id, radius, trial", [analysis_id])
+
+    def estimates(self, run_ids: Iterable[str], names: Iterable[str] | None = None) -> pd.DataFrame:
+        ids = list(run_ids)
+        sql = (f"SELECT {', '.join(column_names(CHILD_TABLES['estimates']))} FROM estimates "
+               f"WHERE run_id IN ({_marks(ids)})")
+        params = list(ids)
+        if names is not None:
+            wanted = list(names)
+            sql += f" AND name IN ({_marks(wanted)})"
+            params += wanted
+        return self._frame(sql + " ORDER BY run_id, name, k", params)
+
+    # --- queries ------------------------------------------------------------------------
+    def runs(self, **filters: Any) -> pd.DataFrame:
+        """Runs, newest first, where every filter column equals its value (a list/tuple/set means
+        any of; None means NULL)."""
+        allowed = column_names(RUN_COLUMNS)
+        unknown = [k for k in filters if k not in allowed]
+        if unknown:
+            raise StoreError(f"unknown filter(s) {', '.join(unknown)} for runs; allowed: {', '.join(allowed)}")
+        where, params = [], []
+        for key, value in filters.items():
+            if value is None:
+                where.append(f"{key} IS NULL")
+            elif isinstance(value, (list, tuple, set, frozenset)):
+                values = list(value)
+                where.append(f"{key} IN ({', '.join('?' * len(values))})" if values else "FALSE")
+                params += values
+            else:
+                where.append(f"{key} = ?")
+                params.append(value)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return self._frame(f"SELECT {', '.join(allowed)} FROM runs{clause} ORDER BY {ORDER['runs']}", params)
+
+    def pair(self, pair_id: str) -> PairView:
+        """Both runs of a pair with their curves, spectra, densities and estimates."""
+        ids = pairs.run_ids(pair_id)
+        role = "CASE WHEN run_id = ? THEN 'good' ELSE 'bad' END AS role"
+        frames = {}
+        with self._connect(read_only=True) as con:
+            runs = query_frame(con, f"SELECT {', '.join(column_names(RUN_COLUMNS))} FROM runs WHERE run_id IN (?, ?) "
+                                    f"ORDER BY role DESC", ids)
+            if runs.empty:
+                raise UnknownPairError(f"no pair {pair_id!r} in store {self.path}")
+            for name in ("curves", "spectra", "densities", "estimates"):
+                cols = column_names(CHILD_TABLES[name])
+                frames[name] = query_frame(
+                    con, f"SELECT {cols[0]}, {role}, {', '.join(cols[1:])} FROM {name} WHERE run_id IN (?, ?) "
+                         f"ORDER BY role DESC, {ORDER[name].removeprefix('run_id, ')}", [ids[0], *ids])
+        return PairView(pair_id=pair_id, runs=runs, **frames)
+
+    def has_pair(self, pair_id: str) -> bool:
+        """True when both runs are stored and neither failed."""
+        with self._connect(read_only=True) as con:
+            (n,) = con.execute("SELECT count(*) FROM runs WHERE run_id IN (?, ?) AND status <> 'failed'",
+                               pairs.run_ids(pair_id)).fetchone()
+        return n == 2
+
+    def latest_pair_id(self) -> str | None:
+        """The pair written last (failed pairs left out), or None in an empty store."""
+        with self._connect(read_only=True) as con:
+            row = con.execute("SELECT pair_id FROM runs WHERE status <> 'failed' "
+                              "ORDER BY created_at DESC, pair_id LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def count_runs(self) -> int:
+        with self._connect(read_only=True) as con:
+            return con.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+    def checkpoint_path(self, run_id: str) -> Path | None:
+        """The checkpoint file recorded for run_id (it may since have been deleted), or None."""
+        df = self._frame("SELECT checkpoint FROM runs WHERE run_id = ?", [run_id])
+        if df.empty or pd.isna(df["checkpoint"].iloc[0]):
+            return None
+        return self._resolve(df["checkpoint"].iloc[0])
+
+    def tables(self) -> dict[str, list[tuple[str, str]]]:
+        """Table -> [(column, type)] as stored, for the SQL console."""
+        with self._connect(read_only=True) as con:
+            found = con.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
+                                "WHERE database_name = current_database() AND schema_name = 'main' "
+                                "ORDER BY table_name, column_index").fetchall()
+        out: dict[str, list[tuple[str, str]]] = {}
+        for table, column, kind in found:
+            out.setdefault(table, []).append((column, kind))
+        return out
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A whole table (runs, curves, spectra, densities, estimates, landscapes, basin_trials,
+        analyses, meta)."""
+        if name == "meta":
+            return self._frame("SELECT key, value FROM meta ORDER BY key")
+        if name not in TABLES:
+            raise StoreError(f"unknown table {name!r}; allowed: {', '.join([*TABLES, 'meta'])}")
+        return self._frame(f"SELECT {', '.join(column_names(TABLES[name]))} FROM {name} ORDER BY {ORDER[name]}")
+
+    # --- the SQL console ----------------------------------------------------------------
+    def query(self, sql: str, max_rows: int = 10_000, timeout: float = 10.0) -> QueryResult:
+        """One read-only SELECT (or EXPLAIN) on a sandboxed connection: the file opened read-only,
+        no file system or network access, settings locked; at most max_rows rows, stopped after
+        timeout seconds."""
+        check_query(sql, max_rows, timeout)
+        start = time.perf_counter()
+        with self._connect(read_only=True, config=SANDBOX_CONFIG) as con:
+            frame, truncated = fetch_capped(con, sql, max_rows, timeout)
+        return QueryResult(frame=frame, truncated=truncated, seconds=time.perf_counter() - start)
+
+    # --- sharing ------------------------------------------------------------------------
+    def export(self, run_ids: Iterable[str], path: str | Path) -> Path:
+        """One zip: manifest.json, tables/<table>.parquet with these runs' rows, and
+        checkpoints/<run_id>.pt where the checkpoint file exists."""
+        run_ids = list(dict.fromkeys(run_ids))
+        if not run_ids:
+            raise BundleError("nothing to export: give at least one run id")
+        with tempfile.TemporaryDirectory(prefix="lossland-export-") as tmp:
+            with self._connect(read_only=True) as con:
+                recorded, counts = bundles.write_tables(con, run_ids, Path(tmp), self.path)
+            checkpoints = {}
+            for run_id in run_ids:
+                candidates = [self._resolve(recorded[run_id])] if recorded[run_id] else []
+                source = next((c for c in [*candidates, self.checkpoint_dir / f"{run_id}.pt"] if c.is_file()), None)
+                if source is not None:
+                    checkpoints[run_id] = source
+            return bundles.write_zip(Path(path), Path(tmp), run_ids, counts, checkpoints)
+
+    def import_bundle(self, path: str | Path) -> ImportReport:
+        """Merge a bundle from export() into this store: runs already here (and not failed) are
+        skipped, the rest added with their rows and checkpoints, in one transaction. Any problem
+        raises BundleError and leaves the store unchanged."""
+        path = Path(path)
+        with bundles.unpacked(path, self.max_bundle_bytes) as bundle:
+            merge = bundles.Merge(bundle, self.checkpoint_dir, self._relative)
+            try:
+                report = self._write(merge.into, f"importing bundle {path}")
+            except BaseException as e:
+                merge.discard()
+                if isinstance(e, StoreError) and not isinstance(e, (BundleError, StoreLockedError)):
+                    raise BundleError(str(e)) from None
+                raise
+            merge.finish()
+            return report

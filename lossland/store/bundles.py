@@ -1,0 +1,298 @@
+"""Run bundles: runs with every row and checkpoint in one zip, to share a result with a collaborator.
+
+    manifest.json               format and schema versions, run ids, row counts
+    tables/<table>.parquet      the runs' rows of each table
+    checkpoints/<run_id>.pt     the trained weights, where the file exists
+
+A bundle is untrusted input. Before anything is written its member names are checked (no absolute
+paths, no '..', plain files only, no duplicates), its unpacked size is bounded twice (the sizes the
+zip states, then the bytes it really yields), its manifest and Parquet columns are checked against
+the schema, every row must belong to a run of the manifest, and every checkpoint must load safely.
+Bundles of older schema versions import (columns they lack are NULL; tables since dropped are ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from .. import __version__
+from .errors import BundleError, first_line
+from .rows import delete_runs
+from .schema import ORDER, SCHEMA_VERSION, TABLES, column_names
+
+BUNDLE_FORMAT = 1
+DEFAULT_MAX_BUNDLE_BYTES = 2 * 1024**3
+_DROPPED_TABLES = {"density_grid": 3}  # table -> the last schema version that had it
+_RUN_ID = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    run_ids_added: tuple[str, ...]
+    run_ids_skipped: tuple[str, ...]  # already in the store (and not failed there)
+
+
+# --- export ---------------------------------------------------------------------------------
+
+def write_tables(con: duckdb.DuckDBPyConnection, run_ids: list[str], folder: Path,
+                 store: Path) -> tuple[dict[str, str | None], dict[str, int]]:
+    """These runs' rows of every table as folder/tables/<table>.parquet; returns (the checkpoint
+    recorded for each run id, rows per table). BundleError when a run id is not in the store."""
+    (folder / "tables").mkdir()
+    con.register("_lossland_ids", pa.table({"run_id": pa.array(run_ids, pa.string())}))
+    recorded = dict(con.execute("SELECT run_id, checkpoint FROM runs "
+                                "WHERE run_id IN (SELECT run_id FROM _lossland_ids)").fetchall())
+    missing = [r for r in run_ids if r not in recorded]
+    if missing:
+        raise BundleError(f"run id(s) not in store {store}: {', '.join(missing)}")
+    counts: dict[str, int] = {}
+    for name, columns in TABLES.items():
+        target = (folder / "tables" / f"{name}.parquet").as_posix().replace("'", "''")
+        select = (f"SELECT {', '.join(column_names(columns))} FROM {name} WHERE run_id IN "
+                  f"(SELECT run_id FROM _lossland_ids) ORDER BY {ORDER[name]}")
+        con.execute(f"COPY ({select}) TO '{target}' (FORMAT parquet)")
+        counts[name] = con.execute(f"SELECT count(*) FROM ({select})").fetchone()[0]
+    return recorded, counts
+
+
+def write_zip(path: Path, folder: Path, run_ids: list[str], counts: dict[str, int],
+              checkpoints: dict[str, Path]) -> Path:
+    """The bundle at `path` from the tables in `folder` and the checkpoint files by run id; a reader
+    never sees half a bundle (it is written beside and renamed)."""
+    members = {f"checkpoints/{r}.pt": source for r, source in checkpoints.items()}
+    manifest = {"format_version": BUNDLE_FORMAT, "schema_version": SCHEMA_VERSION,
+                "lossland_version": __version__, "run_ids": run_ids,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "rows": counts, "checkpoints": sorted(members)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.json", json.dumps(manifest, indent=2))
+        for name in TABLES:
+            zf.write(folder / "tables" / f"{name}.parquet", f"tables/{name}.parquet")
+        for member, source in members.items():
+            zf.write(source, member)
+    partial.replace(path)
+    return path
+
+
+# --- import: check and unpack ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Unpacked:
+    """A bundle checked and unpacked into a temporary folder; nothing of it is in the store yet."""
+
+    path: Path  # the bundle, for messages
+    schema_version: int
+    run_ids: list[str]
+    tables: dict[str, Path]  # table -> its Parquet file
+    checkpoints: dict[str, Path]  # run id -> its checkpoint file
+
+
+@contextmanager
+def unpacked(path: Path, max_bytes: int) -> Iterator[Unpacked]:
+    """Open, check and unpack the bundle at `path` (BundleError when anything is wrong); the unpacked
+    files are removed on leaving."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise BundleError(f"{path} is not a readable run bundle (zip): {e}") from None
+    with zf, tempfile.TemporaryDirectory(prefix="lossland-import-") as tmp_name:
+        tmp = Path(tmp_name)
+        manifest, members = _check_members(path, zf, max_bytes)
+        budget = max_bytes
+        for member in members:
+            budget -= _extract(zf, member, tmp, budget, path)
+        run_ids = manifest["run_ids"]
+        checkpoints = {r: tmp / "checkpoints" / f"{r}.pt" for r in run_ids if f"checkpoints/{r}.pt" in members}
+        for run_id, file in checkpoints.items():
+            _check_checkpoint(file, run_id, path)
+        tables = {name: tmp / "tables" / f"{name}.parquet" for name in TABLES if f"tables/{name}.parquet" in members}
+        yield Unpacked(path=path, schema_version=manifest["schema_version"], run_ids=run_ids, tables=tables,
+                       checkpoints=checkpoints)
+
+
+def _check_names(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Member names that can't escape the folder, no duplicates, plain files only."""
+    member_names = [i.filename for i in infos]
+    for name in member_names:
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts or "\\" in name:
+            raise BundleError(f"bundle {path} has an unsafe member name {name!r} (absolute or with '..'); refused")
+    if len(set(member_names)) != len(member_names):
+        raise BundleError(f"bundle {path} has duplicate member names; refused")
+    for info in infos:
+        kind = stat.S_IFMT(info.external_attr >> 16)
+        if info.is_dir() or kind not in (0, stat.S_IFREG):  # 0: written by a tool that records no mode
+            what = "a symlink" if kind == stat.S_IFLNK else "a folder" if info.is_dir() else "not a plain file"
+            raise BundleError(f"bundle {path}: member {info.filename!r} is {what}; a run bundle holds plain "
+                              f"files only; refused")
+
+
+def _read_manifest(path: Path, zf: zipfile.ZipFile) -> dict:
+    """manifest.json, with versions this code reads and a list of distinct, well-formed run ids."""
+    try:
+        manifest = json.loads(zf.read("manifest.json").decode("utf-8"))
+    except (ValueError, RecursionError, zipfile.BadZipFile, zlib.error, EOFError, RuntimeError) as e:
+        raise BundleError(f"bundle {path}: manifest.json is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"bundle {path}: manifest.json must be an object")
+    fmt, schema = manifest.get("format_version"), manifest.get("schema_version")
+    if not isinstance(fmt, int) or not isinstance(schema, int):
+        raise BundleError(f"bundle {path}: manifest.json lacks integer format_version and schema_version")
+    if fmt > BUNDLE_FORMAT or schema > SCHEMA_VERSION:
+        raise BundleError(f"bundle {path} was written by a newer lossland ({manifest.get('lossland_version')}: "
+                          f"bundle format {fmt}, schema version {schema}; this lossland {__version__} reads "
+                          f"format {BUNDLE_FORMAT}, schema {SCHEMA_VERSION}); upgrade lossland to import it")
+    if schema < 1:
+        raise BundleError(f"bundle {path}: schema_version {schema} is not a valid version")
+    run_ids = manifest.get("run_ids")
+    if (not isinstance(run_ids, list) or not run_ids or len(set(run_ids)) != len(run_ids)
+            or not all(isinstance(r, str) and re.fullmatch(_RUN_ID, r) for r in run_ids)):
+        raise BundleError(f"bundle {path}: manifest run_ids must be a non-empty list of distinct run ids "
+                          f"(letters, digits, '_', '.', '-')")
+    return manifest
+
+
+def _check_members(path: Path, zf: zipfile.ZipFile, max_bytes: int) -> tuple[dict, set[str]]:
+    """Validate names, sizes and the manifest; returns (manifest, the members to unpack)."""
+    infos = [i for i in zf.infolist() if i.filename not in ("tables/", "checkpoints/")]  # folder entries
+    _check_names(path, infos)
+    total = sum(i.file_size for i in infos)
+    if total > max_bytes:
+        raise BundleError(f"bundle {path} unpacks to {total:,} bytes, over the limit of {max_bytes:,} "
+                          f"(max_bundle_bytes)")
+    found = {i.filename for i in infos}
+    if "manifest.json" not in found:
+        raise BundleError(f"bundle {path} has no manifest.json; not a lossland run bundle")
+    manifest = _read_manifest(path, zf)
+    dropped = {f"tables/{t}.parquet" for t, last in _DROPPED_TABLES.items() if manifest["schema_version"] <= last}
+    expected = ({"manifest.json"} | {f"tables/{t}.parquet" for t in TABLES} | dropped
+                | {f"checkpoints/{r}.pt" for r in manifest["run_ids"]})
+    unexpected = [i.filename for i in infos if i.filename not in expected]
+    if unexpected:
+        raise BundleError(f"bundle {path} has unexpected member(s) {', '.join(map(repr, unexpected[:5]))}; "
+                          f"allowed: manifest.json, tables/<table>.parquet, checkpoints/<run_id>.pt")
+    if "tables/runs.parquet" not in found:
+        raise BundleError(f"bundle {path} has no tables/runs.parquet")
+    return manifest, found - {"manifest.json"} - dropped
+
+
+def _extract(zf: zipfile.ZipFile, member: str, root: Path, budget: int, bundle: Path) -> int:
+    """Copy one member out counting real bytes (a zip may lie about sizes); returns the bytes."""
+    target = root / member
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    try:
+        with zf.open(member) as src, open(target, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > budget:
+                    raise BundleError(f"bundle {bundle} unpacks past the size limit (max_bundle_bytes) at {member}")
+                dst.write(chunk)
+    except BundleError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:  # damaged, encrypted
+        raise BundleError(f"bundle {bundle}: member {member} can't be unpacked ({type(e).__name__}: "
+                          f"{first_line(e)}); the zip is damaged or truncated; refused") from None
+    return written
+
+
+def _check_checkpoint(file: Path, run_id: str, bundle: Path) -> None:
+    # imported here: loading checkpoints needs torch, which only importing a bundle should pay for
+    from ..checkpoint import CheckpointError, read_checkpoint_file
+
+    try:
+        read_checkpoint_file(file)
+    except CheckpointError as e:
+        raise BundleError(f"bundle {bundle}: checkpoints/{run_id}.pt can't be loaded safely as a lossland "
+                          f"checkpoint ({first_line(e)}); refused") from None
+
+
+# --- import: merge into the store ----------------------------------------------------------------
+
+def _parquet_columns(con: duckdb.DuckDBPyConnection, file: Path) -> list[str]:
+    return [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [file.as_posix()]).fetchall()]
+
+
+def _check_parquet(con: duckdb.DuckDBPyConnection, table: str, file: Path, bundle: Unpacked) -> None:
+    """A table's file has only the table's columns (all of them in a bundle of this schema version)
+    and rows of the manifest's runs only; runs.parquet has a row of every one."""
+    try:
+        columns = _parquet_columns(con, file)
+    except duckdb.Error as e:
+        raise BundleError(f"bundle {bundle.path}: tables/{table}.parquet is not readable Parquet "
+                          f"({first_line(e)})") from None
+    expected = column_names(TABLES[table])
+    unknown = [c for c in columns if c not in expected]
+    missing = [c for c in expected if c not in columns]
+    if unknown or (missing and bundle.schema_version == SCHEMA_VERSION) or "run_id" not in columns:
+        raise BundleError(f"bundle {bundle.path}: tables/{table}.parquet columns don't match table {table} "
+                          f"(unknown: {unknown or 'none'}; missing: {missing or 'none'})")
+    run_ids = set(bundle.run_ids)
+    found = {r[0] for r in con.execute("SELECT DISTINCT run_id FROM read_parquet(?)", [file.as_posix()]).fetchall()}
+    stray = sorted(map(str, found - run_ids))
+    if stray:
+        raise BundleError(f"bundle {bundle.path}: tables/{table}.parquet has rows of runs not in the manifest: "
+                          f"{', '.join(stray[:5])}")
+    if table == "runs" and found != run_ids:
+        raise BundleError(f"bundle {bundle.path}: tables/runs.parquet lacks manifest run(s) "
+                          f"{', '.join(sorted(run_ids - found)[:5])}")
+
+
+class Merge:
+    """The write of an unpacked bundle into a store: `into(con)` inside the store's transaction, then
+    `finish()` after its COMMIT (checkpoints renamed into place) or `discard()` after a failure."""
+
+    def __init__(self, bundle: Unpacked, checkpoint_dir: Path, stored_path: Callable[[Path], str]):
+        self.bundle, self.checkpoint_dir, self.stored_path = bundle, checkpoint_dir, stored_path
+        self.staged: set[Path] = set()  # checkpoints copied beside their final names
+
+    def into(self, con: duckdb.DuckDBPyConnection) -> ImportReport:
+        run_ids = self.bundle.run_ids
+        existing = {r[0] for r in con.execute(f"SELECT run_id FROM runs WHERE status <> 'failed' AND run_id IN "
+                                              f"({', '.join('?' * len(run_ids))})", run_ids).fetchall()}
+        added = [r for r in run_ids if r not in existing]
+        for name, file in self.bundle.tables.items():
+            _check_parquet(con, name, file, self.bundle)
+        if not added:
+            return ImportReport(run_ids_added=(), run_ids_skipped=tuple(run_ids))
+        for run_id in added:
+            if run_id in self.bundle.checkpoints:
+                staging = self.checkpoint_dir / f"{run_id}.pt.importing"
+                staging.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.bundle.checkpoints[run_id], staging)
+                self.staged.add(staging)
+        delete_runs(con, added)
+        con.register("_lossland_ids", pa.table({"run_id": pa.array(added, pa.string())}))
+        for name, file in self.bundle.tables.items():
+            cols = ", ".join(_parquet_columns(con, file))
+            con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM read_parquet(?) "
+                        f"WHERE run_id IN (SELECT run_id FROM _lossland_ids)", [file.as_posix()])
+        for run_id in added:
+            has = run_id in self.bundle.checkpoints
+            target = self.stored_path(self.checkpoint_dir / f"{run_id}.pt") if has else None
+            con.execute("UPDATE runs SET checkpoint = ? WHERE run_id = ?", [target, run_id])
+        return ImportReport(run_ids_added=tuple(added), run_ids_skipped=tuple(r for r in run_ids if r in existing))
+
+    def finish(self) -> None:
+        for staging in self.staged:
+            staging.replace(staging.with_name(staging.name.removesuffix(".importing")))
+
+    def discard(self) -> None:
+        for staging in self.staged:
+            staging.unlink(missing_ok=True)

@@ -1,0 +1,205 @@
+"""Results as rows: a pair's runs, curves, spectra, densities and estimates as Arrow tables typed like
+the store, the one reader of query results, and the one way rows go into a table.
+
+Rows travel as Arrow (no per-row Python on the way in or out); NaN becomes NULL on the way in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+import json
+import platform
+import re
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .. import __version__, pairs
+from .schema import ARROW_TYPES, CHILD_TABLES, PANDAS_TYPES, RUN_COLUMNS, TABLES, Columns, column_names
+
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
+    from ..curvature import SpectrumResult
+    from ..train import PairResult, TrainResult
+
+
+# --- versions -----------------------------------------------------------------------------
+
+@functools.cache
+def git_commit() -> str | None:
+    """HEAD of the git checkout holding this package, or None (not a checkout, no git)."""
+    here = Path(__file__).resolve().parents[1]
+    try:
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "__init__.py"], cwd=here,
+                                 capture_output=True, timeout=5)  # not an installed copy inside some other repo
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if tracked.returncode == 0 and out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", sha) else None
+
+
+@functools.cache
+def _torch_version() -> str | None:
+    try:  # the installed distribution's version: importing torch would cost seconds
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    return {"lossland_version": __version__, "torch_version": _torch_version(),
+            "python_version": platform.python_version(), "git_commit": git_commit()}
+
+
+def now() -> datetime:
+    """UTC now, without a time zone (TIMESTAMP columns hold UTC)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# --- Arrow tables typed like the store --------------------------------------------------------
+
+def arrow(columns: Columns, rows: dict[str, Any]) -> pa.Table:
+    """Columns of equal length (lists or arrays) -> an Arrow table typed like the store; NaN -> NULL."""
+    return pa.table({c: pa.array(rows[c], type=ARROW_TYPES[t], from_pandas=True) for c, t in columns})
+
+
+def columnar(columns: Columns, rows: list[dict[str, Any]]) -> pa.Table:
+    """Row dicts -> an Arrow table typed like the store."""
+    return arrow(columns, {c: [r[c] for r in rows] for c, _ in columns})
+
+
+def frame_arrow(table: str, df: pd.DataFrame) -> pa.Table:
+    """A DataFrame -> an Arrow table with exactly `table`'s columns (missing ones NULL)."""
+    columns = CHILD_TABLES[table]
+    n = len(df)
+    rows = {c: (df[c].tolist() if c in df.columns else [None] * n) for c, _ in columns}
+    if "created_at" in rows and "created_at" not in df.columns:
+        rows["created_at"] = [now()] * n
+    return arrow(columns, rows)
+
+
+# --- the rows of a pair ---------------------------------------------------------------------
+
+def run_rows(cfg: ExperimentConfig, created_at: datetime) -> dict[str, dict[str, Any]]:
+    """The runs rows of both roles of cfg's pair, by role: the config's facts and the versions; the rest NULL."""
+    pair_id = cfg.config_hash()
+    facts = dict(pair_id=pair_id, config_json=cfg.to_json(), dataset=cfg.data.name, model=cfg.model.name,
+                 widths=",".join(map(str, cfg.model.widths)), seed=cfg.model.seed, data_seed=cfg.data.seed,
+                 train_seed=cfg.train.seed, n_train=cfg.data.n_train, n_attack=cfg.attack.n_attack,
+                 attack_labels=cfg.attack.labels, optimizer=cfg.train.optimizer, lr=cfg.train.lr,
+                 batch_size=cfg.train.batch_size, loss_target=cfg.train.loss_target, created_at=created_at,
+                 **versions())
+    return {role: dict.fromkeys(column_names(RUN_COLUMNS)) | facts | {"run_id": pairs.run_id(pair_id, role),
+                                                                       "role": role} for role in pairs.ROLES}
+
+
+def spectrum_run_facts(s: SpectrumResult) -> dict[str, Any]:
+    """The headline curvature of a run: λ1, trace, ||H||_F², the log volume over the top k, cost."""
+    top = tuple(s.top.eigenvalues)
+    lv = tuple(s.log_volume_k)
+    log_volume = lv[len(top) - 1] if top and len(lv) >= len(top) else (lv[-1] if lv else None)
+    return {"top_eigenvalue": top[0] if top else None, "trace": s.trace.value, "frobenius_sq": s.frobenius_sq.value,
+            "log_volume": log_volume, "spectrum_hvps": s.hvps, "spectrum_seconds": s.seconds}
+
+
+def estimate_rows(run_id: str, s: SpectrumResult) -> list[dict[str, Any]]:
+    settings = json.dumps(dataclasses.asdict(s.settings), sort_keys=True)
+    base = dict.fromkeys(column_names(CHILD_TABLES["estimates"])) | {"run_id": run_id, "settings_json": settings}
+    rows = [base | {"name": name, "value": e.value, "stderr": e.stderr, "samples": e.samples, "hvps": e.hvps,
+                    "method": e.method} for name, e in (("trace", s.trace), ("frobenius_sq", s.frobenius_sq))]
+    for name in ("trace_exact", "frobenius_sq_exact"):
+        value = getattr(s, name)
+        if value is not None:
+            rows.append(base | {"name": name, "value": value, "method": "exact"})
+    if s.log_volume_exact is not None:
+        rows.append(base | {"name": "log_volume_exact", "value": s.log_volume_exact, "method": "exact",
+                            "eps": s.settings.eps})
+    rows += [base | {"name": "log_volume_k", "k": k, "value": v, "method": "lanczos", "eps": s.settings.eps}
+             for k, v in enumerate(s.log_volume_k, start=1)]
+    return rows
+
+
+def spectrum_tables(run_id: str, s: SpectrumResult) -> dict[str, pa.Table]:
+    """spectra (idx from 1: Lanczos top-k with residuals, then the exact eigenvalues), the raw SLQ
+    densities and the estimates of one run."""
+    top_vals, top_res = np.asarray(s.top.eigenvalues, float), np.asarray(s.top.residuals, float)
+    exact = np.asarray(s.exact_eigenvalues if s.exact_eigenvalues is not None else (), float)
+    n_top, n_exact = len(top_vals), len(exact)
+    spectra = {"run_id": [run_id] * (n_top + n_exact), "kind": ["lanczos"] * n_top + ["exact"] * n_exact,
+               "idx": np.concatenate([np.arange(1, n_top + 1), np.arange(1, n_exact + 1)]).astype(np.int32),
+               "eigenvalue": np.concatenate([top_vals, exact]),
+               "residual": np.concatenate([top_res, np.full(n_exact, np.nan)])}
+    nodes, weights = np.asarray(s.density.nodes, float), np.asarray(s.density.weights, float)
+    n_vec, m = nodes.shape if nodes.ndim == 2 else (0, 0)
+    densities = {"run_id": [run_id] * (n_vec * m), "vector": np.repeat(np.arange(n_vec), m).astype(np.int32),
+                 "idx": np.tile(np.arange(m), n_vec).astype(np.int32), "node": nodes.ravel(), "weight": weights.ravel()}
+    return {"spectra": arrow(CHILD_TABLES["spectra"], spectra),
+            "densities": arrow(CHILD_TABLES["densities"], densities),
+            "estimates": columnar(CHILD_TABLES["estimates"], estimate_rows(run_id, s))}
+
+
+def curve_table(run_id: str, result: TrainResult) -> pa.Table:
+    c = result.curves
+    cols = {name: list(getattr(c, name)) for name, _ in CHILD_TABLES["curves"][1:]}
+    return arrow(CHILD_TABLES["curves"], {"run_id": [run_id] * len(c.epoch), **cols})
+
+
+def pair_tables(pair: PairResult, spectra: dict[str, SpectrumResult], checkpoints: dict[str, str],
+                extra_json: str | None, created_at: datetime) -> dict[str, list[pa.Table]]:
+    """Every row of both runs of a pair, by table; spectra and the stored checkpoint paths by role."""
+    tables: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
+    for role, row in run_rows(pair.config, created_at).items():
+        result: TrainResult = getattr(pair, role)
+        row.update({k: getattr(result, k) for k in ("status", "stop_reason", "n_params", "epochs", "seconds",
+                                                    "device", *pairs.METRICS)},
+                   extra_json=extra_json, checkpoint=checkpoints.get(role))
+        if role in spectra:
+            row.update(spectrum_run_facts(spectra[role]))
+            for name, t in spectrum_tables(row["run_id"], spectra[role]).items():
+                tables[name].append(t)
+        tables["runs"].append(columnar(RUN_COLUMNS, [row]))
+        tables["curves"].append(curve_table(row["run_id"], result))
+    return tables
+
+
+def failed_tables(cfg: ExperimentConfig, error: str, created_at: datetime) -> dict[str, list[pa.Table]]:
+    """The runs rows of cfg's pair recorded as 'failed' with the error."""
+    rows = [row | {"status": "failed", "error": str(error)} for row in run_rows(cfg, created_at).values()]
+    return {"runs": [columnar(RUN_COLUMNS, rows)]}
+
+
+# --- in and out ----------------------------------------------------------------------------
+
+def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pd.DataFrame:
+    """A query's rows as a DataFrame via Arrow (several times faster than .df() on wide text),
+    with nullable integer, boolean and string dtypes whether or not a NULL turned up, so a
+    column's dtype never depends on which rows were selected."""
+    return con.sql(sql, params=params or None).to_arrow_table().to_pandas(types_mapper=PANDAS_TYPES.get)
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    """Append an Arrow table's rows to `table` (by column name)."""
+    if rows.num_rows == 0:
+        return
+    cols = ", ".join(rows.column_names)
+    con.register("_lossland_rows", rows)
+    try:
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _lossland_rows")
+    finally:
+        con.unregister("_lossland_rows")
+
+
+def delete_runs(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> None:
+    """Every row of these runs, in every table."""
+    marks = ", ".join("?" * len(run_ids))
+    for table in (*CHILD_TABLES, "runs"):
+        con.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", run_ids)

@@ -1,0 +1,219 @@
+"""The tables of a store, their column types, and the migrations that bring an older file up to date.
+
+A run is one trained minimum, `run_id = <pair_id>-<role>` (see `lossland.pairs`). Long tables keyed
+by run_id:
+
+  runs          one row per run: config facts, status, final metrics, headline curvature, versions
+  curves        per epoch: lr, loss and accuracy on clean train, attack and test
+  spectra       kind 'lanczos' (top-k, with residual) or 'exact' (all, residual NULL); idx counts from 1,
+                idx 1 is the largest eigenvalue
+  densities     raw SLQ quadrature: per random vector `vector`, Ritz value `node` and its `weight`
+                (the dashboard smooths them at any sigma without new HVPs)
+  estimates     name in trace, frobenius_sq, trace_exact, frobenius_sq_exact, log_volume_exact and
+                log_volume_k (one row per k); value, stderr, samples, hvps, method, eps, settings_json
+  landscapes    loss/accuracy at points (alpha, beta) of slices and interpolations
+  basin_trials  perturbation-escape trials: radius, trial, seed, metrics, escaped
+  analyses      one row per analysis of a run (its settings' hash, status 'running' or 'done')
+  meta          key/value; `schema_version`
+
+NaN is stored as NULL (no value, e.g. attack metrics without an attack set). Timestamps are UTC.
+Schema changes are migrations in code: MIGRATIONS[i] takes version i to i + 1, all of them in the one
+transaction that opens the store; a store newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .. import __version__
+from ..pairs import METRICS, ROLES
+from .connection import in_transaction, open_connection
+from .errors import StoreError, advice, first_line
+
+SCHEMA_VERSION = 4
+
+Columns = tuple[tuple[str, str], ...]
+_M = tuple((m, "DOUBLE") for m in METRICS)
+
+RUN_COLUMNS: Columns = (
+    ("run_id", "VARCHAR"), ("pair_id", "VARCHAR"), ("role", "VARCHAR"), ("status", "VARCHAR"),
+    ("stop_reason", "VARCHAR"), ("config_json", "VARCHAR"), ("dataset", "VARCHAR"), ("model", "VARCHAR"),
+    ("widths", "VARCHAR"), ("n_params", "BIGINT"), ("seed", "BIGINT"), ("data_seed", "BIGINT"),
+    ("train_seed", "BIGINT"), ("n_train", "BIGINT"), ("n_attack", "BIGINT"), ("attack_labels", "VARCHAR"),
+    ("optimizer", "VARCHAR"), ("lr", "DOUBLE"), ("batch_size", "BIGINT"), ("loss_target", "DOUBLE"),
+    *_M, ("epochs", "BIGINT"), ("seconds", "DOUBLE"), ("device", "VARCHAR"),
+    ("top_eigenvalue", "DOUBLE"), ("trace", "DOUBLE"), ("frobenius_sq", "DOUBLE"), ("log_volume", "DOUBLE"),
+    ("spectrum_hvps", "BIGINT"), ("spectrum_seconds", "DOUBLE"), ("checkpoint", "VARCHAR"),
+    ("lossland_version", "VARCHAR"), ("torch_version", "VARCHAR"), ("python_version", "VARCHAR"),
+    ("git_commit", "VARCHAR"), ("created_at", "TIMESTAMP"), ("error", "VARCHAR"), ("extra_json", "VARCHAR"))
+_RUN_COLUMNS_NEW_IN_V2 = ("attack_labels", "git_commit", "error", "extra_json")
+_RUNS_CONSTRAINTS = (f", PRIMARY KEY (run_id), CHECK (role IN ({', '.join(repr(r) for r in ROLES)})), "
+                     "CHECK (status IN ('converged', 'max_epochs', 'diverged', 'failed'))")
+_RUNS_NOT_NULL = ("run_id", "pair_id", "role", "status", "config_json", "created_at")
+
+# Tables as older schema versions made them (later versions append columns or drop the table).
+_LANDSCAPES_V2: Columns = (("run_id", "VARCHAR"), ("kind", "VARCHAR"), ("other_run_id", "VARCHAR"),
+                           ("direction_seed", "BIGINT"), ("normalization", "VARCHAR"), ("alpha", "DOUBLE"),
+                           ("beta", "DOUBLE"), *_M, ("settings_json", "VARCHAR"), ("created_at", "TIMESTAMP"))
+_BASIN_TRIALS_V2: Columns = (("run_id", "VARCHAR"), ("kind", "VARCHAR"), ("radius", "DOUBLE"), ("trial", "INTEGER"),
+                             ("seed", "BIGINT"), *_M, ("threshold", "DOUBLE"), ("escaped", "BOOLEAN"),
+                             ("settings_json", "VARCHAR"), ("created_at", "TIMESTAMP"))
+# The density smoothed at the config's sigma (versions 1 to 3); written, never read, dropped in version 4.
+_DENSITY_GRID_V1: Columns = (("run_id", "VARCHAR"), ("idx", "INTEGER"), ("x", "DOUBLE"), ("density", "DOUBLE"),
+                             ("sigma", "DOUBLE"))
+
+# Tables keyed by run_id besides runs, in the current schema.
+CHILD_TABLES: dict[str, Columns] = {
+    "curves": (("run_id", "VARCHAR"), ("epoch", "INTEGER"), ("lr", "DOUBLE"), *_M),
+    # idx counts from 1: idx 1 is the largest eigenvalue (kind 'lanczos': top-k; 'exact': all, descending)
+    "spectra": (("run_id", "VARCHAR"), ("kind", "VARCHAR"), ("idx", "INTEGER"), ("eigenvalue", "DOUBLE"),
+                ("residual", "DOUBLE")),
+    "densities": (("run_id", "VARCHAR"), ("vector", "INTEGER"), ("idx", "INTEGER"), ("node", "DOUBLE"),
+                  ("weight", "DOUBLE")),
+    "estimates": (("run_id", "VARCHAR"), ("name", "VARCHAR"), ("k", "INTEGER"), ("value", "DOUBLE"),
+                  ("stderr", "DOUBLE"), ("samples", "BIGINT"), ("hvps", "BIGINT"), ("method", "VARCHAR"),
+                  ("eps", "DOUBLE"), ("settings_json", "VARCHAR")),
+    # kind: 'interpolation' (alpha along the segment to other_run_id), 'slice1d', 'surface2d', ...;
+    # point: index of the grid point (row-major), so a stopped grid resumes; analysis_id: see `analyses`
+    "landscapes": _LANDSCAPES_V2 + (("analysis_id", "VARCHAR"), ("point", "INTEGER")),
+    # kind: 'escape' (perturb, retrain on clean data), 'random_init' (a clean seed), 'radius' (a direction)
+    "basin_trials": _BASIN_TRIALS_V2 + (("analysis_id", "VARCHAR"), ("top_eigenvalue", "DOUBLE"),
+                                        ("distance", "DOUBLE")),
+    # one row per analysis of a run (landscape grid, escape sweep, random-init statistics, ...), keyed by
+    # the hash of its settings: status 'running' while a resumable grid fills, 'done' when complete
+    "analyses": (("run_id", "VARCHAR"), ("analysis_id", "VARCHAR"), ("kind", "VARCHAR"), ("status", "VARCHAR"),
+                 ("settings_json", "VARCHAR"), ("seconds", "DOUBLE"), ("created_at", "TIMESTAMP")),
+}
+TABLES: dict[str, Columns] = {"runs": RUN_COLUMNS, **CHILD_TABLES}
+
+# ORDER BY of each table when it is read whole or exported.
+ORDER = {"runs": "created_at DESC, run_id", "curves": "run_id, epoch", "spectra": "run_id, kind, idx",
+         "densities": "run_id, vector, idx", "estimates": "run_id, name, k",
+         "landscapes": "run_id, analysis_id, point, kind, direction_seed, alpha, beta",
+         "basin_trials": "run_id, analysis_id, kind, radius, trial", "analyses": "run_id, created_at, analysis_id"}
+
+ARROW_TYPES = {"VARCHAR": pa.string(), "BIGINT": pa.int64(), "INTEGER": pa.int32(), "DOUBLE": pa.float64(),
+               "TIMESTAMP": pa.timestamp("us"), "BOOLEAN": pa.bool_()}
+# Read back as nullable dtypes whether or not a NULL turned up, so a column's dtype never depends on the rows.
+_STR = pd.StringDtype(na_value=np.nan)  # pandas' default "str"
+PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype(), pa.bool_(): pd.BooleanDtype(),
+                pa.string(): _STR, pa.large_string(): _STR, pa.string_view(): _STR}
+
+
+def column_names(columns: Columns) -> list[str]:
+    return [c for c, _ in columns]
+
+
+# --- migrations -----------------------------------------------------------------------------
+
+def create_table(con: duckdb.DuckDBPyConnection, name: str, columns: Columns) -> None:
+    if name == "runs":
+        body = ", ".join(f"{c} {t}{' NOT NULL' if c in _RUNS_NOT_NULL else ''}" for c, t in columns)
+        con.execute(f"CREATE TABLE runs ({body}{_RUNS_CONSTRAINTS})")
+    else:
+        body = ", ".join(f"{c} {t}{' NOT NULL' if c == 'run_id' else ''}" for c, t in columns)
+        con.execute(f"CREATE TABLE {name} ({body})")
+
+
+def create_v1_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Schema version 1, as first released (also how tests make old stores): no attack_labels,
+    git_commit, error or extra_json in runs; no landscapes, basin_trials or analyses; density_grid."""
+    con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    create_table(con, "runs", tuple(c for c in RUN_COLUMNS if c[0] not in _RUN_COLUMNS_NEW_IN_V2))
+    for name in ("curves", "spectra", "densities"):
+        create_table(con, name, CHILD_TABLES[name])
+    create_table(con, "density_grid", _DENSITY_GRID_V1)
+    create_table(con, "estimates", CHILD_TABLES["estimates"])
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', '1')")
+
+
+def _v1_to_v2(con: duckdb.DuckDBPyConnection) -> None:
+    """Rebuild runs with the new columns (attack_labels recovered from config_json), add the
+    landscape tables; a migrated store is column for column a fresh one."""
+    old = [c for c, _ in RUN_COLUMNS if c not in _RUN_COLUMNS_NEW_IN_V2]
+    con.execute("ALTER TABLE runs RENAME TO runs_v1")
+    create_table(con, "runs", RUN_COLUMNS)
+    con.execute(f"INSERT INTO runs ({', '.join(old)}, attack_labels) SELECT {', '.join(old)}, "
+                f"json_extract_string(config_json, '$.attack.labels') FROM runs_v1")
+    con.execute("DROP TABLE runs_v1")
+    create_table(con, "landscapes", _LANDSCAPES_V2)
+    create_table(con, "basin_trials", _BASIN_TRIALS_V2)
+
+
+def _v2_to_v3(con: duckdb.DuckDBPyConnection) -> None:
+    """Landscape and basin rows learn which analysis they belong to (cache key, resumable grids);
+    basin trials gain the top eigenvalue and the distance travelled; the analyses table appears."""
+    for table, columns in (("landscapes", _LANDSCAPES_V2), ("basin_trials", _BASIN_TRIALS_V2)):
+        for name, kind in CHILD_TABLES[table][len(columns):]:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    create_table(con, "analyses", CHILD_TABLES["analyses"])
+
+
+def _v3_to_v4(con: duckdb.DuckDBPyConnection) -> None:
+    """density_grid goes: nothing read it; the densities table re-smooths at any sigma."""
+    con.execute("DROP TABLE density_grid")
+
+
+# MIGRATIONS[i] takes a store from schema version i to i + 1 (0: an empty file).
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [create_v1_schema, _v1_to_v2, _v2_to_v3, _v3_to_v4]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def version(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """The schema version of an open store (0: an empty file); StoreError for a foreign or newer file."""
+    tables = {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
+    if "meta" not in tables:
+        if tables:
+            raise StoreError(f"{path} is a DuckDB file but not a lossland store (no meta table; "
+                             f"tables {sorted(tables)}); choose another path")
+        return 0
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    found = int(row[0]) if row else 0
+    if found > SCHEMA_VERSION:
+        raise StoreError(f"store {path} has schema version {found}, newer than the {SCHEMA_VERSION} "
+                         f"this lossland {__version__} knows; upgrade lossland to open it")
+    return found
+
+
+def migrate(con: duckdb.DuckDBPyConnection, path: Path, target: int = SCHEMA_VERSION) -> None:
+    """Take the open store to schema version `target` in one transaction; a failing step changes nothing."""
+    found = None
+
+    def steps(con: duckdb.DuckDBPyConnection) -> None:
+        nonlocal found
+        found = version(con, path)
+        for v in range(found, target):
+            MIGRATIONS[v](con)
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(v + 1)])
+
+    try:
+        in_transaction(con, steps)
+    except duckdb.Error as e:
+        raise StoreError(f"migrating store {path} from schema version {found} to {target} failed, "
+                         f"nothing changed: {e}") from None
+
+
+def ensure(path: Path, lock_timeout: float) -> None:
+    """Create the store at `path` or migrate it to this code's schema; returns at once when it is current."""
+    if path.exists():
+        with open_connection(path, lock_timeout, read_only=True) as con:
+            try:
+                found = version(con, path)
+            except duckdb.Error as e:
+                raise StoreError(f"cannot read store {path}: {first_line(e)}{advice(path, e)}") from None
+        if found == SCHEMA_VERSION:
+            return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create store {path}: its folder {path.parent} can't be made "
+                         f"({e.strerror or e}); choose a writable path (--store or LOSSLAND_STORE)") from None
+    with open_connection(path, lock_timeout) as con:
+        migrate(con, path)
