@@ -1,9 +1,23 @@
-"""lossland: why does this minimum generalize and that one not? (after Wu, Zhu & E, arXiv 1706.10239)"""
+"""lossland: why does this minimum generalize and that one not? (after Wu, Zhu & E, arXiv 1706.10239)
+
+The public names below load on first use (PEP 562), so `import lossland.store` or `lossland.config`
+does not pay torch's start-up cost (~2 s) for a command that only reads the store.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
-from .config import PRESETS, ConfigError, ExperimentConfig, preset  # noqa: E402
+_EXPORTS = {"Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+            "PRESETS": "config", "ConfigError": "config", "ExperimentConfig": "config", "preset": "config"}
+__all__ = sorted(_EXPORTS) + ["__version__"]
 
-__all__ = ["Checkpoint", "ConfigError", "ExperimentConfig", "PRESETS", "load_checkpoint", "preset",
-           "save_checkpoint", "__version__"]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'lossland' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -248,7 +248,7 @@ def test_run_pair_interrupted_by_ctrl_c_stores_nothing(tmp_path):
 def test_an_unwritable_store_path_is_a_clear_error_before_any_compute(tmp_path, monkeypatch):
     import lossland.experiments as experiments
 
-    monkeypatch.setattr(experiments, "train_pair", lambda *a, **k: pytest.fail("trained despite a bad store"))
+    monkeypatch.setattr(experiments, "compute_pair", lambda *a, **k: pytest.fail("trained despite a bad store"))
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     for path in (blocker / "runs.duckdb", Path("/proc/lossland-no/runs.duckdb"), tmp_path):
@@ -289,12 +289,10 @@ def test_a_full_disk_while_saving_is_a_clear_error_and_loses_no_earlier_run(tmp_
         assert store_module.Store(store.path).has_pair(pair.pair_id)
         assert len(store.runs(run_id=f"{pair.pair_id}-{role}")) == 1
 
-    import lossland.checkpoint as checkpoint
-
     def no_space(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.torch, "save", no_space)
+    monkeypatch.setattr(Path, "write_bytes", no_space)  # how a computed checkpoint reaches the disk
     with pytest.raises(CheckpointError, match="disk is full.*Nothing of this run was stored"):
         run_pair(tiny_config(**{"train.seed": 42}), store)
     assert _same_tables(before, _tables(store)) and not list(store.checkpoint_dir.glob("*.tmp"))
