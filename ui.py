@@ -12,16 +12,18 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import streamlit as st
 
+from lossland import analyses
 from lossland.checkpoint import CheckpointError, read_checkpoint_file
 from lossland.config import ConfigError, ExperimentConfig
 from lossland.data import DatasetError
-from lossland.limits import Limits, check_grid, check_trials, limits
+from lossland.limits import Limits, check_analysis, check_experiment, limits
 from lossland.pairs import run_ids
+from lossland.specs import Spec
 from lossland.store import Store, StoreError, default_store_path
 
 # What the library raises for bad input or a damaged store: shown in the page, never as a traceback.
@@ -55,8 +57,6 @@ def caps() -> Limits:
 
 def within_caps(cfg: ExperimentConfig) -> bool:
     """True when cfg may be launched under the operator's caps; otherwise the page says why."""
-    from lossland.limits import check_experiment
-
     try:
         check_experiment(cfg, caps())
     except ConfigError as e:
@@ -67,16 +67,13 @@ def within_caps(cfg: ExperimentConfig) -> bool:
 
 def plan_within_caps(plan) -> bool:
     """True when every experiment of a reproduction plan is within the operator's caps (its configs,
-    surface grids and trial counts); otherwise the page says which is over."""
-    from lossland.limits import check_experiment
-
+    analysis specs); otherwise the page says which is over."""
     capped = caps()
     try:
         for _, cfg in plan.bases + ((("two_layer", plan.two_layer),) if plan.two_layer else ()):
             check_experiment(cfg, capped)
-        check_grid(plan.surface_points ** 2, "reproduction: 2-D surface grid points", capped)
-        check_trials(2 * len(plan.escape_radii) * plan.escape_trials, "reproduction: escape trials", capped)
-        check_trials(plan.random_init_seeds, "reproduction: random-init seeds", capped)
+        for spec in plan.specs():
+            check_analysis(spec, f"reproduction: {spec.title}", capped)
     except ConfigError as e:
         show_config_error(e)
         return False
@@ -299,14 +296,69 @@ def checkpoint_problem(store: Store, pair_id: str) -> str | None:
     return None
 
 
-def analysis_block(label: str, key: str, fetch: Callable[..., object], pair_id: str | None = None,
-                   grid_points: int = 0, trials: int = 0):
-    """A stored analysis, or — where it isn't stored yet — a button that computes it in the background
-    (not in read-only mode). `fetch(compute, progress)` returns the analysis, or None when
-    compute=False and it isn't stored. No button where the analysis is over the operator's caps
-    (grid_points, trials) or the pair's checkpoints can't be loaded: the page says why instead."""
+OTHER_SETTINGS = "other settings…"
+
+
+def analysis_settings(store: Store, pair_id: str, default: Spec, key: str, fixed: tuple[str, ...] = ()) -> Spec | None:
+    """The settings of an analysis to show: where the store holds some for this pair, a picker of them
+    (most recent first, the first shown at once) with a last choice for other settings; otherwise, or
+    on that choice, one widget per setting, starting at `default`. Settings in `fixed` are `default`'s
+    (e.g. a surface's role). None, with the reason shown, when the widgets' values are not allowed."""
+    pinned = {name: getattr(default, name) for name in fixed}
     try:
-        result = fetch(False, lambda f, m: None)
+        found = list(dict.fromkeys(replace(s, **pinned) for s in analyses.stored(store, pair_id, default.kind)))
+    except LIBRARY_ERRORS as e:
+        show_error(e)
+        return None
+    if found:
+        choice = st.selectbox("stored settings", [*found, None], key=f"{key}-stored",
+                              format_func=lambda s: OTHER_SETTINGS if s is None else s.describe(fixed))
+        if choice is not None:
+            return choice
+    try:
+        return spec_widgets(default, key, fixed)
+    except ConfigError as e:
+        show_config_error(e)
+        return None
+
+
+def spec_widgets(default: Spec, key: str, fixed: tuple[str, ...] = ()) -> Spec:
+    """One widget per setting of `default` but those in `fixed`, starting at its values, side by side;
+    the spec they make (ConfigError, naming the field, when a value is not allowed)."""
+    names = [f.name for f in fields(default) if f.name not in fixed]
+    values = {}
+    for col, name in zip(st.columns(len(names)) if names else [], names, strict=True):
+        value, k = getattr(default, name), f"{key}-{name}"
+        if name in default.choices:
+            options = list(default.choices[name])
+            values[name] = col.selectbox(name, options, index=options.index(value), key=k)
+        elif isinstance(value, tuple):
+            values[name] = _numbers(default.field(name), col.text_input(name, ", ".join(f"{v:g}" for v in value),
+                                                                         key=k, help="numbers separated by commas"))
+        elif isinstance(value, int):
+            values[name] = int(col.number_input(name, value=value, step=1, key=k))
+        else:
+            values[name] = float(col.number_input(name, value=value, format="%g", key=k))
+    return replace(default, **values)
+
+
+def _numbers(path: str, text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.replace(";", ",").split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"{path} = {text[:80]!r} is not allowed: numbers separated by commas") from None
+
+
+def analysis_block(store: Store, pair_id: str, spec: Spec | None, key: str, label: str = ""):
+    """The stored analysis `spec` of the pair, or — where it isn't stored — a button that computes it in the
+    background (not in read-only mode); None until it is stored (and when `spec` is None). No button
+    where the spec is over the operator's caps or the pair's checkpoints can't be loaded: the page says
+    why instead. `label` names it in the page (default: "the <spec's title>")."""
+    if spec is None:
+        return None
+    label = label or f"the {spec.title}"
+    try:
+        result = analyses.get(store, pair_id, spec)
     except LIBRARY_ERRORS as e:
         show_error(e)
         return None
@@ -316,10 +368,8 @@ def analysis_block(label: str, key: str, fetch: Callable[..., object], pair_id: 
         st.caption(f"{label}: not computed yet, and this dashboard is read-only.")
         return None
     try:
-        capped = caps()
-        check_grid(grid_points, f"{label}: grid points", capped)
-        check_trials(trials, f"{label}: trials", capped)
-        problem = checkpoint_problem(jobs().store, pair_id) if pair_id else None
+        check_analysis(spec, label, caps())
+        problem = checkpoint_problem(store, pair_id)
     except LIBRARY_ERRORS as e:
         show_error(e, f"Can't compute {label}")
         return None
@@ -327,13 +377,14 @@ def analysis_block(label: str, key: str, fetch: Callable[..., object], pair_id: 
         st.error(f"Can't compute {label}: {problem}. The stored runs and their numbers are unaffected; analyses "
                  f"need the trained weights, so restore the checkpoint file from a backup.", icon="⚠️")
         return None
-    job = jobs().get(key)
+    job_key = f"{key}:{spec.analysis_id(pair_id)}"
+    job = jobs().get(job_key)
     if job is None or job.state in ("failed", "cancelled"):
-        if st.button(f"Compute {label}", key=f"btn-{key}"):
-            jobs().submit_task(key, lambda progress: fetch(True, progress))
+        if st.button(f"Compute {label}", key=f"btn-{key}", help=spec.describe()):
+            jobs().submit_task(job_key, lambda progress: analyses.compute(store, pair_id, spec, progress))
             st.rerun()
     if job is not None:
-        job_progress(key, key=f"job-{key}")
+        job_progress(job_key, key=f"job-{key}")
     return None
 
 

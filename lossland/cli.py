@@ -379,7 +379,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .claims import claims_frame
-    from .reproduce import plan_for, reproduce
+    from .report import write_report
+    from .reproduce import plan_for, reports_dir, reproduce
 
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
     plan, skipped = plan_for(args.scale, datasets, args.seeds)
@@ -388,10 +389,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     store = _store(args)
     progress, close = _progress_bar(f"reproduce ({plan.scale})", args.quiet)
     try:
-        rep, folder = reproduce(plan, store, progress, device=args.device, executor=args.executor,
-                                skipped=skipped, reports=args.reports)
+        rep = reproduce(plan, store, progress, device=args.device, executor=args.executor, skipped=skipped)
     finally:
         close()
+    folder = write_report(rep, Path(args.reports) if args.reports else reports_dir(store))
     table = claims_frame(list(rep.claims))
     print(_table([(str(r["#"]), r["claim"][:70], r["result"]) for _, r in table.iterrows()], ("#", "claim", "result")))
     print(f"\n{sum(c.verdict == 'PASS' for c in rep.claims)}/{len(rep.claims)} claims pass; "

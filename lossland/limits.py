@@ -3,7 +3,7 @@
 A collaborator's form or button can't start more compute than these allow: a config or an
 analysis over a cap is refused with a ConfigError naming the field, the value and the variable
 that sets the cap, before anything runs. The library and the CLI are not capped (the person at
-the keyboard owns the machine); the dashboard checks every launch here.
+the keyboard owns the machine); the dashboard checks every launch here, an analysis by its spec.
 
     LOSSLAND_MAX_PARAMS        model parameters of a new experiment      (default 2,000,000)
     LOSSLAND_MAX_EPOCHS        train.max_epochs of a new experiment      (default 5,000)
@@ -21,7 +21,11 @@ import math
 import os
 from dataclasses import dataclass, fields
 
+import torch
+
 from .config import ConfigError, ExperimentConfig
+from .models import build_model, n_params
+from .specs import Spec
 
 
 @dataclass(frozen=True)
@@ -65,10 +69,6 @@ def _over(field: str, value: int, cap: int, name: str, what: str) -> None:
 
 def model_params(cfg: ExperimentConfig) -> int:
     """Parameters of cfg's model, counted on the meta device: no memory, no data loaded."""
-    import torch
-
-    from .models import build_model, n_params
-
     in_shape = (cfg.data.teacher_dim,) if cfg.data.name == "teacher" else _IN_SHAPES[cfg.data.name]
     with torch.device("meta"):
         return n_params(build_model(cfg.model, in_shape, cfg.data.n_classes()))
@@ -100,6 +100,13 @@ def check_trials(trials: int, what: str = "trials", caps: Limits | None = None) 
     caps = caps or limits()
     if trials > caps.max_trials:
         _over(what, trials, caps.max_trials, "max_trials", "trials")
+
+
+def check_analysis(spec: Spec, what: str, caps: Limits | None = None) -> None:
+    """Refuse an analysis whose grid or trials (spec.grid_points(), spec.trials()) exceed the caps."""
+    caps = caps or limits()
+    check_grid(spec.grid_points(), f"{what}: grid points", caps)
+    check_trials(spec.trials(), f"{what}: trials", caps)
 
 
 def check_upload(n_bytes: int, caps: Limits | None = None) -> None:

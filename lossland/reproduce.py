@@ -1,11 +1,12 @@
 """Reproduce Wu, Zhu & E (2017) in one command: every experiment of the paper, through the store.
 
-A `Plan` names, per dataset, the base config (a preset) and how much of each experiment to run:
-seeds × attack sizes of good/bad pairs, 1-D slices, 2-D surfaces, perturb-and-retrain escape trials,
-random initialisations, and a two_layer sweep for the 2-layer bound. `run` computes what the store
-lacks (pairs via `experiments.sweep`, analyses via `analyses`, all cached), then `collect` reads
-every number back from the store into `claims.Evidence` and the figures' frames. A second run
-computes nothing. `reproduce` does both and writes the report (see `report.write_report`).
+A `Plan` names, per dataset, the base config (a preset), how many seeds and attack sizes of good/bad
+pairs to train, and the spec (`lossland.specs`) of each analysis: interpolation, 1-D slices, 2-D
+surfaces, perturb-and-retrain escape trials, random initialisations, and a two_layer sweep for the
+2-layer bound. `run` computes what the store lacks (pairs via `experiments.sweep`, analyses via
+`analyses.compute`, all cached), then `collect` reads every number back from the store into
+`claims.Evidence` and the figures' frames. A second run computes nothing. `reproduce` does both and
+returns the `Reproduction`; `report.write_report` writes its folder.
 """
 
 from __future__ import annotations
@@ -20,41 +21,48 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import analyses, claims
+from . import __version__, analyses, claims
 from .config import ConfigError, ExperimentConfig, preset
 from .data import DatasetError, load_experiment_data
-from .experiments import sweep
+from .experiments import grid_configs, sweep
+from .frames import density_frame
 from .machine import describe
-from .store import Store
+from .pairs import ROLES, Progress, quiet
+from .specs import BoundSpec, EscapeSpec, InterpolationSpec, RandomInitSpec, SliceSpec, Spec, SurfaceSpec
+from .store import Store, git_commit
 
-Progress = Callable[[float, str], None]
 DATASET_PRESETS = {"digits": "digits-mlp", "mnist1d": "mnist1d-mlp", "mnist": "mnist-lenet",
                    "fashion-mnist": "fashion-mlp", "cifar10": "cifar10-resnet"}
 SCALES = ("small", "full")
 LOCAL_DATASETS = ("digits", "mnist1d")  # generated here, always available
 
 
-def _quiet(fraction: float, message: str) -> None:
-    pass
+def slice_specs(n: int, **settings) -> tuple[SliceSpec, ...]:
+    """n filter-normalised 1-D slices, direction seeds 0 .. n − 1."""
+    return tuple(SliceSpec(seed=d, **settings) for d in range(n))
+
+
+def surface_specs(**settings) -> tuple[SurfaceSpec, ...]:
+    """The same 2-D surface around each minimum."""
+    return tuple(SurfaceSpec(role=r, **settings) for r in ROLES)
 
 
 @dataclass(frozen=True)
 class Plan:
     """What to run. Seeds vary the initialisation (model.seed = base + s); the main pair of a seed is
-    the one at the base config's attack size, which is always one of the sweep's sizes."""
+    the one at the base config's attack size, which is always one of the sweep's sizes. Every main
+    pair gets the interpolation, the slices and the escape trials; the first seed's pair also the
+    surfaces and the random inits."""
 
     scale: str
     bases: tuple[tuple[str, ExperimentConfig], ...]  # (dataset, base config), in report order
     seeds: int = 3
     attack_factors: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # × the base's attack size, clipped to the pool
-    slice_directions: int = 2
-    slice_points: int = 41
-    slice_span: float = 1.0
-    surface_points: int = 21
-    escape_radii: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
-    escape_trials: int = 4
-    escape_epochs: int = 300
-    random_init_seeds: int = 16
+    interpolation: InterpolationSpec = InterpolationSpec()
+    slices: tuple[SliceSpec, ...] = slice_specs(2)
+    surfaces: tuple[SurfaceSpec, ...] = surface_specs()
+    escape: EscapeSpec = EscapeSpec()
+    random_init: RandomInitSpec = RandomInitSpec()
     two_layer: ExperimentConfig | None = field(default_factory=lambda: preset("teacher-2layer"))
     two_layer_factors: tuple[float, ...] = (0.0, 0.5, 1.0)
 
@@ -65,6 +73,11 @@ class Plan:
             raise ConfigError(f"--seeds {self.seeds!r} is not allowed: an integer in [1, 1000]")
         if not self.bases and self.two_layer is None:
             raise ConfigError("--datasets: nothing to run (no dataset is available)")
+        for name, kind in (("interpolation", InterpolationSpec), ("slices", SliceSpec), ("surfaces", SurfaceSpec),
+                           ("escape", EscapeSpec), ("random_init", RandomInitSpec)):
+            value = getattr(self, name)
+            if not all(isinstance(v, kind) for v in (value if isinstance(value, tuple) else (value,))):
+                raise ConfigError(f"plan.{name} = {value!r} is not allowed: {kind.__name__}(s)")
 
     def seed_values(self, base: ExperimentConfig) -> list[int]:
         return [base.model.seed + s for s in range(self.seeds)]
@@ -82,26 +95,16 @@ class Plan:
         """The main pair of each seed (at the base's attack size)."""
         return [base.with_changes(**{"model.seed": s}) for s in self.seed_values(base)]
 
-    # The settings of each analysis: `run` computes with them and `collect` reads back with them.
-    def slice_settings(self, direction: int) -> dict:
-        return {"seed": direction, "n_points": self.slice_points, "span": self.slice_span}
-
-    def escape_settings(self) -> dict:
-        return {"radii": self.escape_radii, "n_trials": self.escape_trials, "retrain_epochs": self.escape_epochs}
-
-    def surface_settings(self, role: str) -> dict:
-        return {"role": role, "n": self.surface_points, "span": self.slice_span}
-
-    def random_init_settings(self) -> dict:
-        return {"n_seeds": self.random_init_seeds}
+    def specs(self) -> list[Spec]:
+        """Every analysis spec of the plan (for the operator's caps)."""
+        return [self.interpolation, *self.slices, *self.surfaces, self.escape, self.random_init] + (
+            [BoundSpec()] if self.two_layer is not None else [])
 
     def to_dict(self) -> dict:
         return {"scale": self.scale, "datasets": [d for d, _ in self.bases], "seeds": self.seeds,
-                "attack_factors": list(self.attack_factors), "slice_directions": self.slice_directions,
-                "slice_points": self.slice_points, "slice_span": self.slice_span,
-                "surface_points": self.surface_points, "escape_radii": list(self.escape_radii),
-                "escape_trials": self.escape_trials, "escape_epochs": self.escape_epochs,
-                "random_init_seeds": self.random_init_seeds,
+                "attack_factors": list(self.attack_factors), "interpolation": self.interpolation.settings(),
+                "slices": [s.settings() for s in self.slices], "surfaces": [s.settings() for s in self.surfaces],
+                "escape": self.escape.settings(), "random_init": self.random_init.settings(),
                 "two_layer": self.two_layer.config_hash() if self.two_layer else None,
                 "two_layer_factors": list(self.two_layer_factors)}
 
@@ -136,17 +139,17 @@ def plan_for(scale: str = "small", datasets: list[str] | None = None, seeds: int
         else:
             bases.append((name, cfg))
     if scale == "small":
-        plan = Plan("small", tuple(bases), seeds=3 if seeds is None else seeds)
+        plan = Plan("small", tuple(bases), seeds=3 if seeds is None else seeds, surfaces=surface_specs(n=21),
+                    escape=EscapeSpec(n_trials=4), random_init=RandomInitSpec(n_seeds=16))
     else:
         plan = Plan("full", tuple(bases), seeds=5 if seeds is None else seeds, attack_factors=(0.0, 0.5, 1.0, 1.5, 2.0),
-                    slice_directions=3, surface_points=41, escape_trials=8, random_init_seeds=32,
-                    two_layer_factors=(0.0, 0.5, 1.0, 1.5, 2.0))
+                    slices=slice_specs(3), two_layer_factors=(0.0, 0.5, 1.0, 1.5, 2.0))
     return plan, skipped
 
 
 # --- running ---------------------------------------------------------------------------------------
 
-def run(plan: Plan, store: Store, progress: Progress = _quiet, device: torch.device | str | None = None,
+def run(plan: Plan, store: Store, progress: Progress = quiet, device: torch.device | str | None = None,
         executor=None) -> int:
     """Compute everything the plan needs that the store lacks; returns how many steps computed something
     (0 when every result came from the store)."""
@@ -159,6 +162,9 @@ def run(plan: Plan, store: Store, progress: Progress = _quiet, device: torch.dev
                       lambda p: not all(o.from_store for o in sweep(base, grid, store, p, device=device,
                                                                      executor=executor))))
 
+    def analysis_step(weight: float, label: str, pair_id: str, spec: Spec) -> None:
+        steps.append((weight, label, _analysis(store, pair_id, spec)))
+
     for name, base in plan.bases:
         pairs_step(name, base, plan.attack_factors)
     if plan.two_layer is not None:
@@ -166,23 +172,18 @@ def run(plan: Plan, store: Store, progress: Progress = _quiet, device: torch.dev
     for name, base in plan.bases:
         for i, cfg in enumerate(plan.main_configs(base)):
             pid, tag = cfg.config_hash(), f"{name} seed {cfg.model.seed}"
-            steps.append((0.2, f"{tag}: interpolation", _analysis(analyses.interpolation, store, pid)))
-            for d in range(plan.slice_directions):
-                steps.append((0.2, f"{tag}: 1-D slice {d}",
-                              _analysis(analyses.slices_1d, store, pid, **plan.slice_settings(d))))
-            steps.append((1.5, f"{tag}: escape trials",
-                          _analysis(analyses.escape, store, pid, **plan.escape_settings())))
+            analysis_step(0.2, f"{tag}: interpolation", pid, plan.interpolation)
+            for spec in plan.slices:
+                analysis_step(0.2, f"{tag}: 1-D slice {spec.seed}", pid, spec)
+            analysis_step(1.5, f"{tag}: escape trials", pid, plan.escape)
             if i == 0:
-                for role in ("good", "bad"):
-                    steps.append((0.5, f"{tag}: 2-D surface of the {role} minimum",
-                                  _analysis(analyses.surface, store, pid, **plan.surface_settings(role))))
-                steps.append((3.0, f"{name}: {plan.random_init_seeds} random inits",
-                              _analysis(analyses.random_init, store, pid, **plan.random_init_settings())))
+                for spec in plan.surfaces:
+                    analysis_step(0.5, f"{tag}: 2-D surface of the {spec.role} minimum", pid, spec)
+                analysis_step(3.0, f"{name}: {plan.random_init.n_seeds} random inits", pid, plan.random_init)
     if plan.two_layer is not None:
-        for s in plan.seed_values(plan.two_layer):
-            for n in plan.attack_sizes(plan.two_layer, plan.two_layer_factors):
-                pid = plan.two_layer.with_changes(**{"model.seed": s, "attack.n_attack": n}).config_hash()
-                steps.append((0.1, f"two_layer seed {s} attack {n}: bound", _bound(store, pid)))
+        for cfg in grid_configs(plan.two_layer, plan.grid(plan.two_layer, plan.two_layer_factors)):
+            analysis_step(0.1, f"two_layer seed {cfg.model.seed} attack {cfg.attack.n_attack}: bound",
+                          cfg.config_hash(), BoundSpec())
 
     total, done, computed = sum(w for w, _, _ in steps), 0.0, 0
     for weight, label, work in steps:
@@ -195,26 +196,14 @@ def run(plan: Plan, store: Store, progress: Progress = _quiet, device: torch.dev
     return computed
 
 
-def _analysis(fn: Callable[..., analyses.Analysis | None], store: Store, pair_id: str, **settings
-              ) -> Callable[[Progress], bool]:
+def _analysis(store: Store, pair_id: str, spec: Spec) -> Callable[[Progress], bool]:
     """A step computing one analysis of a pair; a pair that failed to train is skipped (its seed is then
     left out of the claims, which say so) instead of stopping the whole reproduction."""
     def work(progress: Progress) -> bool:
         if not store.has_pair(pair_id):
             progress(1.0, f"skipped: pair {pair_id} failed (see the Runs page)")
             return False
-        return not fn(store, pair_id, progress=progress, **settings).from_store
-    return work
-
-
-def _bound(store: Store, pair_id: str) -> Callable[[Progress], bool]:
-    def work(progress: Progress) -> bool:
-        if not store.has_pair(pair_id):
-            progress(1.0, f"skipped: pair {pair_id} failed (see the Runs page)")
-            return False
-        stored = analyses.bound(store, pair_id, compute=False) is not None
-        analyses.bound(store, pair_id, progress=progress)
-        return not stored
+        return not analyses.compute(store, pair_id, spec, progress).from_store
     return work
 
 
@@ -248,8 +237,8 @@ class Reproduction:
     started: str = ""  # UTC, ISO 8601
 
 
-def _stored(fn: Callable[..., analyses.Analysis | None], store: Store, pair_id: str, **settings) -> pd.DataFrame:
-    a = fn(store, pair_id, compute=False, **settings)
+def _stored(store: Store, pair_id: str, spec: Spec) -> pd.DataFrame:
+    a = analyses.get(store, pair_id, spec)
     return a.frame if a is not None else pd.DataFrame()
 
 
@@ -257,11 +246,13 @@ def _seeded(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
     return frame.assign(seed=seed) if len(frame) else frame
 
 
+def _cat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    kept = [f for f in frames if len(f)]
+    return pd.concat(kept, ignore_index=True) if kept else pd.DataFrame()
+
+
 def collect_dataset(plan: Plan, store: Store, name: str, base: ExperimentConfig) -> DatasetResults:
     """Everything stored for one dataset of the plan (what isn't stored is simply absent)."""
-    from .experiments import grid_configs
-    from .report import density_frame
-
     mains = plan.main_configs(base)
     ids = [c.config_hash() for c in mains]
     seed_of = {c.config_hash(): c.model.seed for c in grid_configs(base, plan.grid(base, plan.attack_factors))}
@@ -276,44 +267,37 @@ def collect_dataset(plan: Plan, store: Store, name: str, base: ExperimentConfig)
         spectra.append(_seeded(s[s["kind"] == "lanczos"][["role", "idx", "eigenvalue"]], seed))
         lv = view.estimates[view.estimates["name"] == "log_volume_k"]
         log_volume.append(_seeded(lv[["role", "k", "value"]], seed))
-        for d in range(plan.slice_directions):
-            f = _stored(analyses.slices_1d, store, pid, **plan.slice_settings(d))
-            slices.append(_seeded(f.assign(direction_seed=d) if len(f) else f, seed))
-        escape.append(_seeded(_stored(analyses.escape, store, pid, **plan.escape_settings()), seed))
+        slices += [_seeded(_stored(store, pid, spec), seed) for spec in plan.slices]
+        escape.append(_seeded(_stored(store, pid, plan.escape), seed))
     first = ids[0]
-    random_init = _stored(analyses.random_init, store, first, **plan.random_init_settings())
+    random_init = _stored(store, first, plan.random_init)
     if len(random_init):
         status = json.loads(random_init["settings_json"].iloc[0]).get("status")
         random_init = random_init.assign(status=list(status) if status else "converged")
-    surfaces = [_stored(analyses.surface, store, first, **plan.surface_settings(role)) for role in ("good", "bad")]
     density, interpolation = pd.DataFrame(), pd.DataFrame()
     if first in views:
         v = views[first]
         density = density_frame(v.densities, v.runs, base.spectrum.sigma)
-        interpolation = _stored(analyses.interpolation, store, first)
-    cat = lambda frames: pd.concat([f for f in frames if len(f)], ignore_index=True) if any(  # noqa: E731
-        len(f) for f in frames) else pd.DataFrame()
+        interpolation = _stored(store, first, plan.interpolation)
     sweep_frame = sweep_runs.assign(seed=sweep_runs["seed"].astype(int)) if len(sweep_runs) else sweep_runs
     evidence = claims.DatasetEvidence(
         dataset=name, pairs=pairs.assign(seed=pairs["seed"].astype(int)) if len(pairs) else pairs,
-        sweep=sweep_frame, log_volume=cat(log_volume), random_init=random_init, slices=cat(slices),
-        escape=cat(escape))
-    return DatasetResults(name, mains[0], tuple(ids), evidence, cat(spectra), density, interpolation,
-                          cat(surfaces))
+        sweep=sweep_frame, log_volume=_cat(log_volume), random_init=random_init, slices=_cat(slices),
+        escape=_cat(escape))
+    return DatasetResults(name, mains[0], tuple(ids), evidence, _cat(spectra), density, interpolation,
+                          _cat([_stored(store, first, spec) for spec in plan.surfaces]))
 
 
 def collect_two_layer(plan: Plan, store: Store) -> pd.DataFrame:
     """The 2-layer bound at every stored two_layer minimum of the plan, with its seed and attack size."""
     if plan.two_layer is None:
         return pd.DataFrame()
-    from .experiments import grid_configs
-
     rows = []
     for cfg in grid_configs(plan.two_layer, plan.grid(plan.two_layer, plan.two_layer_factors)):
-        b = analyses.bound(store, cfg.config_hash(), compute=False)
+        b = analyses.get(store, cfg.config_hash(), BoundSpec())
         if b is not None:
-            rows.append(b.assign(dataset=cfg.data.name, seed=cfg.model.seed, n_attack=cfg.attack.n_attack))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+            rows.append(b.frame.assign(dataset=cfg.data.name, seed=cfg.model.seed, n_attack=cfg.attack.n_attack))
+    return _cat(rows)
 
 
 def collect(plan: Plan, store: Store) -> tuple[tuple[DatasetResults, ...], pd.DataFrame, list[claims.Claim]]:
@@ -326,13 +310,10 @@ def collect(plan: Plan, store: Store) -> tuple[tuple[DatasetResults, ...], pd.Da
 
 # --- one command -----------------------------------------------------------------------------------
 
-def reproduce(plan: Plan, store: Store, progress: Progress = _quiet, device: torch.device | str | None = None,
-              executor=None, skipped: list[tuple[str, str]] | None = None,
-              reports: str | Path | None = None) -> tuple[Reproduction, Path]:
-    """Run the plan (cached), read it back, test the claims and write the report folder; returns the
-    reproduction and the folder (under `reports`, default: reports/ beside the store)."""
-    from .report import write_report
-
+def reproduce(plan: Plan, store: Store, progress: Progress = quiet, device: torch.device | str | None = None,
+              executor=None, skipped: list[tuple[str, str]] | None = None) -> Reproduction:
+    """Run the plan (cached), read it back and test the claims. Write its report with
+    `report.write_report(rep, reports_dir(store))`."""
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     computed = run(plan, store, lambda f, m: progress(0.95 * f, m), device=device, executor=executor)
@@ -341,19 +322,15 @@ def reproduce(plan: Plan, store: Store, progress: Progress = _quiet, device: tor
     rep = Reproduction(plan, datasets, two_layer, tuple(found), skipped=tuple(skipped or ()),
                        seconds=time.perf_counter() - t0, computed=computed, machine=describe(device),
                        code=_code_version(), started=started.isoformat(timespec="seconds"))
-    progress(0.97, "writing the report and its figures")
-    folder = write_report(rep, Path(reports) if reports else reports_dir(store))
-    progress(1.0, f"report written to {folder}")
-    return rep, folder
+    progress(1.0, f"claims tested: {sum(c.verdict == 'PASS' for c in rep.claims)} of {len(rep.claims)} pass")
+    return rep
 
 
 def _code_version() -> str:
-    from . import __version__
-    from .store import git_commit
-
     commit = git_commit()
     return f"lossland {__version__}" + (f" at commit {commit[:12]}" if commit else "")
 
 
 def reports_dir(store: Store) -> Path:
+    """Where a store's reproduction reports go: reports/ beside it."""
     return Path(store.path).parent / "reports"

@@ -8,10 +8,21 @@ import duckdb
 import pytest
 from conftest import open_app, page_texts, tiny_config, wait_for_job
 
-from lossland import analyses, claims, report
+from lossland import claims, report
 from lossland.cli import main
 from lossland.config import ConfigError, preset
-from lossland.reproduce import Plan, _analysis, collect, plan_for, reports_dir, reproduce, run
+from lossland.reproduce import (
+    Plan,
+    _analysis,
+    collect,
+    plan_for,
+    reports_dir,
+    reproduce,
+    run,
+    slice_specs,
+    surface_specs,
+)
+from lossland.specs import BoundSpec, EscapeSpec, InterpolationSpec, RandomInitSpec, SliceSpec, SurfaceSpec
 from lossland.store import Store
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -21,9 +32,9 @@ def tiny_plan(**changes) -> Plan:
     two_layer = preset("teacher-2layer").with_changes(**{
         "data.n_train": 100, "attack.n_attack": 100, "model.widths": (8,), "train.loss_target": 1e-2,
         "spectrum.k": 3, "spectrum.slq_vectors": 1, "spectrum.slq_steps": 10, "spectrum.trace_samples": 6})
-    settings = dict(seeds=2, attack_factors=(0.0, 1.0), slice_directions=1, slice_points=9, surface_points=5,
-                    escape_radii=(0.1,), escape_trials=2, escape_epochs=50, random_init_seeds=3,
-                    two_layer=two_layer, two_layer_factors=(0.0, 1.0))
+    settings = dict(seeds=2, attack_factors=(0.0, 1.0), slices=slice_specs(1, n_points=9), surfaces=surface_specs(n=5),
+                    escape=EscapeSpec(radii=(0.1,), n_trials=2, retrain_epochs=50),
+                    random_init=RandomInitSpec(n_seeds=3), two_layer=two_layer, two_layer_factors=(0.0, 1.0))
     return Plan("custom", (("digits", tiny_config()),), **(settings | changes))
 
 
@@ -32,7 +43,8 @@ def tiny_report(tmp_path_factory):
     store = Store(tmp_path_factory.mktemp("repro") / "runs.duckdb")
     plan = tiny_plan()
     messages = []
-    rep, folder = reproduce(plan, store, lambda f, m: messages.append((f, m)))
+    rep = reproduce(plan, store, lambda f, m: messages.append((f, m)))
+    folder = report.write_report(rep, reports_dir(store))
     return store, plan, rep, folder, messages
 
 
@@ -87,7 +99,8 @@ def test_second_run_computes_nothing_and_reports_it(tiny_report):
     n_runs = store.count_runs()
     assert run(plan, store) == 0
     assert store.count_runs() == n_runs
-    rep2, folder2 = reproduce(plan, store)
+    rep2 = reproduce(plan, store)
+    folder2 = report.write_report(rep2, reports_dir(store))
     assert rep2.computed == 0 and folder2 != folder
     assert "everything from the store" in (folder2 / "report.md").read_text()
     assert report.list_reports(reports_dir(store))[:2] == [folder2, folder]
@@ -106,11 +119,43 @@ def test_a_failed_pair_is_skipped_by_the_analyses_and_left_out_of_the_claims(tin
         con.execute("DELETE FROM basin_trials WHERE run_id LIKE ?", [second.config_hash() + "%"])
         con.execute("DELETE FROM landscapes WHERE run_id LIKE ?", [second.config_hash() + "%"])
     messages = []
-    escape = _analysis(analyses.escape, copy, second.config_hash())
+    escape = _analysis(copy, second.config_hash(), plan.escape)
     assert escape(lambda f, m: messages.append(m)) is False and "failed" in messages[-1]
     _, _, found = collect(plan, copy)
     assert "1/1 seeds fit and matched; seed(s) [1] left out: a run failed" in found[0].measured
     assert found[5].verdict == rep.claims[5].verdict  # the other seed's analyses still count
+
+
+def test_reproduce_neither_imports_nor_writes_the_report():
+    import lossland.reproduce
+
+    source = open(lossland.reproduce.__file__).read()
+    assert "report" not in {n.split(".")[-1] for n in _imported(source)}
+
+
+def _imported(source: str) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names |= {node.module or ""} | {a.name for a in node.names}
+    return names
+
+
+def test_the_plan_holds_specs_and_the_small_scale_smaller_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    small, _ = plan_for("small")
+    full, _ = plan_for("full")
+    assert full.surfaces == (SurfaceSpec(role="good"), SurfaceSpec(role="bad"))  # the specs' defaults
+    assert (full.escape, full.random_init, full.interpolation) == (EscapeSpec(), RandomInitSpec(), InterpolationSpec())
+    assert full.slices == (SliceSpec(seed=0), SliceSpec(seed=1), SliceSpec(seed=2))
+    assert [s.n for s in small.surfaces] == [21, 21] and small.escape.n_trials == 4 and small.random_init.n_seeds == 16
+    assert BoundSpec() in small.specs() and small.to_dict()["escape"] == small.escape.settings()
+    with pytest.raises(ConfigError, match="plan.escape"):
+        Plan("small", small.bases, escape=RandomInitSpec())
 
 
 def test_the_tiny_pairs_show_the_paper_effect(tiny_report):
@@ -150,7 +195,8 @@ def test_list_reports_skips_partial_and_unreadable_folders(tmp_path):
 
 
 def test_plan_for_small_and_full_scales(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # no data/datasets/ here: the file-based datasets are missing
+    monkeypatch.chdir(tmp_path)  # no data/datasets/ here and (below) no system folders: the file datasets are missing
+    monkeypatch.setattr("lossland.data.SYSTEM_FOLDERS", {}, raising=False)
     plan, skipped = plan_for("small")
     assert [d for d, _ in plan.bases] == ["digits", "mnist1d"] and plan.seeds == 3 and skipped == []
     full, skipped = plan_for("full", seeds=2)
@@ -205,6 +251,65 @@ def test_cli_refuses_bad_arguments_with_a_clear_message(tmp_path, capsys):
     assert main(["reproduce", "--seeds", "0", "--store", str(tmp_path / "s.duckdb")]) == 2
     assert "--seeds" in capsys.readouterr().err
     assert not (tmp_path / "s.duckdb").exists()
+
+
+# --- the pages show what reproduce stored ------------------------------------------------------------
+
+COUNTED = ("runs", "landscapes", "basin_trials", "analyses", "estimates")
+
+
+def _counts(store: Store) -> dict[str, int]:
+    return {t: len(store.table(t)) for t in COUNTED}
+
+
+def _compute_buttons(at) -> set[str]:
+    return {b.key for b in at.button if b.key and b.key.startswith("btn-")}
+
+
+def test_landscape_and_basins_pages_show_the_stored_analyses_with_no_button_pressed(tiny_report, dashboard):
+    store, plan, rep, _, _ = tiny_report
+    dashboard(store.path)
+    pair_id = rep.datasets[0].pair_ids[0]  # the first seed's pair: every analysis of the plan
+    before = _counts(store)
+
+    at = open_app("views/landscape.py", {"pair": pair_id})
+    assert at.selectbox(key="landscape-interp-stored").value == plan.interpolation
+    assert at.selectbox(key="landscape-slice-stored").value == plan.slices[0]
+    assert at.selectbox(key="landscape-surface-stored").value == plan.surfaces[0]
+    assert not _compute_buttons(at), "everything of this page is stored"
+    charts = [c.proto.spec for c in at.get("vega_lite_chart")]
+    assert len(charts) == 4, "interpolation, slices and both surfaces"
+    side = plan.surfaces[0].n
+    assert f"{side} × {side} grid" in page_texts(at) and "41 × 41" not in page_texts(at)
+
+    at = open_app("views/basins.py", {"pair": pair_id})
+    assert at.selectbox(key="basins-random-init-stored").value == plan.random_init
+    assert at.selectbox(key="basins-escape-stored").value == plan.escape
+    assert _compute_buttons(at) == {f"btn-radius:{pair_id}"}, "reproduce computes no radius: only it is offered"
+    assert len(at.get("vega_lite_chart")) == 5, "random inits (2), escape (2) and log-volume"
+    text = page_texts(at)
+    assert f"over {plan.random_init.n_seeds} random inits" in text
+    assert f"{plan.escape.n_trials} draws" in text and f"{plan.escape.retrain_epochs} epochs" in text
+
+    two_layer = plan.two_layer.config_hash()
+    at = open_app("views/theory.py", {"pair": two_layer})
+    assert not _compute_buttons(at) and len(at.get("vega_lite_chart")) >= 1, "the stored bound"
+    assert _counts(store) == before, "opening the pages computed nothing"
+
+
+def test_other_settings_offer_compute_beside_the_stored_ones(tiny_report, dashboard):
+    store, plan, rep, _, _ = tiny_report
+    dashboard(store.path)
+    pair_id = rep.datasets[0].pair_ids[0]
+    at = open_app("views/basins.py", {"pair": pair_id})
+    picker = at.selectbox(key="basins-escape-stored")
+    picker.select_index(len(picker.options) - 1).run()  # other settings…
+    assert at.text_input(key="basins-escape-radii").value == "0.05, 0.1, 0.2, 0.4"  # the spec's defaults
+    assert at.number_input(key="basins-escape-n_trials").value == EscapeSpec().n_trials
+    assert f"btn-escape:{pair_id}" in _compute_buttons(at)
+    at.number_input(key="basins-escape-n_trials").set_value(0).run()
+    assert "escape.n_trials = 0 is not allowed" in page_texts(at)
+    assert f"btn-escape:{pair_id}" not in _compute_buttons(at)
 
 
 # --- the Reproduce page -------------------------------------------------------------------------------

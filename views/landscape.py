@@ -1,60 +1,53 @@
 """Landscape: the path between the minima, 1-D slices and 2-D surfaces around each."""
 
+import numpy as np
 import streamlit as st
 
 import ui
-from lossland import analyses, charts
+from lossland import charts
+from lossland.pairs import ROLES
+from lossland.specs import InterpolationSpec, SliceSpec, SurfaceSpec
 
 store, pair_id = ui.page_pair("Loss landscape", key="landscape-pair")
 
 st.subheader("Interpolation between the minima")
 st.caption("θ(α) = (1 − α) θ_good + α θ_bad: α = 0 is the good minimum, α = 1 the bad one.")
-POINTS, SIDE = 41, 41  # points of the interpolation and of a slice; the side of a 2-D surface
-a = ui.analysis_block("the interpolation", f"interp:{pair_id}",
-                      lambda compute, p: analyses.interpolation(store, pair_id, n_points=POINTS, progress=p,
-                                                                compute=compute),
-                      pair_id=pair_id, grid_points=POINTS)
+spec = ui.analysis_settings(store, pair_id, InterpolationSpec(), key="landscape-interp")
+a = ui.analysis_block(store, pair_id, spec, key=f"interp:{pair_id}")
 if a is not None:
     chart = charts.interpolation_chart(a.frame)
     st.altair_chart(chart)
     ui.chart_downloads(chart, f"interpolation-{pair_id}", key="landscape-interp")
 
 st.subheader("1-D slices")
-c1, c2, c3 = st.columns(3)
-kind = c1.radio("directions", ["random", "eigen"], horizontal=True, key="landscape-dirs",
-                format_func={"random": "filter-normalised random (same seed)",
-                             "eigen": "top Hessian eigenvector"}.get)
-seed = int(c2.number_input("direction seed", 0, 10_000, 0, key="landscape-seed"))
-metric = c3.selectbox("metric", ["clean_loss", "test_loss", "test_acc", "clean_acc"], key="landscape-metric")
-span = 1.0 if kind == "random" else 0.5
-s = ui.analysis_block(f"the {kind} slices", f"slice:{pair_id}:{kind}:{seed}",
-                      lambda compute, p: analyses.slices_1d(store, pair_id, kind, seed, n_points=POINTS, span=span,
-                                                            progress=p, compute=compute),
-                      pair_id=pair_id, grid_points=2 * POINTS)
+st.caption("θ* + α d around both minima: d filter-normalised random with the same seed for both (random), or "
+           "each minimum's top Hessian eigenvector scaled to the weights' norm (eigen).")
+spec = ui.analysis_settings(store, pair_id, SliceSpec(), key="landscape-slice")
+metric = st.selectbox("metric", ["clean_loss", "test_loss", "test_acc", "clean_acc"], key="landscape-metric")
+s = ui.analysis_block(store, pair_id, spec, key=f"slice:{pair_id}")
 if s is not None:
     chart = charts.slice_chart(s.frame, metric)
     st.altair_chart(chart, width="stretch")
-    ui.chart_downloads(chart, f"slice-{kind}-{pair_id}", key="landscape-slice")
+    ui.chart_downloads(chart, f"slice-{spec.directions}-{pair_id}", key="landscape-slice")
 
-st.subheader("2-D surfaces (41 × 41, clean-train loss)")
-st.caption("θ* + α d₁ + β d₂ with filter-normalised directions of the same seeds around both minima, one colour "
-           "scale for both: the good minimum's low-loss region is wider.")
-cols = st.columns(2)
+st.subheader("2-D surfaces")
+spec = ui.analysis_settings(store, pair_id, SurfaceSpec(), key="landscape-surface", fixed=("role",))
+if spec is not None:
+    st.caption(f"{spec.n} × {spec.n} grid of the clean-train loss at θ* + α d₁ + β d₂, α, β ∈ [−{spec.span:g}, "
+               f"{spec.span:g}], with filter-normalised directions of the same seeds around both minima and one "
+               "colour scale for both: the good minimum's low-loss region is wider.")
+cols = st.columns(len(ROLES))
 frames = {}
-for col, role in zip(cols, ("good", "bad"), strict=True):
+for col, role in zip(cols, ROLES, strict=True):
     with col:
-        res = ui.analysis_block(f"the {role} surface", f"surface:{pair_id}:{role}:{seed}",
-                                lambda compute, p, role=role: analyses.surface(store, pair_id, role, seed=seed, n=SIDE,
-                                                                               progress=p, compute=compute),
-                                pair_id=pair_id, grid_points=SIDE * SIDE)
+        res = ui.analysis_block(store, pair_id, spec and spec.for_role(role), key=f"surface:{pair_id}:{role}",
+                                label=f"the {role} surface")
         if res is not None:
             frames[role] = res.frame
 if frames:
-    import numpy as np
-
     levels = np.log10(np.concatenate([f["clean_loss"].clip(lower=1e-12).to_numpy() for f in frames.values()]))
     domain = (float(levels.min()), float(levels.max()))
-    for col, role in zip(cols, ("good", "bad"), strict=True):
+    for col, role in zip(cols, ROLES, strict=True):
         if role in frames:
             with col:
                 chart = charts.surface_chart(frames[role], "clean_loss", title=f"{role} minimum", domain=domain)

@@ -41,8 +41,13 @@ else:
                 st.info("A reproduction is already running; its progress is below.")
             elif plan.bases and ui.plan_within_caps(plan):
                 runner = ui.jobs()
-                runner.submit_task(JOB, lambda p: reproduce(plan, runner.store, p, skipped=skipped,
-                                                            executor=ui.sweep_executor())[0].computed == 0)
+
+                def work(progress) -> bool:
+                    rep = reproduce(plan, runner.store, progress, skipped=skipped, executor=ui.sweep_executor())
+                    report.write_report(rep, reports_dir(runner.store))
+                    return rep.computed == 0
+
+                runner.submit_task(JOB, work)
             elif not plan.bases:
                 st.error("None of the chosen datasets can be loaded here; nothing to run.")
     if ui.jobs().get(JOB) is not None:

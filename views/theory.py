@@ -5,7 +5,9 @@ import streamlit as st
 import ui
 from lossland import analyses, charts
 from lossland.config import ConfigError, ExperimentConfig
+from lossland.experiments import sweep
 from lossland.limits import check_experiment, check_grid
+from lossland.specs import BoundSpec
 
 store, pair_id = ui.page_pair("Theory", key="theory-pair", hint="The teacher-2layer preset fits here.")
 view = store.pair(pair_id)
@@ -19,12 +21,10 @@ if cfg.model.name != "two_layer":
     st.info(f"This pair's model is {cfg.model.name!r}; the bound is for two_layer models. Pick a two_layer pair, or "
             "run the teacher-2layer preset (and the sweep below on it).")
 else:
-    b = ui.analysis_block("the bound", f"bound:{pair_id}",
-                          lambda compute, p: analyses.bound(store, pair_id, progress=p, compute=compute),
-                          pair_id=pair_id)
+    b = ui.analysis_block(store, pair_id, BoundSpec(), key=f"bound:{pair_id}", label="the bound")
     if b is not None:
-        st.altair_chart(charts.bound_chart(b), width="stretch")
-        st.dataframe(b.set_index("role")[["complexity", "weight_factor", "gauss_newton_frobenius",
+        st.altair_chart(charts.bound_chart(b.frame), width="stretch")
+        st.dataframe(b.frame.set_index("role")[["complexity", "weight_factor", "gauss_newton_frobenius",
                                           "hessian_frobenius", "rhs", "ratio", "holds"]], width="stretch")
 
 st.subheader("Attack-size sweep")
@@ -49,8 +49,6 @@ if stored < n_points and not ui.read_only() and over_cap is None:
     job = ui.jobs().get(key)
     if job is None or job.state in ("failed", "cancelled", "done"):
         if st.button("Run the missing points", key="theory-sweep"):
-            from lossland.experiments import sweep
-
             ui.jobs().submit_task(key, lambda p: sweep(cfg, grid, store, p, executor=ui.sweep_executor()))
             st.rerun()
     if job is not None and job.state in ("queued", "running"):

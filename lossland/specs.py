@@ -1,0 +1,261 @@
+"""Analysis specs: every setting of an analysis of a stored pair as frozen, self-validating plain data.
+
+They live beside the experiment config (`config.py`) and follow its rules: a spec validates itself on
+construction (a ConfigError naming `<kind>.<field>`, the value and what is allowed), serialises to JSON
+(the `settings_json` the store keeps) and hashes, with the run or pair it looks at, to its analysis
+id. Each setting has one default, here: the dashboard's widgets, `analyses` and `reproduce` start from
+these. The hashed settings are the dicts analyses have always stored, so the ids of existing stores
+stay valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar
+
+from .config import RESULT_FORMAT_VERSION, ConfigError, _choice, _fail, _int, _is_num, _num, _shown
+from .pairs import ROLES
+
+SEED_MAX = 2**31 - 1
+MAX_RADII = 64
+
+
+class Spec:
+    """What every spec has: its kind (the store's `analyses.kind`), its settings and its analysis id."""
+
+    kind: ClassVar[str]
+    title: ClassVar[str]  # what the dashboard calls it ("escape trials")
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}  # fields with a fixed set of values
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        self.validate()
+        for f in fields(self):  # 1 and 1.0 are one setting: one JSON text, one id
+            value = getattr(self, f.name)
+            if f.type == "float":
+                object.__setattr__(self, f.name, float(value))
+            elif f.type == "tuple[float, ...]":
+                object.__setattr__(self, f.name, tuple(float(v) for v in value))
+
+    def validate(self) -> None:
+        for name, allowed in self.choices.items():
+            _choice(self.field(name), getattr(self, name), allowed)
+
+    def field(self, name: str) -> str:
+        return f"{self.kind}.{name}"
+
+    # --- what it costs (the operator's caps, limits.check_analysis) ----------------------------------
+    def grid_points(self) -> int:
+        return 0
+
+    def trials(self) -> int:
+        return 0
+
+    # --- serialisation -----------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.settings())
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Spec:
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{cls.kind} settings must be an object of fields, got {type(settings).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(map(str, set(settings) - known))
+        if unknown:
+            raise ConfigError(f"unknown field(s) {', '.join(f'{cls.kind}.{u[:40]}' for u in unknown[:5])}; "
+                              f"allowed: {', '.join(sorted(known)) or 'none'}")
+        return cls(**settings)
+
+    @classmethod
+    def from_json(cls, text: str) -> Spec:
+        try:
+            settings = json.loads(text)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise ConfigError(f"{cls.kind} settings are not valid JSON: {_shown(str(e), 200)}") from None
+        return cls.from_settings(settings)
+
+    def analysis_id(self, subject: str) -> str:
+        """16 hex digits of sha256 over (result format, kind, the pair or run it looks at, settings)."""
+        payload = json.dumps({"v": RESULT_FORMAT_VERSION, "kind": self.kind, "subject": subject,
+                              "settings": self.settings()}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def describe(self, skip: tuple[str, ...] = ()) -> str:
+        """The settings (but those in `skip`) in one line, for a picker."""
+        return " · ".join(f"{k} {_text(v)}" for k, v in self.settings().items() if k not in skip) or "no settings"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_text(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _seed(spec: Spec, name: str) -> None:
+    _int(spec.field(name), getattr(spec, name), 0, SEED_MAX)
+
+
+# --- landscapes ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InterpolationSpec(Spec):
+    """Loss and accuracy along θ(α) = (1 − α) θ_good + α θ_bad at n_points α in [alpha_min, alpha_max]."""
+
+    kind: ClassVar[str] = "interpolation"
+    title: ClassVar[str] = "interpolation"
+    n_points: int = 41
+    alpha_min: float = -0.5
+    alpha_max: float = 1.5
+
+    def validate(self) -> None:
+        _int(self.field("n_points"), self.n_points, 2, 100_000)
+        _num(self.field("alpha_min"), self.alpha_min, -1000.0, 1000.0)
+        _num(self.field("alpha_max"), self.alpha_max, -1000.0, 1000.0)
+        if not self.alpha_max > self.alpha_min:
+            _fail(self.field("alpha_max"), self.alpha_max, f"greater than alpha_min = {self.alpha_min}")
+
+    def grid_points(self) -> int:
+        return self.n_points
+
+
+@dataclass(frozen=True)
+class SliceSpec(Spec):
+    """1-D slices θ* + α d, α in [−span, span], around both minima: d filter-normalised Gaussian of the
+    direction seed, the same for both ("random"), or each minimum's top Hessian eigenvector scaled to
+    the weights' norm ("eigen")."""
+
+    kind: ClassVar[str] = "slice1d"
+    title: ClassVar[str] = "1-D slices"
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"directions": ("random", "eigen")}
+    directions: str = "random"
+    seed: int = 0
+    n_points: int = 41
+    span: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        _seed(self, "seed")
+        _int(self.field("n_points"), self.n_points, 2, 100_000)
+        _num(self.field("span"), self.span, 0.0, 1000.0, lo_open=True)
+
+    def grid_points(self) -> int:
+        return len(ROLES) * self.n_points
+
+
+@dataclass(frozen=True)
+class SurfaceSpec(Spec):
+    """A 2-D n × n grid θ* + α d₁ + β d₂ around one minimum, α, β in [−span, span], d₁ and d₂
+    filter-normalised of direction seeds seed and seed + 1 (the same for both minima, so they compare)."""
+
+    kind: ClassVar[str] = "surface2d"
+    title: ClassVar[str] = "2-D surface"
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"role": ROLES}
+    role: str = "good"
+    seed: int = 0
+    n: int = 41
+    span: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        _seed(self, "seed")
+        _int(self.field("n"), self.n, 2, 10_000)
+        _num(self.field("span"), self.span, 0.0, 1000.0, lo_open=True)
+
+    def grid_points(self) -> int:
+        return self.n * self.n
+
+    def for_role(self, role: str) -> SurfaceSpec:
+        """The same surface around the other minimum."""
+        return replace(self, role=role)
+
+
+# --- basins ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EscapeSpec(Spec):
+    """From each minimum, n_trials filter-normalised perturbations of each relative radius, each
+    retrained for retrain_epochs on the clean set only."""
+
+    kind: ClassVar[str] = "escape"
+    title: ClassVar[str] = "escape trials"
+    radii: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
+    n_trials: int = 8
+    seed: int = 0
+    retrain_epochs: int = 300
+
+    def validate(self) -> None:
+        r = self.radii
+        if (not isinstance(r, tuple) or not 1 <= len(r) <= MAX_RADII
+                or not all(_is_num(v) and 0.0 <= v <= 1000.0 for v in r)):
+            _fail(self.field("radii"), r, f"a list of 1 to {MAX_RADII} numbers in [0, 1000]")
+        _int(self.field("n_trials"), self.n_trials, 1, 1_000_000)
+        _seed(self, "seed")
+        _int(self.field("retrain_epochs"), self.retrain_epochs, 1, 1_000_000)
+
+    def trials(self) -> int:
+        return len(ROLES) * len(self.radii) * self.n_trials
+
+
+@dataclass(frozen=True)
+class RandomInitSpec(Spec):
+    """n_seeds random initialisations (seeds seed0, seed0 + 1, ...) trained on the clean set."""
+
+    kind: ClassVar[str] = "random_init"
+    title: ClassVar[str] = "random inits"
+    n_seeds: int = 32
+    seed0: int = 1000
+
+    def validate(self) -> None:
+        _int(self.field("n_seeds"), self.n_seeds, 1, 100_000)
+        _seed(self, "seed0")
+
+    def trials(self) -> int:
+        return self.n_seeds
+
+
+@dataclass(frozen=True)
+class RadiusSpec(Spec):
+    """Per minimum and random direction (seeds seed, seed + 1, ...), the largest relative perturbation
+    keeping the clean loss below threshold_factor × the clean-loss target."""
+
+    kind: ClassVar[str] = "radius"
+    title: ClassVar[str] = "empirical radius"
+    threshold_factor: float = 10.0
+    n_directions: int = 8
+    seed: int = 0
+
+    def validate(self) -> None:
+        _num(self.field("threshold_factor"), self.threshold_factor, 1.0, 1e6, lo_open=True)
+        _int(self.field("n_directions"), self.n_directions, 1, 100_000)
+        _seed(self, "seed")
+
+    def trials(self) -> int:
+        return len(ROLES) * self.n_directions
+
+
+# --- the 2-layer theory ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BoundSpec(Spec):
+    """Both sides of C ≤ √m ‖W‖₂² ‖G‖_F at each minimum of a two_layer pair (nothing to set)."""
+
+    kind: ClassVar[str] = "bound"
+    title: ClassVar[str] = "2-layer bound"
+
+
+SPECS: dict[str, type[Spec]] = {s.kind: s for s in (InterpolationSpec, SliceSpec, SurfaceSpec, EscapeSpec,
+                                                     RandomInitSpec, RadiusSpec, BoundSpec)}
+
+
+def from_stored(kind: str, settings_json: str) -> Spec:
+    """The spec of a stored analysis (its `analyses` row's kind and settings_json)."""
+    if kind not in SPECS:
+        raise ConfigError(f"analysis kind {_shown(kind)} is not allowed: one of {', '.join(SPECS)}")
+    return SPECS[kind].from_json(settings_json)
