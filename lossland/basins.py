@@ -30,14 +30,7 @@ from .lanczos import top_eigenpairs
 from .landscape import LossSurface, filter_normalized_direction, flat_params, unflatten
 from .models import MLP, TwoLayer
 from .pairs import METRICS, Progress, check_role, quiet, scaled
-from .train import (
-    cross_entropy,
-    half_squared_error,
-    loss_function,
-    resolve_device,
-    train,
-    train_ensemble,
-)
+from .train import cross_entropy, half_squared_error, loss_function, resolve_device, train, train_ensemble
 
 
 def _frozen(a, dtype=np.float64) -> np.ndarray:

@@ -5,32 +5,34 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+from .checkpoint import CheckpointError, load_checkpoint, write_checkpoint_bytes
+from .claims import claims_frame
 from .config import DEFAULT_PRESET, PRESETS, ConfigError, ExperimentConfig, preset
-from .frames import CLI, CLI_STORED, comparison, records
-from .pairs import ROLES
+from .curvature import spectrum
+from .data import DatasetError, download
+from .executors import ExecutorError, make_executor
+from .experiments import grid_configs, run_pair, sweep
+from .pairs import is_run_id, pair_of, run_id, run_ids
+from .pipeline import compute_pair
+from .report import write_report
+from .reproduce import plan_for, reports_dir, reproduce
+from .store import Store, StoreError, default_store_path
+from .terminal import (
+    dumps,
+    format_pair,
+    format_spectrum,
+    format_view,
+    pair_summary,
+    progress_bar,
+    spectrum_summary,
+    sweep_table,
+    view_summary,
+)
 
 CHECKPOINT_DIR = Path("data/checkpoints")
-
-
-def _progress_bar(desc: str, quiet: bool = False) -> tuple[Callable[[float, str], None], Callable[[], None]]:
-    """A tqdm bar driven by the library's progress(fraction, message) protocol (on stderr), and its close;
-    both do nothing when `quiet`."""
-    if quiet:
-        return (lambda fraction, message: None), (lambda: None)
-    from tqdm import tqdm
-
-    bar = tqdm(total=1000, desc=desc, file=sys.stderr, leave=False,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
-
-    def progress(fraction: float, message: str) -> None:
-        bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
-        bar.set_postfix_str(message, refresh=False)
-        bar.refresh()
-
-    return progress, bar.close
 
 
 def load_config(args: argparse.Namespace) -> ExperimentConfig:
@@ -78,93 +80,27 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override train.device")
 
 
-def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
-                               for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
-
-
-def _fmt(v: float | None, spec: str = ".4g") -> str:
-    return "—" if v is None else format(v, spec)
-
-
 # --- train --------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import save_checkpoint
-    from .train import train_pair
-
+    """The pair pipeline, printed and saved to --checkpoints instead of stored (no store is opened)."""
     cfg = load_config(args)
-    progress, close = _progress_bar("training good/bad pair", args.quiet)
+    progress, close = progress_bar("training good/bad pair", args.quiet)
     try:
-        pair = train_pair(cfg, progress)
+        computed = compute_pair(cfg, progress, with_spectra=not args.no_spectrum)
     finally:
         close()
-    spectra = {}
-    if not args.no_spectrum:
-        spectra = _pair_spectra(pair, cfg, args.quiet)
     out_dir = Path(args.checkpoints)
-    paths = {r.role: str(save_checkpoint(out_dir / f"{pair.pair_id}-{r.role}.pt", cfg, r.role, r.model))
-             for r in (pair.good, pair.bad)}
-    summary = pair_summary(pair, spectra, paths)
+    paths = {role: str(write_checkpoint_bytes(out_dir / f"{run_id(computed.pair_id, role)}.pt", blob))
+             for role, blob in computed.checkpoints.items()}
+    summary = pair_summary(computed.pair, computed.spectra, paths)
     print(json.dumps(summary, indent=2) if args.json else format_pair(summary))
     return 0
-
-
-def _pair_spectra(pair, cfg: ExperimentConfig, quiet: bool) -> dict:
-    from .curvature import spectrum
-    from .data import load_experiment_data
-    from .train import loss_function
-
-    data = load_experiment_data(cfg)
-    out = {}
-    for r in (pair.good, pair.bad):
-        progress, close = _progress_bar(f"spectrum of {r.role}", quiet)
-        try:
-            x, y = data.x_train.to(r.device), data.y_train.to(r.device)
-            out[r.role] = spectrum(r.model, x, y, loss_function(cfg.train.loss), cfg.spectrum, progress)
-        finally:
-            close()
-    return out
-
-
-def pair_summary(pair, spectra: dict, checkpoints: dict) -> dict:
-    rows = {}
-    for r in (getattr(pair, role) for role in ROLES):
-        row = {"role": r.role, "status": r.status, "stop_reason": r.stop_reason, "epochs": r.epochs,
-               "seconds": round(r.seconds, 3), "device": r.device, "n_params": r.n_params, **r.metrics(),
-               "checkpoint": checkpoints.get(r.role)}
-        s = spectra.get(r.role)
-        if s is not None:
-            row |= {"top_eigenvalues": list(s.top.eigenvalues[:5]), "trace": s.trace.value,
-                    "trace_stderr": s.trace.stderr, "frobenius_sq": s.frobenius_sq.value,
-                    "frobenius_sq_stderr": s.frobenius_sq.stderr,
-                    "log_volume": s.log_volume_k[-1], "log_volume_k": len(s.log_volume_k),
-                    "eps": s.settings.eps, "spectrum_hvps": s.hvps, "spectrum_seconds": round(s.seconds, 3)}
-        rows[r.role] = row
-    return {"pair_id": pair.pair_id, "config": json.loads(pair.config.to_json()), **rows}
-
-
-def format_pair(summary: dict) -> str:
-    g, b = summary["good"], summary["bad"]
-    table = comparison({role: summary[role] for role in ROLES}, CLI)
-    text = [f"pair {summary['pair_id']}  ({summary['config']['data']['name']}, "
-            f"{summary['config']['model']['name']}, {g['n_params']} parameters, {g['device']})",
-            _table(list(table.itertuples(name=None)), ("", *ROLES))]
-    if g.get("checkpoint"):
-        text.append(f"checkpoints: {g['checkpoint']}, {b['checkpoint']}")
-    return "\n".join(text)
 
 
 # --- spectrum -----------------------------------------------------------------------------
 
 def cmd_spectrum(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from .checkpoint import load_checkpoint
-    from .curvature import spectrum
-
     ck = load_checkpoint(args.checkpoint)
     settings = ck.config.spectrum
     for name in ("k", "tol", "seed", "chunk_size"):
@@ -172,7 +108,7 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
             settings = replace(settings, **{name: getattr(args, name)})
     settings.validate()
     x, y = ck.clean_train()
-    progress, close = _progress_bar("spectrum", args.quiet)
+    progress, close = progress_bar("spectrum", args.quiet)
     try:
         s = spectrum(ck.model, x, y, ck.loss_fn, settings, progress)
     finally:
@@ -182,36 +118,9 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     return 0
 
 
-def spectrum_summary(s, ck) -> dict:
-    return {"checkpoint": str(ck.path), "role": ck.role, "n_params": s.n_params,
-            "eigenvalues": list(s.top.eigenvalues), "residuals": list(s.top.residuals),
-            "converged": s.top.converged, "trace": s.trace.value, "trace_stderr": s.trace.stderr,
-            "trace_exact": getattr(s, "trace_exact", None), "frobenius_sq": s.frobenius_sq.value,
-            "frobenius_sq_stderr": s.frobenius_sq.stderr, "frobenius_sq_exact": getattr(s, "frobenius_sq_exact", None),
-            "log_volume_k": list(s.log_volume_k), "log_volume_exact": s.log_volume_exact, "eps": s.settings.eps,
-            "hvps": s.hvps, "lanczos_hvps": s.top.hvps, "seconds": s.seconds}
-
-
-def format_spectrum(d: dict) -> str:
-    rows = [(str(i + 1), f"{lam:.8g}", f"{res:.1e}") for i, (lam, res) in
-            enumerate(zip(d["eigenvalues"], d["residuals"], strict=True))]
-    lines = [f"{d['checkpoint']} ({d['role']}, {d['n_params']} parameters): top-{len(rows)} eigenvalues of the "
-             f"Hessian of the clean training loss", _table(rows, ("i", "eigenvalue", "residual")),
-             f"trace        {d['trace']:.6g} ± {d['trace_stderr']:.2g}"
-             + (f"   (exact {d['trace_exact']:.6g})" if d["trace_exact"] is not None else ""),
-             f"‖H‖_F²       {d['frobenius_sq']:.6g} ± {d['frobenius_sq_stderr']:.2g}"
-             + (f"   (exact {d['frobenius_sq_exact']:.6g})" if d["frobenius_sq_exact"] is not None else ""),
-             f"log-volume   {d['log_volume_k'][-1]:.6g} over the top {len(d['log_volume_k'])} (ε = {d['eps']:g})"
-             + (f"; {d['log_volume_exact']:.6g} over all" if d["log_volume_exact"] is not None else ""),
-             f"{d['hvps']} Hessian-vector products ({d['lanczos_hvps']} for Lanczos), {d['seconds']:.2f} s"]
-    return "\n".join(lines)
-
-
 # --- store: run, sweep, runs, show, query, export, import ---------------------------------
 
-def _store(args: argparse.Namespace):
-    from .store import Store, default_store_path
-
+def _store(args: argparse.Namespace) -> Store:
     return Store(Path(args.store) if args.store else default_store_path())
 
 
@@ -221,33 +130,17 @@ def _add_store_args(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _view_summary(view) -> dict:
-    keys = ("run_id", "status", "epochs", "seconds", "clean_loss", "clean_acc", "attack_acc", "test_acc",
-            "top_eigenvalue", "trace", "frobenius_sq", "log_volume", "checkpoint", "created_at")
-    out: dict = {"pair_id": view.pair_id}
-    for role, rec in records(view.runs, keys).items():
-        out[role] = rec | {"created_at": str(rec["created_at"])}
-    return out
-
-
-def format_view(d: dict) -> str:
-    table = comparison({role: d.get(role, {}) for role in ROLES}, CLI_STORED)
-    return f"pair {d['pair_id']}\n" + _table(list(table.itertuples(name=None)), ("", *ROLES))
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from .experiments import run_pair
-
     cfg = load_config(args)
     store = _store(args)
-    progress, close = _progress_bar("run", args.quiet)
+    progress, close = progress_bar("run", args.quiet)
     try:
         outcome = run_pair(cfg, store, progress)
     finally:
         close()
-    d = _view_summary(outcome.view) | {"from_store": outcome.from_store}
+    d = view_summary(outcome.view) | {"from_store": outcome.from_store}
     if args.json:
-        print(json.dumps(d, indent=2, default=str))
+        print(dumps(d))
     else:
         print(("answered from the store " if outcome.from_store else "computed and stored ") + f"({store.path})")
         print(format_view(d))
@@ -255,9 +148,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .executors import ExecutorError, make_executor
-    from .experiments import grid_configs, sweep
-
     cfg = load_config(args)
     grid = {key: [_value(v) for v in _split_values(raw)] for key, raw in _assignments(
         args.grid, "--grid", "section.field=v1,v2,... e.g. train.seed=0,1,2").items()}
@@ -267,7 +157,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     store = _store(args)
     executor = make_executor(args.executor, address=args.ray_address, max_retries=args.max_retries)
     desc = f"sweep of {n} points" + (f" on {executor.where}" if hasattr(executor, "where") else "")
-    progress, close = _progress_bar(desc, args.quiet)
+    progress, close = progress_bar(desc, args.quiet)
     try:
         outcomes = sweep(cfg, grid, store, progress, executor=executor, threads=args.threads)
     except ExecutorError as e:
@@ -275,18 +165,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 2
     finally:
         close()
-    rows = [_view_summary(o.view) | {"from_store": o.from_store} for o in outcomes]
+    rows = [view_summary(o.view) | {"from_store": o.from_store} for o in outcomes]
     failed = [(o.pair_id, str(o.view.runs["error"].iloc[0])) for o in outcomes
               if (o.view.runs["status"] == "failed").any()]
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(dumps(rows))
     else:
-        state = lambda r: ("failed" if r["good"]["status"] == "failed"  # noqa: E731
-                           else "stored" if r["from_store"] else "new")
-        table = [(r["pair_id"], state(r), _fmt(r["good"]["test_acc"], ".1%"),
-                  _fmt(r["bad"]["test_acc"], ".1%"), _fmt(r["good"]["top_eigenvalue"]),
-                  _fmt(r["bad"]["top_eigenvalue"])) for r in rows]
-        print(_table(table, ("pair", "", "good test", "bad test", "good λ1", "bad λ1")))
+        print(sweep_table(rows))
     for pair_id, error in failed:
         print(f"failed {pair_id}: {error}", file=sys.stderr)
     return 1 if failed else 0
@@ -324,9 +209,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     store = _store(args)
-    pair_id = args.run_id.rsplit("-", 1)[0] if args.run_id.endswith(("-good", "-bad")) else args.run_id
-    d = _view_summary(store.pair(pair_id))
-    print(json.dumps(d, indent=2, default=str) if args.json else format_view(d))
+    pair_id = pair_of(args.run_id)
+    d = view_summary(store.pair(pair_id))
+    print(dumps(d) if args.json else format_view(d))
     return 0
 
 
@@ -344,9 +229,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     store = _store(args)
-    ids = []
-    for rid in args.run_ids:
-        ids += [f"{rid}-good", f"{rid}-bad"] if not rid.endswith(("-good", "-bad")) else [rid]
+    ids = [i for rid in args.run_ids for i in ([rid] if is_run_id(rid) else run_ids(rid))]
     path = store.export(ids, Path(args.out))
     print(json.dumps({"bundle": str(path), "run_ids": ids}) if args.json else f"wrote {path} ({len(ids)} runs)")
     return 0
@@ -364,8 +247,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .data import download
-
     print(f"files in {download(args.name, args.root)}")
     return 0
 
@@ -378,23 +259,19 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .claims import claims_frame
-    from .report import write_report
-    from .reproduce import plan_for, reports_dir, reproduce
-
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
     plan, skipped = plan_for(args.scale, datasets, args.seeds)
     for name, why in skipped:
         print(f"skipping {name}: {why}", file=sys.stderr)
     store = _store(args)
-    progress, close = _progress_bar(f"reproduce ({plan.scale})", args.quiet)
+    progress, close = progress_bar(f"reproduce ({plan.scale})", args.quiet)
     try:
         rep = reproduce(plan, store, progress, device=args.device, executor=args.executor, skipped=skipped)
     finally:
         close()
     folder = write_report(rep, Path(args.reports) if args.reports else reports_dir(store))
     table = claims_frame(list(rep.claims))
-    print(_table([(str(r["#"]), r["claim"][:70], r["result"]) for _, r in table.iterrows()], ("#", "claim", "result")))
+    print(table([(str(r["#"]), r["claim"][:70], r["result"]) for _, r in table.iterrows()], ("#", "claim", "result")))
     print(f"\n{sum(c.verdict == 'PASS' for c in rep.claims)}/{len(rep.claims)} claims pass; "
           f"{rep.seconds:.0f} s ({rep.computed} steps computed). Report: {folder / 'report.md'}")
     return 0
@@ -405,7 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
         "lossland: train good and bad minima, measure their Hessian spectra, keep every run "
         "(after Wu, Zhu & E, arXiv 1706.10239)."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_compute_commands, _store_commands, _setup_commands):
+        add(sub)
+    return parser
 
+
+def _compute_commands(sub: argparse._SubParsersAction) -> None:
+    """train, spectrum, run, sweep, reproduce: compute pairs, spectra and the paper's experiments"""
     p = sub.add_parser("train", help="train a good/bad pair and print their numbers",
                        description="Train the good minimum (clean data) and the bad minimum (clean + attack set "
                                    "with random labels) to the same clean-loss target; print both.")
@@ -478,6 +361,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reproduce)
 
+
+def _setup_commands(sub: argparse._SubParsersAction) -> None:
+    """config, download: a config to edit, the dataset files"""
+    p = sub.add_parser("config", help="print a preset (with overrides) as JSON, to edit and pass to --config")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("download", help="fetch MNIST / Fashion-MNIST / CIFAR-10 (needs torchvision)",
+                       description="Opt-in download through torchvision, only where it is installed.")
+    p.add_argument("name", choices=["mnist", "fashion-mnist", "cifar10"])
+    p.add_argument("--root", help="folder (default data/datasets/<name>/)")
+    p.set_defaults(func=cmd_download)
+
+
+def _store_commands(sub: argparse._SubParsersAction) -> None:
+    """runs, show, query, export, import: read and share the store"""
     p = sub.add_parser("runs", help="table of stored runs", description="List stored runs, newest first.")
     p.add_argument("--where", action="append", metavar="COLUMN=VALUE", help="filter, e.g. --where dataset=digits")
     p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
@@ -511,27 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_args(p)
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("download", help="fetch MNIST / Fashion-MNIST / CIFAR-10 (needs torchvision)",
-                       description="Opt-in download through torchvision, only where it is installed.")
-    p.add_argument("name", choices=["mnist", "fashion-mnist", "cifar10"])
-    p.add_argument("--root", help="folder (default data/datasets/<name>/)")
-    p.set_defaults(func=cmd_download)
-
-    p = sub.add_parser("config", help="print a preset (with overrides) as JSON, to edit and pass to --config")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_config)
-    return parser
-
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-    from .data import DatasetError
-
     args = build_parser().parse_args(argv)
-    try:
-        from .store import StoreError
-    except ImportError:  # the store module is optional for the compute-only commands
-        StoreError = ConfigError  # noqa: N806
     try:
         return args.func(args)
     except (ConfigError, DatasetError, CheckpointError, StoreError) as e:

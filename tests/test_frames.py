@@ -11,7 +11,7 @@ import pytest
 from conftest import open_app
 from store_writer import make_pair
 
-from lossland import cli, frames, report
+from lossland import cli, frames, report, terminal
 from lossland.pairs import ROLES
 from lossland.store import Store
 
@@ -61,8 +61,8 @@ def test_fresh_summary_and_stored_pair_compare_alike(stored):
     """`train` (from the results in memory) and `show` (from the store) print the same numbers: the
     stored table is the fresh one without its standard errors and the eigenvalues past λ₁."""
     _, pair, spectra, view = stored
-    fresh = frames.comparison({r: cli.pair_summary(pair, spectra, {})[r] for r in ROLES}, frames.CLI)
-    kept = frames.comparison({r: cli._view_summary(view)[r] for r in ROLES}, frames.CLI)
+    fresh = frames.comparison({r: terminal.pair_summary(pair, spectra, {})[r] for r in ROLES}, frames.CLI)
+    kept = frames.comparison({r: terminal.view_summary(view)[r] for r in ROLES}, frames.CLI)
     assert fresh.loc["λ1"].equals(kept.loc["top eigenvalue"].rename("λ1"))
     assert [f"λ{i}" for i in range(1, 6)] == [i for i in fresh.index if i.startswith("λ")]
     assert fresh.loc["trace", "good"] == f"{spectra['good'].trace.value:.4g} ± {spectra['good'].trace.stderr:.2g}"

@@ -109,16 +109,16 @@ def test_a_failing_point_is_stored_as_failed_while_the_others_land(tmp_path):
             raise ValueError("task broke before computing")
         if t.config.train.seed != 1:
             return ex.compute_point(t)
-        real = ex.train_pair
+        real = ex.compute_pair
 
         def broken(*args, **kwargs):
             raise FileNotFoundError("dataset files are missing")
 
-        ex.train_pair = broken
+        ex.compute_pair = broken
         try:
             return ex.compute_point(t)
         finally:
-            ex.train_pair = real
+            ex.compute_pair = real
 
     store = Store(tmp_path / "runs.duckdb")
     grid = {"train.seed": [0, 1, 2]}
@@ -135,14 +135,14 @@ def test_a_failing_point_is_stored_as_failed_while_the_others_land(tmp_path):
 def test_a_failing_point_is_stored_as_failed_by_the_local_executor_too(tmp_path, monkeypatch):
     import lossland.executors as ex
 
-    real = ex.train_pair
+    real = ex.compute_pair
 
     def train_pair(cfg, *args, **kwargs):
         if cfg.train.seed == 1:
             raise FileNotFoundError("dataset files are missing")
         return real(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(ex, "train_pair", train_pair)
+    monkeypatch.setattr(ex, "compute_pair", train_pair)
     store = Store(tmp_path / "runs.duckdb")
     progress = []
     outcomes = sweep(BASE, {"train.seed": [1, 0]}, store, lambda f, m: progress.append(m), executor=LocalExecutor())

@@ -31,6 +31,7 @@ from lossland.config import _SECTIONS, ConfigError, ExperimentConfig  # noqa: E4
 from lossland.experiments import run_pair, sweep  # noqa: E402
 from lossland.lanczos import spectral_density, top_eigenpairs  # noqa: E402
 from lossland.limits import Limits, check_experiment, limits, model_params  # noqa: E402
+from lossland.specs import InterpolationSpec  # noqa: E402
 from lossland.store import TABLES, BundleError, Store, StoreError  # noqa: E402
 
 PAGES = ("views/overview.py", "views/new_experiment.py", "views/spectrum.py", "views/landscape.py",
@@ -342,7 +343,7 @@ def test_missing_or_corrupt_checkpoints_are_stated_and_the_rest_of_the_app_works
             assert errors and all(problem in e for e in errors), (page, errors)
             assert not [b for b in at.button if b.key and b.key.startswith("btn-")], "no compute offered"
         with pytest.raises((StoreError, CheckpointError), match=problem):
-            analyses.interpolation(store, pair_id)
+            analyses.compute(store, pair_id, InterpolationSpec())
     assert len(store.runs()) == 4
 
 

@@ -1,0 +1,121 @@
+"""What the command line prints: progress bars on stderr, plain-text tables, and the summaries of a
+pair, a stored pair and a spectrum (the same numbers `--json` prints). The comparison rows come from
+`frames`, shared with the dashboard and the report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+
+from .frames import CLI, CLI_STORED, comparison, records
+from .pairs import ROLES, Progress
+
+
+def progress_bar(desc: str, quiet: bool = False) -> tuple[Progress, Callable[[], None]]:
+    """A tqdm bar driven by the library's progress(fraction, message) protocol (on stderr), and its close;
+    both do nothing when `quiet`."""
+    if quiet:
+        return (lambda fraction, message: None), (lambda: None)
+    from tqdm import tqdm  # the CLI's alone: the library never draws bars
+
+    bar = tqdm(total=1000, desc=desc, file=sys.stderr, leave=False,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
+        bar.set_postfix_str(message, refresh=False)
+        bar.refresh()
+
+    return progress, bar.close
+
+
+def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+
+
+def fmt(v: float | None, spec: str = ".4g") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def pair_summary(pair, spectra: dict, checkpoints: dict) -> dict:
+    rows = {}
+    for r in (getattr(pair, role) for role in ROLES):
+        row = {"role": r.role, "status": r.status, "stop_reason": r.stop_reason, "epochs": r.epochs,
+               "seconds": round(r.seconds, 3), "device": r.device, "n_params": r.n_params, **r.metrics(),
+               "checkpoint": checkpoints.get(r.role)}
+        s = spectra.get(r.role)
+        if s is not None:
+            row |= {"top_eigenvalues": list(s.top.eigenvalues[:5]), "trace": s.trace.value,
+                    "trace_stderr": s.trace.stderr, "frobenius_sq": s.frobenius_sq.value,
+                    "frobenius_sq_stderr": s.frobenius_sq.stderr,
+                    "log_volume": s.log_volume_k[-1], "log_volume_k": len(s.log_volume_k),
+                    "eps": s.settings.eps, "spectrum_hvps": s.hvps, "spectrum_seconds": round(s.seconds, 3)}
+        rows[r.role] = row
+    return {"pair_id": pair.pair_id, "config": json.loads(pair.config.to_json()), **rows}
+
+
+def format_pair(summary: dict) -> str:
+    g, b = summary["good"], summary["bad"]
+    rows = comparison({role: summary[role] for role in ROLES}, CLI)
+    text = [f"pair {summary['pair_id']}  ({summary['config']['data']['name']}, "
+            f"{summary['config']['model']['name']}, {g['n_params']} parameters, {g['device']})",
+            table(list(rows.itertuples(name=None)), ("", *ROLES))]
+    if g.get("checkpoint"):
+        text.append(f"checkpoints: {g['checkpoint']}, {b['checkpoint']}")
+    return "\n".join(text)
+
+
+def spectrum_summary(s, ck) -> dict:
+    return {"checkpoint": str(ck.path), "role": ck.role, "n_params": s.n_params,
+            "eigenvalues": list(s.top.eigenvalues), "residuals": list(s.top.residuals),
+            "converged": s.top.converged, "trace": s.trace.value, "trace_stderr": s.trace.stderr,
+            "trace_exact": getattr(s, "trace_exact", None), "frobenius_sq": s.frobenius_sq.value,
+            "frobenius_sq_stderr": s.frobenius_sq.stderr, "frobenius_sq_exact": getattr(s, "frobenius_sq_exact", None),
+            "log_volume_k": list(s.log_volume_k), "log_volume_exact": s.log_volume_exact, "eps": s.settings.eps,
+            "hvps": s.hvps, "lanczos_hvps": s.top.hvps, "seconds": s.seconds}
+
+
+def format_spectrum(d: dict) -> str:
+    rows = [(str(i + 1), f"{lam:.8g}", f"{res:.1e}") for i, (lam, res) in
+            enumerate(zip(d["eigenvalues"], d["residuals"], strict=True))]
+    lines = [f"{d['checkpoint']} ({d['role']}, {d['n_params']} parameters): top-{len(rows)} eigenvalues of the "
+             f"Hessian of the clean training loss", table(rows, ("i", "eigenvalue", "residual")),
+             f"trace        {d['trace']:.6g} ± {d['trace_stderr']:.2g}"
+             + (f"   (exact {d['trace_exact']:.6g})" if d["trace_exact"] is not None else ""),
+             f"‖H‖_F²       {d['frobenius_sq']:.6g} ± {d['frobenius_sq_stderr']:.2g}"
+             + (f"   (exact {d['frobenius_sq_exact']:.6g})" if d["frobenius_sq_exact"] is not None else ""),
+             f"log-volume   {d['log_volume_k'][-1]:.6g} over the top {len(d['log_volume_k'])} (ε = {d['eps']:g})"
+             + (f"; {d['log_volume_exact']:.6g} over all" if d["log_volume_exact"] is not None else ""),
+             f"{d['hvps']} Hessian-vector products ({d['lanczos_hvps']} for Lanczos), {d['seconds']:.2f} s"]
+    return "\n".join(lines)
+
+
+def view_summary(view) -> dict:
+    keys = ("run_id", "status", "epochs", "seconds", "clean_loss", "clean_acc", "attack_acc", "test_acc",
+            "top_eigenvalue", "trace", "frobenius_sq", "log_volume", "checkpoint", "created_at")
+    out: dict = {"pair_id": view.pair_id}
+    for role, rec in records(view.runs, keys).items():
+        out[role] = rec | {"created_at": str(rec["created_at"])}
+    return out
+
+
+def format_view(d: dict) -> str:
+    rows = comparison({role: d.get(role, {}) for role in ROLES}, CLI_STORED)
+    return f"pair {d['pair_id']}\n" + table(list(rows.itertuples(name=None)), ("", *ROLES))
+
+
+def sweep_table(rows: list[dict]) -> str:
+    """One line per sweep point: its pair, whether it is new, stored or failed, and the headline numbers."""
+    state = lambda r: ("failed" if r["good"]["status"] == "failed"  # noqa: E731
+                       else "stored" if r["from_store"] else "new")
+    lines = [(r["pair_id"], state(r), fmt(r["good"]["test_acc"], ".1%"), fmt(r["bad"]["test_acc"], ".1%"),
+              fmt(r["good"]["top_eigenvalue"]), fmt(r["bad"]["top_eigenvalue"])) for r in rows]
+    return table(lines, ("pair", "", "good test", "bad test", "good λ1", "bad λ1"))
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)
