@@ -16,11 +16,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import streamlit as st
+import torch
 
 from lossland import analyses
+from lossland.charts import to_png, to_svg
 from lossland.checkpoint import CheckpointError, read_checkpoint_file
 from lossland.config import ConfigError, ExperimentConfig
 from lossland.data import DatasetError
+from lossland.experiments import run_pair
 from lossland.limits import Limits, check_analysis, check_experiment, limits
 from lossland.pairs import run_ids
 from lossland.specs import Spec
@@ -99,8 +102,6 @@ def runs_frame(store: Store):
 
 
 def device_label() -> str:
-    import torch
-
     if torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name(0)}"
     return f"CPU ({os.cpu_count()} cores)"
@@ -157,8 +158,6 @@ class JobRunner:
 
     def submit(self, cfg: ExperimentConfig) -> Job:
         """Compute (or answer from the store) the pair of `cfg`."""
-        from lossland.experiments import run_pair
-
         def work(progress):
             outcome = run_pair(cfg, self.store, progress)
             return outcome.from_store
@@ -259,8 +258,6 @@ def pair_picker(store: Store, key: str) -> str | None:
 
 def chart_downloads(chart, name: str, key: str) -> None:
     """PNG and SVG of a chart (rendered without a browser by vl-convert)."""
-    from lossland.charts import to_png, to_svg
-
     row = st.container(horizontal=True)
     # Rendered only when clicked: a page with several charts stays fast.
     row.download_button("PNG", lambda: to_png(chart), f"{name}.png", "image/png", key=f"{key}-png")

@@ -282,13 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
         "lossland: train good and bad minima, measure their Hessian spectra, keep every run "
         "(after Wu, Zhu & E, arXiv 1706.10239)."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_compute_commands, _store_commands, _setup_commands):
+    for add in (_compute_commands, _store_compute_commands, _store_commands, _setup_commands):
         add(sub)
     return parser
 
 
 def _compute_commands(sub: argparse._SubParsersAction) -> None:
-    """train, spectrum, run, sweep, reproduce: compute pairs, spectra and the paper's experiments"""
+    """train, spectrum: compute a pair or a spectrum and print it, storing nothing"""
     p = sub.add_parser("train", help="train a good/bad pair and print their numbers",
                        description="Train the good minimum (clean data) and the bad minimum (clean + attack set "
                                    "with random labels) to the same clean-loss target; print both.")
@@ -312,6 +312,9 @@ def _compute_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_spectrum)
 
+
+def _store_compute_commands(sub: argparse._SubParsersAction) -> None:
+    """run, sweep, reproduce: compute into the store (cached: stored results are answered at once)"""
     p = sub.add_parser("run", help="compute a good/bad pair into the store (or answer from it)",
                        description="Train both minima, measure their spectra and store everything; a config "
                                    "already in the store is answered at once without training.")
