@@ -138,16 +138,22 @@ def _per_sample_loss(loss_name: str, logits: torch.Tensor, y: torch.Tensor) -> t
 # --- results ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
-class Curve1D:
-    """The six metrics at θ(α) for each α (all arrays of shape (len(alphas),))."""
+class _Metrics:
+    """The six metrics (pairs.METRICS) as arrays of one shape."""
 
-    alphas: np.ndarray
     clean_loss: np.ndarray
     clean_acc: np.ndarray
     attack_loss: np.ndarray
     attack_acc: np.ndarray
     test_loss: np.ndarray
     test_acc: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Curve1D(_Metrics):
+    """The six metrics at θ(α) for each α (all arrays of shape (len(alphas),))."""
+
+    alphas: np.ndarray
     seconds: float = 0.0
 
     def to_frame(self):
@@ -155,18 +161,12 @@ class Curve1D:
 
 
 @dataclass(frozen=True, eq=False)
-class Surface2D:
+class Surface2D(_Metrics):
     """The six metrics on a grid θ0 + α d1 + β d2: arrays of shape (len(betas), len(alphas)), row i at
     betas[i], column j at alphas[j]; point index i·len(alphas) + j (row-major) is the order of evaluation."""
 
     alphas: np.ndarray
     betas: np.ndarray
-    clean_loss: np.ndarray
-    clean_acc: np.ndarray
-    attack_loss: np.ndarray
-    attack_acc: np.ndarray
-    test_loss: np.ndarray
-    test_acc: np.ndarray
     n_evaluated: int  # points evaluated by this call (the rest came from `done`)
     seconds: float
 
