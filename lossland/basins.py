@@ -1,12 +1,13 @@
-"""Basins of minima: perturb-and-retrain escapes, random-init statistics, empirical radii, the 2-layer bound.
+"""Basins of minima: perturb-and-retrain escapes, random-init statistics, empirical radii; the 2-layer theory.
 
 Perturbations are relative and filter-normalised (landscape.filter_normalized_direction): at radius
 r every filter of the weights moves by r times its own norm, biases and BatchNorm parameters stay.
 `escape_trials` retrains perturbed copies of a minimum on the clean set and asks whether they end
 in a minimum that generalises differently; `random_init_statistics` trains many seeds and measures
 their sharpness; `empirical_radius` measures how far the clean loss stays under a threshold along
-random rays; `two_layer_bound` checks, with exact matrices, an inequality between the complexity
-of the learned function and the Hessian.
+random rays. The 2-layer theory lives in `theory` and is importable from here: `two_layer_measure`
+(complexity against the Hessian's norms, the claim's quantities) and `two_layer_bound` (the identity
+check in the Gauss-Newton matrix, not the claim).
 """
 
 from __future__ import annotations
@@ -14,23 +15,25 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev, vmap
 
 from .config import ExperimentConfig
-from .curvature import HessianOperator, exact_hessian
+from .curvature import HessianOperator
 from .data import Dataset
 from .lanczos import top_eigenpairs
 from .landscape import LossSurface, filter_normalized_direction, flat_params, unflatten
-from .models import MLP, TwoLayer
 from .pairs import METRICS, Progress, check_role, quiet, scaled
-from .train import cross_entropy, half_squared_error, loss_function, resolve_device, train, train_ensemble
+from .theory import BoundResult as BoundResult
+from .theory import BoundSettings as BoundSettings
+from .theory import TwoLayerMeasure as TwoLayerMeasure
+from .theory import two_layer_bound as two_layer_bound
+from .theory import two_layer_measure as two_layer_measure
+from .train import loss_function, resolve_device, train, train_ensemble
 
 
 def _frozen(a, dtype=np.float64) -> np.ndarray:
@@ -278,160 +281,6 @@ def empirical_radius(model: nn.Module, data: Dataset, loss_name: str, threshold:
                         mean=float(lo.mean()), std=float(lo.std()), threshold=float(threshold), base_loss=base,
                         seeds=_frozen(seeds, np.int64), r_max=float(r_max), tol=float(tol), n_scan=n_scan,
                         evaluations=surface.evaluations, seconds=time.perf_counter() - start)
-
-
-# --- the 2-layer theory -----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BoundSettings:
-    loss: str
-    n_samples: int
-    n_params: int
-    width: int  # m: units of the first layer
-    input_dim: int  # d
-
-
-@dataclass(frozen=True)
-class BoundResult:
-    """Both sides of C ≤ √m ‖W‖₂² ‖G‖_F (see two_layer_bound), with the intermediate steps.
-
-    `ratio` = rhs / complexity ≥ 1 measures the slack; `trace_rhs` = ‖W‖₂² tr(G_bb) is the tightest
-    step of the chain and `rhs_hessian` = √m ‖W‖₂² ‖H‖_F the same bound with the full Hessian, which
-    equals rhs where H = G (MSE at zero residual) and is not guaranteed elsewhere.
-    """
-
-    complexity: float  # C = (1/N) Σ tr(J_xᵀ Λ J_x); for MSE the mean of Σ_k ‖∇ₓ f_k(x)‖²
-    input_gradient_sq: float  # (1/N) Σ ‖∂f/∂x‖_F² (= complexity for MSE)
-    bias_block_trace: float  # tr(G_bb)
-    bias_block_frobenius: float  # ‖G_bb‖_F
-    gauss_newton_frobenius: float  # ‖G‖_F
-    hessian_frobenius: float  # ‖H‖_F, exact
-    residual_frobenius: float  # ‖H − G‖_F
-    spectral_norm_sq: float  # ‖W‖₂² of the first layer's weight
-    weight_factor: float  # √m ‖W‖₂²
-    trace_rhs: float  # ‖W‖₂² tr(G_bb)
-    rhs: float  # weight_factor · ‖G‖_F
-    rhs_hessian: float  # weight_factor · ‖H‖_F
-    ratio: float  # rhs / complexity
-    holds: bool  # complexity ≤ trace_rhs ≤ rhs (up to rounding)
-    loss: float  # the mean loss at the model
-    settings: BoundSettings
-
-
-def _loss_name(loss: str | Callable) -> str:
-    names = {cross_entropy: "cross_entropy", half_squared_error: "mse"}
-    name = names.get(loss, loss) if callable(loss) else loss
-    if name not in ("cross_entropy", "mse"):
-        raise ValueError(f"loss = {loss!r} is not allowed: 'cross_entropy', 'mse' or train.loss_function of one")
-    return name
-
-
-def _first_layer(model: nn.Module) -> nn.Linear:
-    layer = model.hidden if isinstance(model, TwoLayer) else model.net[1] if isinstance(model, MLP) else None
-    if layer is None or not isinstance(layer, nn.Linear) or layer.bias is None:
-        raise ValueError(f"two_layer_bound needs a TwoLayer or MLP (first layer affine with a bias), "
-                         f"got {type(model).__name__}")
-    return layer
-
-
-def _gauss_newton_and_complexity(twin: nn.Module, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                                 name: str, sample_chunk: int) -> tuple[torch.Tensor, float, float]:
-    """G = (1/N) Σ J_θᵀ Λ J_θ (symmetrised), C = (1/N) Σ tr(J_xᵀ Λ J_x) and (1/N) Σ ‖J_x‖_F², exactly."""
-    def out(flat: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        return functional_call(twin, unflatten(twin, flat), (xi[None],))[0]
-
-    jac_theta = vmap(jacrev(out, argnums=0), in_dims=(None, 0))
-    jac_x = vmap(jacrev(out, argnums=1), in_dims=(None, 0))
-    n, p = len(y), theta.numel()
-    G = torch.zeros((p, p), dtype=torch.float64, device=theta.device)
-    complexity = plain = 0.0
-    with torch.no_grad():
-        for i in range(0, n, sample_chunk):
-            xb, yb = x[i:i + sample_chunk], y[i:i + sample_chunk]
-            f = functional_call(twin, unflatten(twin, theta), (xb,))
-            k = f.shape[-1]
-            if name == "mse":
-                lam = torch.eye(k, dtype=torch.float64, device=f.device).expand(len(yb), k, k)
-            else:
-                prob = f.softmax(-1)
-                lam = torch.diag_embed(prob) - prob[:, :, None] * prob[:, None, :]
-            Jt = jac_theta(theta, xb)  # (B, K, p)
-            Jx = jac_x(theta, xb).reshape(len(yb), k, -1)  # (B, K, d)
-            G += torch.einsum("bkp,bkl,blq->pq", Jt, lam, Jt)
-            complexity += float(torch.einsum("bkd,bkl,bld->", Jx, lam, Jx))
-            plain += float(Jx.pow(2).sum())
-    G /= n
-    G = 0.5 * (G + G.T)
-    return G, complexity / n, plain / n
-
-
-def two_layer_bound(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str | Callable,
-                    max_params: int = 5000, sample_chunk: int = 256) -> BoundResult:
-    """Check C ≤ ‖W‖₂² tr(G_bb) ≤ √m ‖W‖₂² ‖G_bb‖_F ≤ √m ‖W‖₂² ‖G‖_F with exact float64 matrices.
-
-    Setting. f(x) = a·σ(Wx + b) + c ∈ R^K (TwoLayer; the proof uses only that the first layer is
-    affine, z = Wx + b with W ∈ R^{m×d}, so it holds for an MLP as well). Over the samples x_1..x_N
-    the mean loss L(θ) = (1/N) Σ ℓ(f(x_i), y_i) has output Hessians Λ_i = ∂²ℓ/∂f² ⪰ 0 (MSE
-    ½‖f − e_y‖²: Λ = I; cross-entropy: Λ = diag(p) − ppᵀ, p = softmax f), Gauss-Newton matrix
-    G = (1/N) Σ J_θ(x_i)ᵀ Λ_i J_θ(x_i) and Hessian H = G + R, R = (1/N) Σ_i Σ_k ∂ℓ/∂f_k ∇²_θ f_k.
-
-    Complexity. C = (1/N) Σ tr(J_x(x_i)ᵀ Λ_i J_x(x_i)) with J_x = ∂f/∂x ∈ R^{K×d}; for MSE this is
-    (1/N) Σ_i Σ_k ‖∇ₓ f_k(x_i)‖², the mean squared input gradient summed over the outputs; for
-    cross-entropy the same in the loss's own output metric (input_gradient_sq is always the plain sum).
-
-    Derivation. (1) Chain rule through the first layer: ∂f/∂x = (∂f/∂z) W and ∂f/∂b = ∂f/∂z, so
-    J_x = J_b W exactly. (2) tr(Λ^½ J_b W Wᵀ J_bᵀ Λ^½) ≤ ‖W‖₂² tr(J_bᵀ Λ J_b) because W Wᵀ ⪯ ‖W‖₂² I;
-    averaging over the samples, C ≤ ‖W‖₂² tr(G_bb), G_bb the m×m bias block of G. (3) G_bb ⪰ 0, so by
-    Cauchy-Schwarz on its eigenvalues tr(G_bb) ≤ √m ‖G_bb‖_F, and a principal block has
-    ‖G_bb‖_F ≤ ‖G‖_F. Hence
-
-        C ≤ √m ‖W‖₂² ‖G‖_F.
-
-    It is the Gauss-Newton matrix that the bound uses. For MSE at a zero-residual minimum
-    (f(x_i) = e_{y_i}) R = 0 and G = H, so C ≤ √m ‖W‖₂² ‖H‖_F there; elsewhere ‖G‖_F ≤ ‖H‖_F + ‖R‖_F,
-    and both ‖H‖_F (exact Hessian) and ‖R‖_F are reported. A minimum that is flat (small ‖H‖_F) with
-    a bounded first layer thus computes a function of small input gradient: a simple one.
-
-    Slack, measured on a 64-8-10 tanh net on 100 digits (tests/test_basins.py): rhs / C = 25-80, of
-    which step (2) gives 1.7-3.6 and the trace-to-Frobenius step (3) the rest. ‖R‖_F / ‖H‖_F was ≤ 0.03
-    under MSE but ≈ 0.3 at a converged cross-entropy minimum, where H and G differ visibly.
-    (Over 60 lines only because this docstring carries the derivation.)
-    """
-    layer = _first_layer(model)
-    name = _loss_name(loss)
-    twin = copy.deepcopy(model).to(torch.float64).eval()
-    layer64 = _first_layer(twin)
-    theta = flat_params(twin)
-    p = theta.numel()
-    if p > max_params:
-        raise ValueError(f"the exact Hessian and Gauss-Newton matrices of {p} parameters are refused above "
-                         f"max_params = {max_params}")
-    x = x.to(device=theta.device, dtype=torch.float64)
-    y = y.to(theta.device)
-    n = len(y)
-    offsets = np.cumsum([0] + [q.numel() for q in twin.parameters()])
-    b_at = next(i for i, q in enumerate(twin.parameters()) if q is layer64.bias)
-    b0, b1 = int(offsets[b_at]), int(offsets[b_at + 1])
-    G, complexity, plain = _gauss_newton_and_complexity(twin, theta, x, y, name, sample_chunk)
-    op = HessianOperator(twin, x, y, loss_function(name))
-    H = exact_hessian(op, max_params=max_params)
-    G_bb = G[b0:b1, b0:b1]
-    m, d = layer.weight.shape
-    spectral_sq = float(torch.linalg.matrix_norm(layer64.weight.detach(), ord=2)) ** 2
-    g_frob = float(torch.linalg.matrix_norm(G))
-    trace_bb = float(torch.trace(G_bb))
-    weight_factor = math.sqrt(m) * spectral_sq
-    rhs, trace_rhs = weight_factor * g_frob, spectral_sq * trace_bb
-    slack = 1e-9 * max(rhs, 1e-300)
-    return BoundResult(
-        complexity=complexity, input_gradient_sq=plain, bias_block_trace=trace_bb,
-        bias_block_frobenius=float(torch.linalg.matrix_norm(G_bb)), gauss_newton_frobenius=g_frob,
-        hessian_frobenius=float(torch.linalg.matrix_norm(H)), residual_frobenius=float(torch.linalg.matrix_norm(H - G)),
-        spectral_norm_sq=spectral_sq, weight_factor=weight_factor, trace_rhs=trace_rhs, rhs=rhs,
-        rhs_hessian=weight_factor * float(torch.linalg.matrix_norm(H)),
-        ratio=rhs / complexity if complexity > 0 else math.inf,
-        holds=bool(complexity <= trace_rhs + slack and trace_rhs <= rhs + slack), loss=op.loss(),
-        settings=BoundSettings(loss=name, n_samples=n, n_params=p, width=m, input_dim=d))
 
 
 def attack_size_grid(cfg: ExperimentConfig, max_factor: float = 2.0, n_points: int = 5) -> list[int]:

@@ -1,6 +1,7 @@
 """Basins against the truth: perturbation sizes, escape trials as an ensemble against one by one,
-sharpness against the exact Hessian, radii against a closed-form quadratic, and the 2-layer bound
-with exact float64 matrices on trained models."""
+sharpness against the exact Hessian, radii against a closed-form quadratic, the 2-layer measure against
+finite differences (of f in x, of the gradient in θ) and the 2-layer bound with exact float64 matrices
+on trained models."""
 
 from __future__ import annotations
 
@@ -11,22 +12,25 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
+from torch.func import functional_call
 
 from lossland.basins import (
     BoundResult,
     EscapeResult,
+    TwoLayerMeasure,
     attack_size_grid,
     empirical_radius,
     escape_trials,
     perturb,
     random_init_statistics,
     two_layer_bound,
+    two_layer_measure,
 )
 from lossland.config import preset
 from lossland.curvature import HessianOperator, exact_hessian
 from lossland.data import load_experiment_data
 from lossland.landscape import filter_normalized_direction, flat_params, slice_1d, unflatten
-from lossland.models import build_model
+from lossland.models import TwoLayer, build_model
 from lossland.train import loss_function, train, train_ensemble
 
 CFG = tiny_config(**{"train.device": "cpu"})
@@ -203,6 +207,77 @@ def test_the_bound_holds_for_an_mlp_and_refuses_other_models(data, pair):
     cnn = build_model(CFG.with_changes(**{"model.name": "cnn", "model.channels": (2,)}).model, data.in_shape, 10)
     with pytest.raises(ValueError, match="TwoLayer or MLP"):
         two_layer_bound(cnn, data.x_train, data.y_train, "cross_entropy")
+
+
+@pytest.fixture(scope="module")
+def tiny_two_layer():
+    """A 3-5-2 tanh net (32 parameters) at a random point, on 30 Gaussian inputs: small enough for finite
+    differences of everything."""
+    torch.manual_seed(0)
+    model = TwoLayer(3, 5, 2, "tanh").double()
+    return model, torch.randn(30, 3, dtype=torch.float64), torch.randint(0, 2, (30,)), torch.randn(7, 3).double()
+
+
+def _fd_hessian(model, x, y, loss, h=1e-5):
+    """The Hessian of the mean loss by central differences of its autograd gradient, column by column."""
+    fn, theta = loss_function(loss), flat_params(model)
+
+    def gradient(flat):
+        flat = flat.detach().requires_grad_(True)
+        return torch.autograd.grad(fn(functional_call(model, unflatten(model, flat), (x,)), y), flat)[0]
+
+    eye = torch.eye(len(theta), dtype=theta.dtype)
+    H = torch.stack([(gradient(theta + h * e) - gradient(theta - h * e)) / (2 * h) for e in eye], 1)
+    return 0.5 * (H + H.T)
+
+
+def _fd_input_gradient_sq(model, x, h=1e-6):
+    """mean over x of Σ_k Σ_j (∂f_k/∂x_j)² by central differences of f in x."""
+    with torch.no_grad():
+        cols = [(model(x + h * e) - model(x - h * e)) / (2 * h) for e in torch.eye(x.shape[1], dtype=x.dtype)]
+    return float(sum(c.pow(2).sum() for c in cols)) / len(x)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_the_two_layer_measure_agrees_with_finite_differences(tiny_two_layer, loss):
+    model, x, y, x_held = tiny_two_layer
+    m = two_layer_measure(model, x, y, loss, x_heldout=x_held)
+    assert isinstance(m, TwoLayerMeasure) and m.frobenius_method == "exact" and m.hessian_frobenius_stderr == 0
+    H = _fd_hessian(model, x, y, loss)
+    assert m.hessian_frobenius == pytest.approx(float(torch.linalg.matrix_norm(H)), rel=1e-7)
+    assert m.top_eigenvalue == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-6) and m.lanczos_converged
+    assert m.complexity == pytest.approx(_fd_input_gradient_sq(model, x), rel=1e-7)
+    assert m.complexity_heldout == pytest.approx(_fd_input_gradient_sq(model, x_held), rel=1e-7)
+    if loss == "mse":
+        assert m.complexity_loss_metric == pytest.approx(m.complexity, rel=1e-12)
+    else:  # seen through the softmax: Λ ⪯ I/2 on the simplex, so C_Λ < C
+        assert 0 < m.complexity_loss_metric < m.complexity
+    with torch.no_grad():
+        out = model(x)
+    assert m.loss == pytest.approx(float(loss_function(loss)(out, y)), rel=1e-12)
+    assert m.accuracy == pytest.approx(float((out.argmax(1) == y).double().mean()))
+    assert (m.n_params, m.width, m.input_dim, m.n_samples, m.n_heldout) == (32, 5, 3, 30, 7)
+    assert m.weight_factor == pytest.approx(math.sqrt(5) * float(torch.linalg.matrix_norm(model.hidden.weight,
+                                                                                          ord=2)) ** 2)
+
+
+def test_the_measures_stochastic_frobenius_norm_is_within_its_standard_errors_of_the_exact(tiny_two_layer):
+    model, x, y, _ = tiny_two_layer
+    exact = two_layer_measure(model, x, y, "mse")
+    est = two_layer_measure(model, x, y, "mse", exact_max_params=0, frobenius_samples=200, seed=3)
+    assert est.frobenius_method == "gaussian-frobenius" and math.isnan(est.complexity_heldout)
+    assert 0 < est.hessian_frobenius_stderr < 0.2 * exact.hessian_frobenius
+    assert abs(est.hessian_frobenius - exact.hessian_frobenius) < 4 * est.hessian_frobenius_stderr
+    assert est.top_eigenvalue == pytest.approx(exact.top_eigenvalue, rel=1e-6)
+
+
+def test_the_measure_reads_the_same_complexity_and_hessian_as_the_bound_at_trained_minima(bounds):
+    for (loss, n_attack), (model, data, b) in bounds.items():
+        m = two_layer_measure(model, data.x_train, data.y_train, loss)
+        assert m.complexity == pytest.approx(b.input_gradient_sq, rel=1e-10), (loss, n_attack)
+        assert m.complexity_loss_metric == pytest.approx(b.complexity, rel=1e-10), (loss, n_attack)
+        assert m.hessian_frobenius == pytest.approx(b.hessian_frobenius, rel=1e-10), (loss, n_attack)
+        assert m.top_eigenvalue <= m.hessian_frobenius * (1 + 1e-9)
 
 
 def test_attack_size_grid_spans_zero_to_twice_the_clean_set_clipped_to_the_pool():
