@@ -333,3 +333,38 @@ def spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
                           exact_eigenvalues=exact, n_params=op.n, hvps=op.hvps,
                           seconds=time.perf_counter() - start, settings=cfg,
                           trace_exact=trace_exact, frobenius_sq_exact=frob_exact)
+
+
+# --- a sharpness that reparametrisation does not change ------------------------------------------
+
+class ScaledOperator:
+    """T H T for the positive diagonal T = diag(scale): the Hessian in coordinates u with θ = θ* + T u."""
+
+    def __init__(self, op, scale: torch.Tensor):
+        if scale.shape != (op.n,):
+            raise ValueError(f"scale must have shape ({op.n},), got {tuple(scale.shape)}")
+        self.op, self.n, self.device = op, op.n, op.device
+        self.scale = scale.detach().to(device=op.device, dtype=torch.float64)
+
+    @property
+    def hvps(self) -> int:
+        return self.op.hvps
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.matmat(v[:, None])[:, 0]
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        s = self.scale.to(V.dtype)[:, None]
+        return s * self.op.matmat(s * V)
+
+
+def adaptive_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, tol: float = 1e-6,
+                       max_steps: int = 200, seed: int = 0, chunk_size: int = 2048) -> EigenResult:
+    """λ₁(T H T) with T = diag(|θ|): the second-order adaptive sharpness of Kwon et al. (2021, ASAM, with
+    η = 0), max over ‖T⁻¹δ‖ ≤ ρ of L(θ + δ) − L(θ) ≈ ρ²/2 · λ₁(T H T). Any positive diagonal
+    reparametrisation θ' = Dθ (Dinh et al. 2017: a ReLU layer × α, the next ÷ α) turns H into D⁻¹HD⁻¹ and
+    T into DT, so T H T, and this measure, are unchanged, while λ₁(H) is not. The HVPs run on a float64
+    copy of the model."""
+    twin = copy.deepcopy(model).to(torch.float64)
+    op = HessianOperator(twin, x, y, loss_fn, chunk_size=chunk_size)
+    return top_eigenpairs(ScaledOperator(op, op.params().abs()), 1, tol=tol, max_steps=max_steps, seed=seed)
