@@ -280,3 +280,42 @@ def two_layer_chart(df: pd.DataFrame, title: str = "2-layer networks: complexity
         color=_role_color(), tooltip=["role", *extra, alt.Tooltip("complexity:Q", format=".4g"),
                                       alt.Tooltip("hessian_frobenius:Q", format=".4g")],
     ).properties(width=320, height=260)
+
+
+# --- the paper's Figure 1 -----------------------------------------------------------------------
+
+def curve_fit_chart(curves: pd.DataFrame, summary: pd.DataFrame, n: int | None = None, seed: int | None = None,
+                    clip: float = 3.0, title: str = "Figure 1: n points fitted by a network and by polynomials"
+                    ) -> alt.HConcatChart:
+    """Left: the fits of one (n, seed) over its points (default: the largest n, the first seed), the
+    target dashed, values clipped to ±clip (a polynomial can leave by orders of magnitude). Right: test
+    error and roughness vs n per fit, median over seeds with min–max bars (log axes). curves: fit, n,
+    seed, part (grid | points), x, value, target; summary: fit, n, seed, test_mse, roughness."""
+    _require(curves, ["fit", "n", "seed", "part", "x", "value", "target"], "curve_fit_chart")
+    _require(summary, ["fit", "n", "seed", "test_mse", "roughness"], "curve_fit_chart")
+    fitted = curves[curves["n"] > 0]
+    n = int(fitted["n"].max()) if n is None else n
+    seed = int(fitted["seed"].min()) if seed is None else seed
+    one = curves[((curves["n"] == n) & (curves["seed"] == seed)) | (curves["fit"] == "target")]
+    grid = one[one["part"] == "grid"].assign(value=lambda d: d["value"].clip(-clip, clip))
+    pts = one[(one["part"] == "points") & (one["fit"] == "net")]
+    fits = alt.Color("fit:N", title="fit", sort=sorted(set(curves["fit"]), key=lambda f: (f != "net", f)))
+    y = alt.Y("value:Q", title=f"f(x) (clipped to ±{clip:g})", scale=alt.Scale(domain=[-clip, clip]))
+    dash = alt.condition("datum.fit == 'target'", alt.value([4, 4]), alt.value([1, 0]))
+    lines = alt.Chart(grid).mark_line(clip=True).encode(
+        x=alt.X("x:Q", scale=alt.Scale(domain=[-1, 1])), y=y, color=fits, strokeDash=dash,
+        tooltip=["fit", alt.Tooltip("x:Q", format=".3f"), alt.Tooltip("value:Q", format=".3g")])
+    dots = alt.Chart(pts).mark_circle(size=60, color="black").encode(
+        x="x:Q", y=alt.Y("target:Q", title=""), tooltip=[alt.Tooltip("x:Q", format=".3f"),
+                                                         alt.Tooltip("target:Q", format=".3g", title="y")])
+    left = alt.layer(lines, dots, title=f"n = {n}, seed {seed}").properties(width=320, height=260)
+    panels = [left]
+    scored = summary[summary["n"] > 0]
+    for metric, label in (("test_mse", "test error (mean squared, grid)"), ("roughness", "roughness ∫ f''² dx")):
+        base = alt.Chart(scored).encode(x=alt.X("n:Q", title="points n", scale=alt.Scale(zero=False)), color=fits)
+        line = base.mark_line(point=True).encode(
+            y=alt.Y(f"median({metric}):Q", title=label, scale=alt.Scale(type="log")),
+            tooltip=["fit", "n", alt.Tooltip(f"median({metric}):Q", format=".3g")])
+        bars = base.mark_rule().encode(y=alt.Y(f"min({metric}):Q", title=label), y2=f"max({metric}):Q")
+        panels.append(alt.layer(bars, line, title=f"{label} vs n").properties(width=260, height=260))
+    return alt.hconcat(*panels, title=title)

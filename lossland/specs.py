@@ -259,3 +259,57 @@ def from_stored(kind: str, settings_json: str) -> Spec:
     if kind not in SPECS:
         raise ConfigError(f"analysis kind {_shown(kind)} is not allowed: one of {', '.join(SPECS)}")
     return SPECS[kind].from_json(settings_json)
+
+
+# --- the paper's Figure 1 (no pair: its subject is CURVE_FIT) --------------------------------------
+
+CURVE_FIT = "curve-fit"  # the subject of the analysis id, in place of a pair id
+CURVE_FIT_TARGETS = ("sin", "cubic")  # fitting.TARGETS (specs stays free of torch)
+
+
+def _ints(spec: Spec, name: str, lo: int, hi: int, count: tuple[int, int]) -> None:
+    v = getattr(spec, name)
+    if (not isinstance(v, tuple) or not count[0] <= len(v) <= count[1]
+            or not all(isinstance(i, int) and not isinstance(i, bool) and lo <= i <= hi for i in v)):
+        _fail(spec.field(name), v, f"a list of {count[0]} to {count[1]} integers in [{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class CurveFitSpec(Spec):
+    """Figure 1 (lossland.fitting.curve_fit): for each n in ns and n_seeds seeds, n noisy points of the
+    target fitted by a tanh MLP of `widths` (Adam, `steps` full-batch steps from `lr`) and by polynomials
+    of degree n − 1 + k (k in extra_degrees) and low_degree; scored on n_grid points."""
+
+    kind: ClassVar[str] = "curve_fit"
+    title: ClassVar[str] = "curve fit (Figure 1)"
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"target": CURVE_FIT_TARGETS}
+    target: str = "sin"
+    noise: float = 0.1
+    ns: tuple[int, ...] = (5, 8, 11, 14)
+    n_seeds: int = 3
+    seed: int = 0
+    widths: tuple[int, ...] = (64, 64)
+    steps: int = 2000
+    lr: float = 0.01
+    extra_degrees: tuple[int, ...] = (0, 20)
+    low_degree: int = 3
+    n_grid: int = 401
+
+    def validate(self) -> None:
+        super().validate()
+        _num(self.field("noise"), self.noise, 0.0, 10.0)
+        _ints(self, "ns", 2, 200, (1, 16))
+        _int(self.field("n_seeds"), self.n_seeds, 1, 100)
+        _seed(self, "seed")
+        _ints(self, "widths", 1, 4096, (1, 4))
+        _int(self.field("steps"), self.steps, 1, 1_000_000)
+        _num(self.field("lr"), self.lr, 0.0, 10.0, lo_open=True)
+        _ints(self, "extra_degrees", 0, 1000, (0, 8))
+        _int(self.field("low_degree"), self.low_degree, 0, 100)
+        _int(self.field("n_grid"), self.n_grid, 3, 100_000)
+
+    def trials(self) -> int:  # the cost is the networks trained; its grid is evaluated in one pass
+        return len(self.ns) * self.n_seeds
+
+
+SPECS[CurveFitSpec.kind] = CurveFitSpec

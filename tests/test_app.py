@@ -159,3 +159,28 @@ def test_read_only_empty_store_offers_no_run_button(tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSLAND_READONLY", "1")
     at = open_app()
     assert not [b for b in at.button if b.key == "overview-run-default"]
+
+
+def test_theory_page_computes_figure_1_in_the_background_and_shows_it(tmp_path, dashboard):
+    from store_writer import make_pair
+
+    import ui
+    from lossland.specs import CURVE_FIT, CurveFitSpec
+    from lossland.store import Store
+
+    store = Store(tmp_path / "runs.duckdb")
+    pair, spectra = make_pair(3)
+    store.save_pair(pair, spectra)
+    dashboard(store.path)
+    at = open_app("views/theory.py", {"pair": pair.config.config_hash()})
+    assert "Figure 1: a network and polynomials through the same points" in [h.value for h in at.subheader]
+    at.button(key="theory-curve-fit").click().run()
+    assert not at.exception
+    job = ui.jobs().get(f"curve-fit:{CurveFitSpec().analysis_id(CURVE_FIT)}")
+    assert job is not None and wait_for_job(job).state == "done", job.error
+    at.run()
+    assert not [b for b in at.button if b.key == "theory-curve-fit"], "stored: no button"
+    assert "At n = 14: the network's training error" in page_texts(at)
+    assert len(at.get("vega_lite_chart")) >= 1
+    at.select_slider(key="theory-fit-n").set_value(8).run()
+    assert "At n = 8:" in page_texts(at) and not at.exception
