@@ -1,7 +1,7 @@
 """The house's arrows point one way: read from the source (ast, nothing imported or executed).
 
-orchestration (experiments, analyses, reproduce, ...) -> executors -> pipeline -> core compute
-(data, models, train, curvature, lanczos, landscape, basins); the store beside them. `lossland`
+orchestration (experiments, analyses, reproduce, ...) -> executors -> pipeline -> core compute (data,
+models, train, curvature, lanczos, landscape, basins, theory, fitting); the store beside them. `lossland`
 never imports streamlit; core compute knows nothing of the store, orchestration or the UI; there is
 no import cycle; an import inside a function is only for an optional dependency or a documented
 start-up cost (LAZY below).
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = {"data", "models", "train", "curvature", "lanczos", "landscape", "basins"}
+CORE = {"data", "models", "train", "curvature", "lanczos", "landscape", "basins", "theory", "fitting"}
 ABOVE_CORE = {"store", "pipeline", "executors", "experiments", "analyses", "reproduce", "claims", "report",
               "frames", "charts", "cli", "specs"}
 UI = {"streamlit", "ui", "views", "app"}
