@@ -1,7 +1,9 @@
 """Checkpoints: one trained minimum with its config, loadable without retraining.
 
 Saved as plain tensors and strings and loaded with `torch.load(weights_only=True)`, so a
-checkpoint from a collaborator can never run code.
+checkpoint from a collaborator can never run code. `verify_checkpoint` checks one from a stranger
+against the run it claims to be before anything of it is used: its model under the parameter cap,
+the same config and role, and every tensor of the model's shape and dtype with the bytes to back it.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from torch import nn
 
 from .config import ConfigError, ExperimentConfig
 from .data import Dataset, load_experiment_data
-from .models import build_model
+from .limits import _IN_SHAPES, limits
+from .models import build_model, n_params
 from .train import loss_function
 
 FORMAT = 1
+_KEYS = {"format", "config_json", "role", "state_dict"}  # what a checkpoint holds (see _payload)
 
 
 class CheckpointError(RuntimeError):
@@ -122,3 +126,75 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} does not match its config's model: {e}") from None
     model.eval()
     return Checkpoint(path=path, config=config, role=role, model=model, _data=[d])
+
+
+# --- checkpoints from strangers ---------------------------------------------------------------------
+
+def meta_model(config: ExperimentConfig) -> nn.Module:
+    """config's model built on the meta device: its parameters' names, shapes and dtypes, no memory, no data."""
+    in_shape = (config.data.teacher_dim,) if config.data.name == "teacher" else _IN_SHAPES[config.data.name]
+    with torch.device("meta"):
+        return build_model(config.model, in_shape, config.data.n_classes())
+
+
+def model_size(config: ExperimentConfig, max_params: int | None = None) -> int:
+    """Parameters of config's model (counted on the meta device); CheckpointError when they exceed
+    max_params (default: the operator's cap, LOSSLAND_MAX_PARAMS)."""
+    cap = limits().max_params if max_params is None else max_params
+    count = n_params(meta_model(config))
+    if count > cap:
+        raise CheckpointError(f"its config's model ({config.model.name}, widths {list(config.model.widths)}, "
+                              f"channels {list(config.model.channels)}) has {count:,} parameters, over the cap "
+                              f"of {cap:,} (LOSSLAND_MAX_PARAMS)")
+    return count
+
+
+def verify_checkpoint(path: str | Path, config: ExperimentConfig, role: str, max_params: int | None = None) -> int:
+    """Check an untrusted checkpoint file against the run it claims to be, building no real model:
+    config's model within max_params (see model_size, checked before the file is read), the file a
+    lossland checkpoint that loads safely, of this config and role, its state exactly the tensors of
+    the model (names, shapes, dtypes), each contiguous and backed by real bytes (no tensor declares more
+    elements than its storage holds). Returns the parameter count; CheckpointError says what is wrong."""
+    path = Path(path)
+    count = model_size(config, max_params)
+    blob = read_checkpoint_file(path)
+    unknown = sorted(map(str, set(blob) - _KEYS))
+    if unknown:
+        raise CheckpointError(f"checkpoint {path} holds unknown entries {unknown[:5]}")
+    if blob.get("role") != role:
+        raise CheckpointError(f"checkpoint {path} is of role {blob.get('role')!r}, its run is {role!r}")
+    try:
+        theirs = ExperimentConfig.from_json(blob.get("config_json"))
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path} has no valid config ({e})") from None
+    if theirs.config_hash() != config.config_hash():
+        raise CheckpointError(f"checkpoint {path} is of another config (pair {theirs.config_hash()}, its run's "
+                              f"is {config.config_hash()})")
+    _check_state(path, blob["state_dict"], meta_model(config).state_dict())
+    return count
+
+
+def _check_state(path: Path, state: object, expected: dict[str, torch.Tensor]) -> None:
+    if not isinstance(state, dict) or set(state) != set(expected):
+        names = set(state) if isinstance(state, dict) else set()
+        odd = sorted(map(str, names ^ set(expected)))
+        raise CheckpointError(f"checkpoint {path} does not hold its config's model: tensors {odd[:4]} are "
+                              f"missing or unknown")
+    storages: dict[int, int] = {}
+    needed = 0
+    for name, want in expected.items():
+        t = state[name]
+        if not isinstance(t, torch.Tensor) or t.shape != want.shape or t.dtype != want.dtype:
+            got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise CheckpointError(f"checkpoint {path}: {name} is {got}, its config's model has "
+                                  f"{tuple(want.shape)} {want.dtype}")
+        size = t.numel() * t.element_size()
+        storage = t.untyped_storage()
+        if not t.is_contiguous() or storage.nbytes() < t.storage_offset() * t.element_size() + size:
+            raise CheckpointError(f"checkpoint {path}: {name} declares {t.numel():,} elements but its storage "
+                                  f"holds {storage.nbytes():,} bytes (an expanded or out-of-bounds tensor)")
+        storages[storage.data_ptr()] = storage.nbytes()
+        needed += size
+    if sum(storages.values()) < needed:
+        raise CheckpointError(f"checkpoint {path}: its tensors declare {needed:,} bytes but share "
+                              f"{sum(storages.values()):,} bytes of storage")

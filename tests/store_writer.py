@@ -23,10 +23,11 @@ K, N_VECTORS, M_NODES, N_EXACT = 5, 2, 8, 12
 
 
 def make_pair(seed: int = 0, epochs: int = 5, dataset: str = "digits", exact: bool = True):
-    """A PairResult with made-up numbers and its spectra by role; the config differs per seed."""
+    """A PairResult with made-up numbers and its spectra by role; the config differs per seed. The models
+    are the config's (so their checkpoints verify on import), their parameter count is n_params."""
     import torch
-    from torch import nn
 
+    from lossland.checkpoint import meta_model
     from lossland.config import ExperimentConfig, SpectrumConfig
     from lossland.curvature import Estimate, SpectrumResult
     from lossland.lanczos import DensityResult, EigenResult
@@ -44,10 +45,15 @@ def make_pair(seed: int = 0, epochs: int = 5, dataset: str = "digits", exact: bo
                         attack_acc=(float("nan"),) * epochs, test_loss=tuple(loss),
                         test_acc=tuple(rng.uniform(size=epochs)))
         torch.manual_seed(seed)
+        model = meta_model(cfg).to_empty(device="cpu")
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_()
         results[role] = TrainResult(
             role=role, status="converged", stop_reason="clean loss ≤ target", epochs=epochs, seconds=1.5 + r,
-            device="cpu", n_params=8, clean_loss=loss[-1], clean_acc=1.0, attack_loss=2.0 + r, attack_acc=0.1 + r,
-            test_loss=0.2 + r, test_acc=0.95 - 0.5 * r, curves=curves, model=nn.Linear(3, 2))
+            device="cpu", n_params=sum(p.numel() for p in model.parameters()), clean_loss=loss[-1], clean_acc=1.0,
+            attack_loss=2.0 + r, attack_acc=0.1 + 0.8 * r, test_loss=0.2 + r, test_acc=0.95 - 0.5 * r, curves=curves,
+            model=model)
         top = tuple(sorted(rng.uniform(1, 10, K), reverse=True))
         settings = SpectrumConfig(k=K)
         fields = dict(

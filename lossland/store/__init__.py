@@ -4,8 +4,11 @@
     rows        results -> Arrow rows typed like the store; the query reader; inserts
     errors      StoreError and its kinds; the advice a message ends with
     connection  short-lived connections with a bounded retry on lock conflicts; one-transaction writes
-    sandbox     the SQL console: one read-only SELECT, sandboxed, capped in rows and time
-    bundles     export and import of run bundles (untrusted input: checked before anything is written)
+    sandbox     the SQL console's sandbox: one read-only SELECT on an in-memory copy, within hard limits
+    console     ... run in a child process, so it never holds a lock the app needs, killed when it overruns
+    bundles     export and import of run bundles (untrusted input: verified before anything is written)
+    verify      the checks of a bundle's rows: ids re-derived from configs, types, ranges, keys, counts
+    health      checkpoint files against rows: check() and repair()
 
 A Store is cheap to create: nothing is opened until the first call, which creates or migrates the
 file. Connections are short-lived (open, work, close), so a dashboard and a CLI sweep can share one
@@ -19,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,27 +33,37 @@ import pandas as pd
 import pyarrow as pa
 
 from .. import pairs
-from . import bundles, connection, rows, schema
+from . import bundles, connection, health, rows, schema
 from .bundles import BUNDLE_FORMAT, DEFAULT_MAX_BUNDLE_BYTES, ImportReport
+from .console import run_query
 from .errors import BundleError, QueryError, StoreError, StoreLockedError, UnknownPairError
+from .health import CheckReport, RepairReport
 from .rows import git_commit, query_frame
-from .sandbox import EXAMPLE_QUERIES, SANDBOX_CONFIG, QueryResult, check_query, fetch_capped
-from .schema import CHILD_TABLES, ORDER, RUN_COLUMNS, SCHEMA_VERSION, TABLES, column_names
+from .sandbox import EXAMPLE_QUERIES, QueryResult
+from .schema import CHILD_TABLES, LOCAL_TABLES, ORDER, SCHEMA_VERSION, TABLES, column_names
+from .verify import verify
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
     from ..curvature import SpectrumResult
     from ..train import PairResult
 
-__all__ = ["BUNDLE_FORMAT", "EXAMPLE_QUERIES", "SCHEMA_VERSION", "TABLES", "BundleError", "ImportReport", "PairView",
-           "QueryError", "QueryResult", "Store", "StoreError", "StoreLockedError", "UnknownPairError",
-           "default_store_path", "git_commit"]
+__all__ = ["BUNDLE_FORMAT", "EXAMPLE_QUERIES", "SCHEMA_VERSION", "TABLES", "BundleError", "CheckReport",
+           "ImportReport", "PairView", "QueryError", "QueryResult", "RepairReport", "Store", "StoreError",
+           "StoreLockedError", "UnknownPairError", "default_store_path", "git_commit", "import_allowed"]
 
 _insert = rows.insert_rows  # every write's rows go through this name (tests fail it midway)
 
 
 def default_store_path() -> Path:
     return Path(os.environ.get("LOSSLAND_STORE", "data/runs.duckdb"))
+
+
+def import_allowed() -> bool:
+    """LOSSLAND_ALLOW_IMPORT, set by a served dashboard's operator: unset or 1/true/yes/on allows imports,
+    0/false/no/off refuses them; any other value refuses them too (an operator's typo fails closed)."""
+    raw = os.environ.get("LOSSLAND_ALLOW_IMPORT", "").strip().lower()
+    return raw in ("", "1", "true", "yes", "on")
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,11 +93,17 @@ class Store:
     """One DuckDB file of runs. Cheap to create: nothing is opened until the first call."""
 
     def __init__(self, path: str | Path | None = None, lock_timeout: float = 10.0,
-                 checkpoint_dir: str | Path | None = None, max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES):
+                 checkpoint_dir: str | Path | None = None, max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
+                 allow_import: bool | None = None, caps: Any = None):
+        """allow_import: False refuses every import; None (the default) asks LOSSLAND_ALLOW_IMPORT at each
+        import (see import_allowed). caps (a lossland.limits.Limits) bounds what an import may hold by the
+        operator's caps (parameters, epochs, grid points, trials); without it only the parameter cap
+        applies (LOSSLAND_MAX_PARAMS) and the rest is bounded by each run's config and analysis spec."""
         self.path = Path(path) if path is not None else default_store_path()
         self.lock_timeout = float(lock_timeout)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else self.path.parent / "checkpoints"
         self.max_bundle_bytes = int(max_bundle_bytes)
+        self.allow_import, self.caps = allow_import, caps
         self._ready = False
 
     def __repr__(self) -> str:
@@ -193,7 +211,7 @@ class Store:
         def work(con):
             found = con.execute("SELECT count(*) FROM analyses WHERE analysis_id = ?", [analysis_id]).fetchall()[0][0]
             if not found:
-                _insert(con, "analyses", self._analysis_row(run_id, analysis_id, kind, "running", settings_json, None))
+                _insert(con, "analyses", rows.analysis_row(run_id, analysis_id, kind, "running", settings_json, None))
         self._write(work, f"starting analysis {analysis_id}")
 
     def append_landscape(self, analysis_id: str, points: pd.DataFrame) -> None:
@@ -216,15 +234,8 @@ class Store:
                     con.execute("DELETE FROM estimates WHERE run_id = ? AND name = ?", [rid, name])
                 _insert(con, "estimates", rows.frame_arrow("estimates", estimates))
             con.execute("DELETE FROM analyses WHERE analysis_id = ?", [analysis_id])
-            _insert(con, "analyses", self._analysis_row(run_id, analysis_id, kind, "done", settings_json, seconds))
+            _insert(con, "analyses", rows.analysis_row(run_id, analysis_id, kind, "done", settings_json, seconds))
         self._write(work, f"storing analysis {analysis_id}")
-
-    @staticmethod
-    def _analysis_row(run_id: str, analysis_id: str, kind: str, status: str, settings_json: str,
-                      seconds: float | None) -> pa.Table:
-        return rows.frame_arrow("analyses", pd.DataFrame([{
-            "run_id": run_id, "analysis_id": analysis_id, "kind": kind, "status": status,
-            "settings_json": settings_json, "seconds": seconds, "created_at": rows.now()}]))
 
     def landscape(self, analysis_id: str) -> pd.DataFrame:
         return self._frame(f"SELECT {', '.join(column_names(CHILD_TABLES['landscapes']))} FROM landscapes "
@@ -248,41 +259,28 @@ class Store:
     # --- queries ------------------------------------------------------------------------
     def runs(self, **filters: Any) -> pd.DataFrame:
         """Runs, newest first, where every filter column equals its value (a list/tuple/set means
-        any of; None means NULL)."""
-        allowed = column_names(RUN_COLUMNS)
-        unknown = [k for k in filters if k not in allowed]
-        if unknown:
-            raise StoreError(f"unknown filter(s) {', '.join(unknown)} for runs; allowed: {', '.join(allowed)}")
-        where, params = [], []
-        for key, value in filters.items():
-            if value is None:
-                where.append(f"{key} IS NULL")
-            elif isinstance(value, (list, tuple, set, frozenset)):
-                values = list(value)
-                where.append(f"{key} IN ({', '.join('?' * len(values))})" if values else "FALSE")
-                params += values
-            else:
-                where.append(f"{key} = ?")
-                params.append(value)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        return self._frame(f"SELECT {', '.join(allowed)} FROM runs{clause} ORDER BY {ORDER['runs']}", params)
+        any of; None means NULL); each row also says whether it was `imported` (see provenance) and
+        whether its checkpoint was found missing (`checkpoint_missing`, see repair)."""
+        sql, params = rows.runs_query(filters)
+        return self._frame(sql, params)
+
+    def provenance(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Where imported runs came from: run_id, bundle (its file name), bundle_sha256, imported_at; runs
+        computed here have no row. All imported runs when run_ids is None."""
+        ids = None if run_ids is None else list(run_ids)
+        where = "" if ids is None else f" WHERE run_id IN ({_marks(ids)})"
+        return self._frame(f"SELECT {', '.join(column_names(LOCAL_TABLES['provenance']))} FROM provenance{where} "
+                           f"ORDER BY run_id", ids)
 
     def pair(self, pair_id: str) -> PairView:
         """Both runs of a pair with their curves, spectra, densities and estimates."""
         ids = pairs.run_ids(pair_id)
-        role = "CASE WHEN run_id = ? THEN 'good' ELSE 'bad' END AS role"
-        frames = {}
+        sql, params = rows.runs_query({"run_id": ids})
         with self._connect(read_only=True) as con:
-            runs = query_frame(con, f"SELECT {', '.join(column_names(RUN_COLUMNS))} FROM runs WHERE run_id IN (?, ?) "
-                                    f"ORDER BY role DESC", ids)
+            runs = query_frame(con, sql, params).sort_values("role", ascending=False, ignore_index=True)  # good first
             if runs.empty:
                 raise UnknownPairError(f"no pair {pair_id!r} in store {self.path}")
-            for name in ("curves", "spectra", "densities", "estimates"):
-                cols = column_names(CHILD_TABLES[name])
-                frames[name] = query_frame(
-                    con, f"SELECT {cols[0]}, {role}, {', '.join(cols[1:])} FROM {name} WHERE run_id IN (?, ?) "
-                         f"ORDER BY role DESC, {ORDER[name].removeprefix('run_id, ')}", [ids[0], *ids])
-        return PairView(pair_id=pair_id, runs=runs, **frames)
+            return PairView(pair_id=pair_id, runs=runs, **rows.pair_frames(con, ids))
 
     def has_pair(self, pair_id: str) -> bool:
         """True when both runs are stored and neither failed."""
@@ -322,23 +320,38 @@ class Store:
 
     def table(self, name: str) -> pd.DataFrame:
         """A whole table (runs, curves, spectra, densities, estimates, landscapes, basin_trials,
-        analyses, meta)."""
+        analyses, provenance, missing_checkpoints, meta)."""
         if name == "meta":
             return self._frame("SELECT key, value FROM meta ORDER BY key")
-        if name not in TABLES:
-            raise StoreError(f"unknown table {name!r}; allowed: {', '.join([*TABLES, 'meta'])}")
-        return self._frame(f"SELECT {', '.join(column_names(TABLES[name]))} FROM {name} ORDER BY {ORDER[name]}")
+        known = TABLES | LOCAL_TABLES
+        if name not in known:
+            raise StoreError(f"unknown table {name!r}; allowed: {', '.join([*known, 'meta'])}")
+        return self._frame(f"SELECT {', '.join(column_names(known[name]))} FROM {name} ORDER BY {ORDER[name]}")
 
     # --- the SQL console ----------------------------------------------------------------
-    def query(self, sql: str, max_rows: int = 10_000, timeout: float = 10.0) -> QueryResult:
-        """One read-only SELECT (or EXPLAIN) on a sandboxed connection: the file opened read-only,
-        no file system or network access, settings locked; at most max_rows rows, stopped after
-        timeout seconds."""
-        check_query(sql, max_rows, timeout)
-        start = time.perf_counter()
-        with self._connect(read_only=True, config=SANDBOX_CONFIG) as con:
-            frame, truncated = fetch_capped(con, sql, max_rows, timeout)
-        return QueryResult(frame=frame, truncated=truncated, seconds=time.perf_counter() - start)
+    def query(self, sql: str, max_rows: int = 10_000, timeout: float = 10.0, memory_mb: int = 512,
+              threads: int = 1) -> QueryResult:
+        """One read-only SELECT (or EXPLAIN) in a child process, on an in-memory copy of the tables it
+        names (the file held only for the copy), no file system or network access, settings locked; at
+        most max_rows rows, stopped after timeout seconds, within memory_mb of working memory and
+        `threads` threads. Each limit must lie in sandbox.RANGES (QueryError otherwise)."""
+        self._ensure_schema()
+        return run_query(self.path, sql, max_rows, timeout, memory_mb, threads, self.lock_timeout)
+
+    # --- health ------------------------------------------------------------------------------
+    def _files(self) -> health.Files:
+        return health.Files(self.checkpoint_dir, self._resolve)
+
+    def check(self) -> CheckReport:
+        """Checkpoint files that no run records, runs whose recorded checkpoint is missing, leftovers of
+        unfinished writes (.importing, .tmp); changes nothing."""
+        with self._connect(read_only=True) as con:
+            return health.survey(con, self._files())
+
+    def repair(self, min_age_s: float = health.MIN_AGE_S) -> RepairReport:
+        """Fix what check() finds that can be fixed (see lossland.store.health): strays older than
+        min_age_s removed, verified leftover imports put in place, missing checkpoints recorded."""
+        return self._write(lambda con: health.repair(con, self._files(), float(min_age_s)), "repairing the store")
 
     # --- sharing ------------------------------------------------------------------------
     def export(self, run_ids: Iterable[str], path: str | Path) -> Path:
@@ -358,19 +371,27 @@ class Store:
                     checkpoints[run_id] = source
             return bundles.write_zip(Path(path), Path(tmp), run_ids, counts, checkpoints)
 
-    def import_bundle(self, path: str | Path) -> ImportReport:
+    def import_bundle(self, path: str | Path, source: str | None = None) -> ImportReport:
         """Merge a bundle from export() into this store: runs already here (and not failed) are
-        skipped, the rest added with their rows and checkpoints, in one transaction. Any problem
-        raises BundleError and leaves the store unchanged."""
+        skipped, the rest added with their rows, checkpoints and provenance (source, default the file's
+        name; its sha256) in one transaction, after every check of lossland.store.verify and every
+        checkpoint's (verify_checkpoint). A skipped run whose checkpoint is missing gets the bundle's
+        when the bundle holds its runs row unchanged. Any problem raises BundleError and leaves the
+        store and its checkpoint folder unchanged."""
+        if not (import_allowed() if self.allow_import is None else self.allow_import):
+            raise BundleError(f"importing is switched off for store {self.path} (LOSSLAND_ALLOW_IMPORT, set by "
+                              f"its operator); nothing was read")
         path = Path(path)
+        sha256 = bundles.digest(path, self.max_bundle_bytes)
         with bundles.unpacked(path, self.max_bundle_bytes) as bundle:
-            merge = bundles.Merge(bundle, self.checkpoint_dir, self._relative)
+            checked = verify(bundle, self.caps)
+            bundles.verify_checkpoints(bundle, checked, self.caps.max_params if self.caps is not None else None)
+            target = bundles.Target(self.checkpoint_dir, self._relative, self._resolve, source or path.name, sha256)
+            merge = bundles.Merge(bundle, checked, target)
             try:
-                report = self._write(merge.into, f"importing bundle {path}")
+                return self._write(merge.into, f"importing bundle {path}")
             except BaseException as e:
                 merge.discard()
                 if isinstance(e, StoreError) and not isinstance(e, (BundleError, StoreLockedError)):
                     raise BundleError(str(e)) from None
                 raise
-            merge.finish()
-            return report

@@ -6,13 +6,21 @@
 
 A bundle is untrusted input. Before anything is written its member names are checked (no absolute
 paths, no '..', plain files only, no duplicates), its unpacked size is bounded twice (the sizes the
-zip states, then the bytes it really yields), its manifest and Parquet columns are checked against
-the schema, every row must belong to a run of the manifest, and every checkpoint must load safely.
-Bundles of older schema versions import (columns they lack are NULL; tables since dropped are ignored).
+zip states, then the bytes it really yields), its manifest is checked, its rows are verified
+(`verify`: ids re-derived from the configs, types, ranges, keys, counts) and every checkpoint is
+checked against its run's config (`lossland.checkpoint.verify_checkpoint`). Bundles of older schema
+versions import (columns they lack are NULL; tables since dropped are ignored). A bundle holds whole
+pairs. Imported runs carry their provenance (the bundle's file name, its sha256 digest, the time).
+
+Checkpoints are put in place inside the import's transaction, just before its COMMIT: a killed import
+leaves at worst checkpoint files that no row names (`Store.check` finds them, `Store.repair` removes
+them, a re-import uses them), never rows whose checkpoint is missing. A re-import of a bundle holding
+a run already stored, row for row, restores that run's checkpoint when the store's is missing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -29,10 +37,11 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from .. import __version__
+from .. import __version__, pairs
 from .errors import BundleError, first_line
-from .rows import delete_runs
-from .schema import ORDER, SCHEMA_VERSION, TABLES, column_names
+from .rows import delete_runs, insert_rows, now
+from .schema import ORDER, RUN_COLUMNS, SCHEMA_VERSION, TABLES, column_names
+from .verify import Verified
 
 BUNDLE_FORMAT = 1
 DEFAULT_MAX_BUNDLE_BYTES = 2 * 1024**3
@@ -44,6 +53,8 @@ _RUN_ID = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 class ImportReport:
     run_ids_added: tuple[str, ...]
     run_ids_skipped: tuple[str, ...]  # already in the store (and not failed there)
+    checkpoints_restored: tuple[str, ...] = ()  # skipped runs whose missing checkpoint the bundle put back
+    rows_left_out: tuple[tuple[str, int], ...] = ()  # (table, rows) of schema-2 rows that belong to no analysis
 
 
 # --- export ---------------------------------------------------------------------------------
@@ -59,6 +70,9 @@ def write_tables(con: duckdb.DuckDBPyConnection, run_ids: list[str], folder: Pat
     missing = [r for r in run_ids if r not in recorded]
     if missing:
         raise BundleError(f"run id(s) not in store {store}: {', '.join(missing)}")
+    lone = [r for r in run_ids if pairs.is_run_id(r) and _partner(r) not in run_ids]
+    if lone:
+        raise BundleError(f"a bundle holds whole pairs: add {_partner(lone[0])} (the other run of {lone[0]})")
     counts: dict[str, int] = {}
     for name, columns in TABLES.items():
         target = (folder / "tables" / f"{name}.parquet").as_posix().replace("'", "''")
@@ -67,6 +81,11 @@ def write_tables(con: duckdb.DuckDBPyConnection, run_ids: list[str], folder: Pat
         con.execute(f"COPY ({select}) TO '{target}' (FORMAT parquet)")
         counts[name] = con.execute(f"SELECT count(*) FROM ({select})").fetchone()[0]
     return recorded, counts
+
+
+def _partner(run_id: str) -> str:
+    pair_id, role = pairs.split_run_id(run_id)
+    return pairs.run_id(pair_id, "bad" if role == "good" else "good")
 
 
 def write_zip(path: Path, folder: Path, run_ids: list[str], counts: dict[str, int],
@@ -119,8 +138,6 @@ def unpacked(path: Path, max_bytes: int) -> Iterator[Unpacked]:
             budget -= _extract(zf, member, tmp, budget, path)
         run_ids = manifest["run_ids"]
         checkpoints = {r: tmp / "checkpoints" / f"{r}.pt" for r in run_ids if f"checkpoints/{r}.pt" in members}
-        for run_id, file in checkpoints.items():
-            _check_checkpoint(file, run_id, path)
         tables = {name: tmp / "tables" / f"{name}.parquet" for name in TABLES if f"tables/{name}.parquet" in members}
         yield Unpacked(path=path, schema_version=manifest["schema_version"], run_ids=run_ids, tables=tables,
                        checkpoints=checkpoints)
@@ -212,15 +229,32 @@ def _extract(zf: zipfile.ZipFile, member: str, root: Path, budget: int, bundle: 
     return written
 
 
-def _check_checkpoint(file: Path, run_id: str, bundle: Path) -> None:
-    # imported here: loading checkpoints needs torch, which only importing a bundle should pay for
-    from ..checkpoint import CheckpointError, read_checkpoint_file
-
+def digest(path: Path, max_bytes: int) -> str:
+    """The sha256 of the bundle file (refused past max_bytes: a zip is no larger than what it unpacks to)."""
     try:
-        read_checkpoint_file(file)
-    except CheckpointError as e:
-        raise BundleError(f"bundle {bundle}: checkpoints/{run_id}.pt can't be loaded safely as a lossland "
-                          f"checkpoint ({first_line(e)}); refused") from None
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise BundleError(f"bundle {path} is {size:,} bytes, over the limit of {max_bytes:,} (max_bundle_bytes)")
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+    except OSError as e:
+        raise BundleError(f"{path} is not a readable run bundle: {e}") from None
+    return sha.hexdigest()
+
+
+def verify_checkpoints(bundle: Unpacked, verified: Verified, max_params: int | None) -> None:
+    """Every checkpoint of the bundle checked against its run's config and role (see verify_checkpoint)."""
+    # imported here: checking checkpoints needs torch, which only importing a bundle should pay for
+    from ..checkpoint import CheckpointError, verify_checkpoint
+
+    for run_id, file in bundle.checkpoints.items():
+        try:
+            verify_checkpoint(file, verified.configs[run_id], pairs.role_of(run_id), max_params)
+        except CheckpointError as e:
+            raise BundleError(f"bundle {bundle.path}: checkpoints/{run_id}.pt is not a checkpoint of run {run_id} "
+                              f"that loads safely ({first_line(e)}); refused") from None
 
 
 # --- import: merge into the store ----------------------------------------------------------------
@@ -229,70 +263,86 @@ def _parquet_columns(con: duckdb.DuckDBPyConnection, file: Path) -> list[str]:
     return [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [file.as_posix()]).fetchall()]
 
 
-def _check_parquet(con: duckdb.DuckDBPyConnection, table: str, file: Path, bundle: Unpacked) -> None:
-    """A table's file has only the table's columns (all of them in a bundle of this schema version)
-    and rows of the manifest's runs only; runs.parquet has a row of every one."""
-    try:
-        columns = _parquet_columns(con, file)
-    except duckdb.Error as e:
-        raise BundleError(f"bundle {bundle.path}: tables/{table}.parquet is not readable Parquet "
-                          f"({first_line(e)})") from None
-    expected = column_names(TABLES[table])
-    unknown = [c for c in columns if c not in expected]
-    missing = [c for c in expected if c not in columns]
-    if unknown or (missing and bundle.schema_version == SCHEMA_VERSION) or "run_id" not in columns:
-        raise BundleError(f"bundle {bundle.path}: tables/{table}.parquet columns don't match table {table} "
-                          f"(unknown: {unknown or 'none'}; missing: {missing or 'none'})")
-    run_ids = set(bundle.run_ids)
-    found = {r[0] for r in con.execute("SELECT DISTINCT run_id FROM read_parquet(?)", [file.as_posix()]).fetchall()}
-    stray = sorted(map(str, found - run_ids))
-    if stray:
-        raise BundleError(f"bundle {bundle.path}: tables/{table}.parquet has rows of runs not in the manifest: "
-                          f"{', '.join(stray[:5])}")
-    if table == "runs" and found != run_ids:
-        raise BundleError(f"bundle {bundle.path}: tables/runs.parquet lacks manifest run(s) "
-                          f"{', '.join(sorted(run_ids - found)[:5])}")
+@dataclass(frozen=True)
+class Target:
+    """Where an import writes: the store's checkpoint folder, and how it records and finds a checkpoint path."""
+
+    checkpoint_dir: Path
+    stored_path: Callable[[Path], str]
+    resolve: Callable[[str], Path]
+    source: str  # the bundle's file name, for provenance
+    sha256: str
 
 
 class Merge:
-    """The write of an unpacked bundle into a store: `into(con)` inside the store's transaction, then
-    `finish()` after its COMMIT (checkpoints renamed into place) or `discard()` after a failure."""
+    """The write of a verified bundle into a store: `into(con)` inside the store's transaction (checkpoints
+    put in place last, before the COMMIT), then `discard()` after a failure."""
 
-    def __init__(self, bundle: Unpacked, checkpoint_dir: Path, stored_path: Callable[[Path], str]):
-        self.bundle, self.checkpoint_dir, self.stored_path = bundle, checkpoint_dir, stored_path
-        self.staged: set[Path] = set()  # checkpoints copied beside their final names
+    def __init__(self, bundle: Unpacked, verified: Verified, target: Target):
+        self.bundle, self.verified, self.target = bundle, verified, target
+        self.created: set[Path] = set()  # checkpoint files this import made
 
     def into(self, con: duckdb.DuckDBPyConnection) -> ImportReport:
         run_ids = self.bundle.run_ids
-        existing = {r[0] for r in con.execute(f"SELECT run_id FROM runs WHERE status <> 'failed' AND run_id IN "
-                                              f"({', '.join('?' * len(run_ids))})", run_ids).fetchall()}
-        added = [r for r in run_ids if r not in existing]
-        for name, file in self.bundle.tables.items():
-            _check_parquet(con, name, file, self.bundle)
-        if not added:
-            return ImportReport(run_ids_added=(), run_ids_skipped=tuple(run_ids))
-        for run_id in added:
-            if run_id in self.bundle.checkpoints:
-                staging = self.checkpoint_dir / f"{run_id}.pt.importing"
-                staging.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(self.bundle.checkpoints[run_id], staging)
-                self.staged.add(staging)
+        con.register("_lossland_ids", pa.table({"run_id": pa.array(run_ids, pa.string())}))
+        stored = dict(con.execute("SELECT run_id, checkpoint FROM runs WHERE status <> 'failed' AND run_id IN "
+                                  "(SELECT run_id FROM _lossland_ids)").fetchall())
+        added = [r for r in run_ids if r not in stored]
+        restore = self._restorable(con, {r: c for r, c in stored.items() if r in self.bundle.checkpoints})
+        if added:
+            self._insert(con, added)
+        for run_id in (*added, *restore):
+            has = run_id in self.bundle.checkpoints
+            target = self.target.stored_path(self.target.checkpoint_dir / f"{run_id}.pt") if has else None
+            con.execute("UPDATE runs SET checkpoint = ? WHERE run_id = ?", [target, run_id])
+        if restore:
+            con.execute(f"DELETE FROM missing_checkpoints WHERE run_id IN ({', '.join('?' * len(restore))})", restore)
+        self._place([r for r in (*added, *restore) if r in self.bundle.checkpoints])
+        return ImportReport(run_ids_added=tuple(added), run_ids_skipped=tuple(r for r in run_ids if r in stored),
+                            checkpoints_restored=tuple(restore),
+                            rows_left_out=tuple(sorted(self.verified.left_out.items())))
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, added: list[str]) -> None:
         delete_runs(con, added)
-        con.register("_lossland_ids", pa.table({"run_id": pa.array(added, pa.string())}))
+        con.register("_lossland_added", pa.table({"run_id": pa.array(added, pa.string())}))
         for name, file in self.bundle.tables.items():
             cols = ", ".join(_parquet_columns(con, file))
-            con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM read_parquet(?) "
-                        f"WHERE run_id IN (SELECT run_id FROM _lossland_ids)", [file.as_posix()])
-        for run_id in added:
-            has = run_id in self.bundle.checkpoints
-            target = self.stored_path(self.checkpoint_dir / f"{run_id}.pt") if has else None
-            con.execute("UPDATE runs SET checkpoint = ? WHERE run_id = ?", [target, run_id])
-        return ImportReport(run_ids_added=tuple(added), run_ids_skipped=tuple(r for r in run_ids if r in existing))
+            con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM read_parquet(?) WHERE run_id IN "
+                        f"(SELECT run_id FROM _lossland_added) AND {self.verified.kept.get(name, 'TRUE')}",
+                        [file.as_posix()])
+        imported_at = now()
+        insert_rows(con, "provenance", pa.table({
+            "run_id": pa.array(added, pa.string()), "bundle": pa.array([self.target.source] * len(added)),
+            "bundle_sha256": pa.array([self.target.sha256] * len(added)),
+            "imported_at": pa.array([imported_at] * len(added), pa.timestamp("us"))}))
 
-    def finish(self) -> None:
-        for staging in self.staged:
-            staging.replace(staging.with_name(staging.name.removesuffix(".importing")))
+    def _restorable(self, con: duckdb.DuckDBPyConnection, stored: dict[str, str | None]) -> list[str]:
+        """Runs already here whose checkpoint is missing and whose runs row the bundle holds unchanged."""
+        missing = [r for r, c in stored.items() if c is None or not self.target.resolve(c).is_file()]
+        if not missing:
+            return []
+        present = set(_parquet_columns(con, self.bundle.tables["runs"]))
+        same = " AND ".join(f"r.{c} IS NOT DISTINCT FROM b.{c}" for c in column_names(RUN_COLUMNS)
+                            if c in present and c not in ("run_id", "checkpoint"))
+        found = {r[0] for r in con.execute(
+            f"SELECT r.run_id FROM runs r JOIN read_parquet(?) b USING (run_id) WHERE {same} AND r.run_id IN "
+            f"({', '.join('?' * len(missing))})", [self.bundle.tables["runs"].as_posix(), *missing]).fetchall()}
+        return [r for r in missing if r in found]
+
+    def _place(self, run_ids: list[str]) -> None:
+        """Each checkpoint copied beside its final name, then renamed onto it (a reader never sees half a file)."""
+        for run_id in run_ids:
+            final = self.target.checkpoint_dir / f"{run_id}.pt"
+            staging = final.with_name(final.name + ".importing")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            existed = final.exists()
+            shutil.copyfile(self.bundle.checkpoints[run_id], staging)
+            staging.replace(final)
+            if not existed:
+                self.created.add(final)
 
     def discard(self) -> None:
-        for staging in self.staged:
-            staging.unlink(missing_ok=True)
+        for run_id in self.bundle.run_ids:
+            (self.target.checkpoint_dir / f"{run_id}.pt.importing").unlink(missing_ok=True)
+        for path in self.created:
+            path.unlink(missing_ok=True)

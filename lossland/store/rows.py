@@ -23,7 +23,18 @@ import pandas as pd
 import pyarrow as pa
 
 from .. import __version__, pairs
-from .schema import ARROW_TYPES, CHILD_TABLES, PANDAS_TYPES, RUN_COLUMNS, TABLES, Columns, column_names
+from .errors import StoreError
+from .schema import (
+    ARROW_TYPES,
+    CHILD_TABLES,
+    LOCAL_TABLES,
+    ORDER,
+    PANDAS_TYPES,
+    RUN_COLUMNS,
+    TABLES,
+    Columns,
+    column_names,
+)
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
@@ -89,16 +100,19 @@ def frame_arrow(table: str, df: pd.DataFrame) -> pa.Table:
 
 # --- the rows of a pair ---------------------------------------------------------------------
 
+def config_facts(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The runs columns that restate cfg (filters and the console read them), and its pair id."""
+    return dict(pair_id=cfg.config_hash(), dataset=cfg.data.name, model=cfg.model.name,
+                widths=",".join(map(str, cfg.model.widths)), seed=cfg.model.seed, data_seed=cfg.data.seed,
+                train_seed=cfg.train.seed, n_train=cfg.data.n_train, n_attack=cfg.attack.n_attack,
+                attack_labels=cfg.attack.labels, optimizer=cfg.train.optimizer, lr=cfg.train.lr,
+                batch_size=cfg.train.batch_size, loss_target=cfg.train.loss_target)
+
+
 def run_rows(cfg: ExperimentConfig, created_at: datetime) -> dict[str, dict[str, Any]]:
     """The runs rows of both roles of cfg's pair, by role: the config's facts and the versions; the rest NULL."""
-    pair_id = cfg.config_hash()
-    facts = dict(pair_id=pair_id, config_json=cfg.to_json(), dataset=cfg.data.name, model=cfg.model.name,
-                 widths=",".join(map(str, cfg.model.widths)), seed=cfg.model.seed, data_seed=cfg.data.seed,
-                 train_seed=cfg.train.seed, n_train=cfg.data.n_train, n_attack=cfg.attack.n_attack,
-                 attack_labels=cfg.attack.labels, optimizer=cfg.train.optimizer, lr=cfg.train.lr,
-                 batch_size=cfg.train.batch_size, loss_target=cfg.train.loss_target, created_at=created_at,
-                 **versions())
-    return {role: dict.fromkeys(column_names(RUN_COLUMNS)) | facts | {"run_id": pairs.run_id(pair_id, role),
+    facts = config_facts(cfg) | dict(config_json=cfg.to_json(), created_at=created_at, **versions())
+    return {role: dict.fromkeys(column_names(RUN_COLUMNS)) | facts | {"run_id": pairs.run_id(facts["pair_id"], role),
                                                                        "role": role} for role in pairs.ROLES}
 
 
@@ -199,7 +213,52 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> N
 
 
 def delete_runs(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> None:
-    """Every row of these runs, in every table."""
+    """Every row of these runs, in every table (this store's own facts of them too)."""
     marks = ", ".join("?" * len(run_ids))
-    for table in (*CHILD_TABLES, "runs"):
+    for table in (*CHILD_TABLES, *LOCAL_TABLES, "runs"):
         con.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", run_ids)
+
+
+def runs_query(filters: dict[str, Any]) -> tuple[str, list]:
+    """The SELECT of Store.runs: runs where every filter column equals its value (a list/tuple/set means
+    any of; None means NULL), newest first, with the flags `imported` and `checkpoint_missing`."""
+    allowed = column_names(RUN_COLUMNS)
+    unknown = [k for k in filters if k not in allowed]
+    if unknown:
+        raise StoreError(f"unknown filter(s) {', '.join(unknown)} for runs; allowed: {', '.join(allowed)}")
+    where, params = [], []
+    for key, value in filters.items():
+        if value is None:
+            where.append(f"r.{key} IS NULL")
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            values = list(value)
+            where.append(f"r.{key} IN ({', '.join('?' * len(values))})" if values else "FALSE")
+            params += values
+        else:
+            where.append(f"r.{key} = ?")
+            params.append(value)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    return (f"SELECT {', '.join(f'r.{c}' for c in allowed)}, p.run_id IS NOT NULL AS imported, "
+            f"m.run_id IS NOT NULL AS checkpoint_missing FROM runs r LEFT JOIN provenance p USING (run_id) "
+            f"LEFT JOIN missing_checkpoints m USING (run_id){clause} ORDER BY r.created_at DESC, r.run_id", params)
+
+
+def analysis_row(run_id: str, analysis_id: str, kind: str, status: str, settings_json: str,
+                 seconds: float | None) -> pa.Table:
+    """The analyses row of one analysis."""
+    return frame_arrow("analyses", pd.DataFrame([{
+        "run_id": run_id, "analysis_id": analysis_id, "kind": kind, "status": status,
+        "settings_json": settings_json, "seconds": seconds, "created_at": now()}]))
+
+
+def pair_frames(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, pd.DataFrame]:
+    """curves, spectra, densities and estimates of a pair's runs (ids good first), each with run_id and
+    role, good rows first."""
+    role = "CASE WHEN run_id = ? THEN 'good' ELSE 'bad' END AS role"
+    frames = {}
+    for name in ("curves", "spectra", "densities", "estimates"):
+        cols = column_names(CHILD_TABLES[name])
+        frames[name] = query_frame(con, f"SELECT {cols[0]}, {role}, {', '.join(cols[1:])} FROM {name} WHERE run_id IN "
+                                        f"(?, ?) ORDER BY role DESC, {ORDER[name].removeprefix('run_id, ')}",
+                                   [ids[0], *ids])
+    return frames

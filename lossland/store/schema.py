@@ -16,6 +16,11 @@ by run_id:
   analyses      one row per analysis of a run (its settings' hash, status 'running' or 'done')
   meta          key/value; `schema_version`
 
+Facts of this store only, never exported (LOCAL_TABLES), keyed by run_id too:
+
+  provenance           runs imported from a bundle: its file name, its sha256 digest, when
+  missing_checkpoints  runs whose recorded checkpoint file was found missing (by `Store.repair`)
+
 NaN is stored as NULL (no value, e.g. attack metrics without an attack set). Timestamps are UTC.
 Schema changes are migrations in code: MIGRATIONS[i] takes version i to i + 1, all of them in the one
 transaction that opens the store; a store newer than this code is refused.
@@ -36,7 +41,7 @@ from ..pairs import METRICS, ROLES
 from .connection import in_transaction, open_connection
 from .errors import StoreError, advice, first_line
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 Columns = tuple[tuple[str, str], ...]
 _M = tuple((m, "DOUBLE") for m in METRICS)
@@ -91,12 +96,19 @@ CHILD_TABLES: dict[str, Columns] = {
                  ("settings_json", "VARCHAR"), ("seconds", "DOUBLE"), ("created_at", "TIMESTAMP")),
 }
 TABLES: dict[str, Columns] = {"runs": RUN_COLUMNS, **CHILD_TABLES}
+# What this store knows of its runs that a bundle does not carry (keyed by run_id, one row per run at most).
+LOCAL_TABLES: dict[str, Columns] = {
+    "provenance": (("run_id", "VARCHAR"), ("bundle", "VARCHAR"), ("bundle_sha256", "VARCHAR"),
+                   ("imported_at", "TIMESTAMP")),
+    "missing_checkpoints": (("run_id", "VARCHAR"), ("checkpoint", "VARCHAR"), ("noticed_at", "TIMESTAMP")),
+}
 
 # ORDER BY of each table when it is read whole or exported.
 ORDER = {"runs": "created_at DESC, run_id", "curves": "run_id, epoch", "spectra": "run_id, kind, idx",
          "densities": "run_id, vector, idx", "estimates": "run_id, name, k",
          "landscapes": "run_id, analysis_id, point, kind, direction_seed, alpha, beta",
-         "basin_trials": "run_id, analysis_id, kind, radius, trial", "analyses": "run_id, created_at, analysis_id"}
+         "basin_trials": "run_id, analysis_id, kind, radius, trial", "analyses": "run_id, created_at, analysis_id",
+         "provenance": "run_id", "missing_checkpoints": "run_id"}
 
 ARROW_TYPES = {"VARCHAR": pa.string(), "BIGINT": pa.int64(), "INTEGER": pa.int32(), "DOUBLE": pa.float64(),
                "TIMESTAMP": pa.timestamp("us"), "BOOLEAN": pa.bool_()}
@@ -116,6 +128,9 @@ def create_table(con: duckdb.DuckDBPyConnection, name: str, columns: Columns) ->
     if name == "runs":
         body = ", ".join(f"{c} {t}{' NOT NULL' if c in _RUNS_NOT_NULL else ''}" for c, t in columns)
         con.execute(f"CREATE TABLE runs ({body}{_RUNS_CONSTRAINTS})")
+    elif name in LOCAL_TABLES:
+        body = ", ".join(f"{c} {t} NOT NULL" for c, t in columns)
+        con.execute(f"CREATE TABLE {name} ({body}, PRIMARY KEY (run_id))")
     else:
         body = ", ".join(f"{c} {t}{' NOT NULL' if c == 'run_id' else ''}" for c, t in columns)
         con.execute(f"CREATE TABLE {name} ({body})")
@@ -160,8 +175,15 @@ def _v3_to_v4(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE density_grid")
 
 
+def _v4_to_v5(con: duckdb.DuckDBPyConnection) -> None:
+    """Imported runs learn where they came from; a missing checkpoint can be recorded (no rows yet in either)."""
+    for name, columns in LOCAL_TABLES.items():
+        create_table(con, name, columns)
+
+
 # MIGRATIONS[i] takes a store from schema version i to i + 1 (0: an empty file).
-MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [create_v1_schema, _v1_to_v2, _v2_to_v3, _v3_to_v4]
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [create_v1_schema, _v1_to_v2, _v2_to_v3, _v3_to_v4,
+                                                                  _v4_to_v5]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
