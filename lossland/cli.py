@@ -8,29 +8,19 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from . import terminal as term
 from .checkpoint import CheckpointError, load_checkpoint, write_checkpoint_bytes
 from .claims import claims_frame
 from .config import DEFAULT_PRESET, PRESETS, ConfigError, ExperimentConfig, preset
 from .curvature import spectrum
 from .data import DatasetError, download
 from .executors import ExecutorError, make_executor
-from .experiments import grid_configs, run_pair, sweep
+from .experiments import grid_configs, run_pair, sweep, verify_pair
 from .pairs import is_run_id, pair_of, run_id, run_ids
 from .pipeline import compute_pair
 from .report import write_report
 from .reproduce import plan_for, reports_dir, reproduce
 from .store import Store, StoreError, default_store_path
-from .terminal import (
-    dumps,
-    format_pair,
-    format_spectrum,
-    format_view,
-    pair_summary,
-    progress_bar,
-    spectrum_summary,
-    sweep_table,
-    view_summary,
-)
 
 CHECKPOINT_DIR = Path("data/checkpoints")
 
@@ -85,7 +75,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """The pair pipeline, printed and saved to --checkpoints instead of stored (no store is opened)."""
     cfg = load_config(args)
-    progress, close = progress_bar("training good/bad pair", args.quiet)
+    progress, close = term.progress_bar("training good/bad pair", args.quiet)
     try:
         computed = compute_pair(cfg, progress, with_spectra=not args.no_spectrum)
     finally:
@@ -93,8 +83,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out_dir = Path(args.checkpoints)
     paths = {role: str(write_checkpoint_bytes(out_dir / f"{run_id(computed.pair_id, role)}.pt", blob))
              for role, blob in computed.checkpoints.items()}
-    summary = pair_summary(computed.pair, computed.spectra, paths)
-    print(json.dumps(summary, indent=2) if args.json else format_pair(summary))
+    summary = term.pair_summary(computed.pair, computed.spectra, paths)
+    print(json.dumps(summary, indent=2) if args.json else term.format_pair(summary))
     return 0
 
 
@@ -108,13 +98,13 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
             settings = replace(settings, **{name: getattr(args, name)})
     settings.validate()
     x, y = ck.clean_train()
-    progress, close = progress_bar("spectrum", args.quiet)
+    progress, close = term.progress_bar("spectrum", args.quiet)
     try:
         s = spectrum(ck.model, x, y, ck.loss_fn, settings, progress)
     finally:
         close()
-    d = spectrum_summary(s, ck)
-    print(json.dumps(d, indent=2) if args.json else format_spectrum(d))
+    d = term.spectrum_summary(s, ck)
+    print(json.dumps(d, indent=2) if args.json else term.format_spectrum(d))
     return 0
 
 
@@ -133,18 +123,27 @@ def _add_store_args(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     store = _store(args)
-    progress, close = progress_bar("run", args.quiet)
+    progress, close = term.progress_bar("run", args.quiet)
     try:
         outcome = run_pair(cfg, store, progress)
+        verification = verify_pair(cfg, store, progress) if args.verify and outcome.from_store else None
     finally:
         close()
-    d = view_summary(outcome.view) | {"from_store": outcome.from_store}
+    d = term.view_summary(outcome.view) | {"from_store": outcome.from_store, "imported_from": outcome.imported_from}
+    if verification is not None:
+        d["verified"] = verification.ok
+        d["differing"] = [list(r) for r in verification.differing]
     if args.json:
-        print(dumps(d))
+        print(term.dumps(d))
     else:
         print(("answered from the store " if outcome.from_store else "computed and stored ") + f"({store.path})")
-        print(format_view(d))
-    return 0
+        if outcome.imported_from:
+            print(f"imported from {outcome.imported_from}; these numbers were not computed here"
+                  + ("" if args.verify else " (--verify recomputes and compares them)"))
+        print(term.format_view(d))
+        if verification is not None:
+            print(term.format_verification(verification))
+    return 1 if verification is not None and not verification.ok else 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -157,7 +156,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     store = _store(args)
     executor = make_executor(args.executor, address=args.ray_address, max_retries=args.max_retries)
     desc = f"sweep of {n} points" + (f" on {executor.where}" if hasattr(executor, "where") else "")
-    progress, close = progress_bar(desc, args.quiet)
+    progress, close = term.progress_bar(desc, args.quiet)
     try:
         outcomes = sweep(cfg, grid, store, progress, executor=executor, threads=args.threads)
     except ExecutorError as e:
@@ -165,13 +164,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 2
     finally:
         close()
-    rows = [view_summary(o.view) | {"from_store": o.from_store} for o in outcomes]
+    rows = [term.view_summary(o.view) | {"from_store": o.from_store} for o in outcomes]
     failed = [(o.pair_id, str(o.view.runs["error"].iloc[0])) for o in outcomes
               if (o.view.runs["status"] == "failed").any()]
     if args.json:
-        print(dumps(rows))
+        print(term.dumps(rows))
     else:
-        print(sweep_table(rows))
+        print(term.sweep_table(rows))
     for pair_id, error in failed:
         print(f"failed {pair_id}: {error}", file=sys.stderr)
     return 1 if failed else 0
@@ -210,8 +209,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     store = _store(args)
     pair_id = pair_of(args.run_id)
-    d = view_summary(store.pair(pair_id))
-    print(dumps(d) if args.json else format_view(d))
+    d = term.view_summary(store.pair(pair_id))
+    print(term.dumps(d) if args.json else term.format_view(d))
     return 0
 
 
@@ -246,6 +245,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.repair:
+        print("\n".join(store.repair(min_age_s=args.min_age).lines()))
+    report = store.check()
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     print(f"files in {download(args.name, args.root)}")
     return 0
@@ -264,14 +272,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for name, why in skipped:
         print(f"skipping {name}: {why}", file=sys.stderr)
     store = _store(args)
-    progress, close = progress_bar(f"reproduce ({plan.scale})", args.quiet)
+    progress, close = term.progress_bar(f"reproduce ({plan.scale})", args.quiet)
     try:
         rep = reproduce(plan, store, progress, device=args.device, executor=args.executor, skipped=skipped)
     finally:
         close()
     folder = write_report(rep, Path(args.reports) if args.reports else reports_dir(store))
-    table = claims_frame(list(rep.claims))
-    print(table([(str(r["#"]), r["claim"][:70], r["result"]) for _, r in table.iterrows()], ("#", "claim", "result")))
+    claims = claims_frame(list(rep.claims))
+    print(term.table([(str(r["#"]), r["claim"], r["result"]) for _, r in claims.iterrows()], ("#", "claim", "result")))
     print(f"\n{sum(c.verdict == 'PASS' for c in rep.claims)}/{len(rep.claims)} claims pass; "
           f"{rep.seconds:.0f} s ({rep.computed} steps computed). Report: {folder / 'report.md'}")
     return 0
@@ -320,6 +328,9 @@ def _store_compute_commands(sub: argparse._SubParsersAction) -> None:
                                    "already in the store is answered at once without training.")
     _add_config_args(p)
     _add_store_args(p)
+    p.add_argument("--verify", action="store_true",
+                   help="when the pair is stored (e.g. imported from a bundle), compute it again here and compare; "
+                        "exit status 1 when the numbers differ")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
@@ -406,6 +417,16 @@ def _store_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="ZIP", help="bundle to write")
     _add_store_args(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("check", help="find checkpoints without runs, runs without checkpoints, leftover files",
+                       description="Compare the store with its checkpoint folder; --repair removes stray files, "
+                                   "finishes an interrupted import and records missing checkpoints. Exit status 1 "
+                                   "while problems remain.")
+    p.add_argument("--repair", action="store_true", help="fix what can be fixed, then check again")
+    p.add_argument("--min-age", dest="min_age", type=float, default=600.0, metavar="SECONDS",
+                   help="leave stray files younger than this alone: they may belong to a write in progress")
+    _add_store_args(p, json_flag=False)
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("import", help="merge a bundle into the store (idempotent)",
                        description="Merge a bundle written by `export`; runs already present are skipped.")

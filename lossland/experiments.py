@@ -13,17 +13,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import torch
 
 from .checkpoint import write_checkpoint_bytes
 from .config import ConfigError, ExperimentConfig
 from .executors import Executor, PointResult, PointTask, make_executor
-from .pairs import Progress, quiet, run_id
+from .pairs import ROLES, Progress, quiet, run_id, run_ids
 from .pipeline import ComputedPair, compute_pair
 from .store import PairView, Store
+from .store.rows import spectrum_run_facts
 
 SWEEP_FIELDS = ("train.seed", "model.seed", "data.seed", "attack.seed", "attack.n_attack", "model.widths",
                 "data.n_train", "train.lr", "train.batch_size", "train.loss_target")
+
+
+VERIFIED = ("epochs", "clean_loss", "clean_acc", "attack_acc", "test_acc", "top_eigenvalue", "trace",
+            "frobenius_sq", "log_volume")  # what `verify_pair` compares
+VERIFY_RTOL = 1e-6  # CPU runs of one config agree far closer than this; a forged number does not
 
 
 @dataclass(frozen=True)
@@ -32,19 +39,84 @@ class PairOutcome:
     from_store: bool  # True: answered from the store without training
     view: PairView
 
+    imported_from: str | None = None  # "bundle.zip (sha256 1a2b3c4d…)" when the stored pair came from a bundle
+
 
 def run_pair(cfg: ExperimentConfig, store: Store, progress: Progress = quiet,
              device: torch.device | str | None = None) -> PairOutcome:
-    """The stored pair for `cfg`, computing and storing it first when it is not there yet."""
+    """The stored pair for `cfg`, computing and storing it first when it is not there yet. A pair that was
+    imported from a bundle is answered too, and says so (`PairOutcome.imported`; `verify_pair` recomputes it)."""
     pair_id = cfg.config_hash()
     if store.has_pair(pair_id):
-        progress(1.0, f"pair {pair_id} answered from the store")
-        return PairOutcome(pair_id, True, store.pair(pair_id))
+        outcome = PairOutcome(pair_id, True, store.pair(pair_id), _imported_from(store, pair_id))
+        origin = (f", imported from {outcome.imported_from}: verify_pair (lossland run --verify) recomputes it"
+                  if outcome.imported_from else "")
+        progress(1.0, f"pair {pair_id} answered from the store{origin}")
+        return outcome
     computed = compute_pair(cfg, progress, device)
     progress(0.99, "writing to the store")
     store_computed(computed, store)
     progress(1.0, f"pair {pair_id} stored")
     return PairOutcome(pair_id, False, store.pair(pair_id))
+
+
+def _imported_from(store: Store, pair_id: str) -> str | None:
+    prov = store.provenance(run_ids(pair_id))
+    if prov.empty:
+        return None
+    row = prov.iloc[0]
+    return f"{row['bundle']} (sha256 {str(row['bundle_sha256'])[:12]}…, imported {row['imported_at']})"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A stored pair against the same config computed again here: per role and quantity, both values."""
+
+    pair_id: str
+    rows: tuple[tuple[str, str, float | None, float | None], ...]  # (role, quantity, stored, recomputed)
+    rtol: float = VERIFY_RTOL
+
+    @staticmethod
+    def _agree(a: float | None, b: float | None, rtol: float) -> bool:
+        if a is None or b is None or math.isnan(a) or math.isnan(b):
+            return (a is None or math.isnan(a)) and (b is None or math.isnan(b))
+        return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-12)
+
+    @property
+    def differing(self) -> list[tuple[str, str, float | None, float | None]]:
+        return [r for r in self.rows if not self._agree(r[2], r[3], self.rtol)]
+
+    @property
+    def ok(self) -> bool:
+        return not self.differing
+
+
+def verify_pair(cfg: ExperimentConfig, store: Store, progress: Progress = quiet,
+                device: torch.device | str | None = None) -> Verification:
+    """Recompute the pair of `cfg` (nothing is written) and compare it with what the store holds for it:
+    the way to trust, or expose, a pair that came from someone else's bundle."""
+    pair_id = cfg.config_hash()
+    stored = store.pair(pair_id).runs.set_index("role")
+    computed = compute_pair(cfg, progress, device)
+    fresh = {role: _run_numbers(computed, role) for role in ROLES}
+    rows = tuple((role, q, _number(stored.loc[role, q]) if role in stored.index else None, fresh[role].get(q))
+                 for role in ROLES for q in VERIFIED)
+    return Verification(pair_id, rows)
+
+
+def _number(v: Any) -> float | None:
+    try:
+        return None if v is None or v is pd.NA else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _run_numbers(computed: ComputedPair, role: str) -> dict[str, float | None]:
+    """The headline numbers the store would record for this role of a freshly computed pair."""
+    r, s = getattr(computed.pair, role), computed.spectra.get(role)
+    facts = spectrum_run_facts(s) if s is not None else {}
+    return {"epochs": float(r.epochs), **{q: _number(getattr(r, q, facts.get(q))) for q in VERIFIED[1:5]},
+            **{q: _number(facts.get(q)) for q in VERIFIED[5:]}}
 
 
 def store_computed(computed: ComputedPair, store: Store) -> list[str]:

@@ -119,3 +119,12 @@ def sweep_table(rows: list[dict]) -> str:
 
 def dumps(obj) -> str:
     return json.dumps(obj, indent=2, default=str)
+
+
+def format_verification(v) -> str:
+    """An `experiments.Verification` as text: agreement, or each differing number stored vs recomputed."""
+    if v.ok:
+        return f"verified: every compared number agrees with a fresh computation (relative tolerance {v.rtol:g})"
+    lines = [(role, q, fmt(a, ".6g"), fmt(b, ".6g")) for role, q, a, b in v.differing]
+    return (f"NOT verified: {len(lines)} number(s) differ from a fresh computation of this config\n"
+            + table(lines, ("role", "quantity", "stored", "recomputed")))
