@@ -39,7 +39,8 @@ def read_only() -> bool:
 
 @st.cache_resource
 def _store(path: str) -> Store:
-    return Store(Path(path), max_bundle_bytes=_caps().max_upload_mb * 4 * 1024**2)  # unpacked: 4× the upload
+    caps = _caps()  # imports are bounded by the operator's caps, not only by the bundle's own configs
+    return Store(Path(path), max_bundle_bytes=caps.max_upload_mb * 4 * 1024**2, caps=caps)  # unpacked: 4× the upload
 
 
 def _caps() -> Limits:
@@ -236,7 +237,7 @@ def job_progress(pair_id: str, key: str) -> None:
 
 def pair_label(row) -> str:
     return (f"{row['pair_id']} · {row['dataset']}/{row['model']} · attack {row['n_attack']} · "
-            f"{row['created_at']:%Y-%m-%d %H:%M}")
+            f"{row['created_at']:%Y-%m-%d %H:%M}" + (" · imported" if str(row.get("imported")) == "True" else ""))
 
 
 def pair_picker(store: Store, key: str) -> str | None:

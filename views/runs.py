@@ -12,7 +12,7 @@ from lossland import charts
 from lossland.config import ConfigError
 from lossland.limits import check_upload
 from lossland.pairs import ROLES, run_ids, split_run_id
-from lossland.store import EXAMPLE_QUERIES, StoreError
+from lossland.store import EXAMPLE_QUERIES, StoreError, import_allowed
 
 store = ui.get_store()
 st.title("Runs")
@@ -22,9 +22,9 @@ if runs is None or len(runs) == 0:
 
 tab_table, tab_compare, tab_sql, tab_share = st.tabs(["Table", "Compare", "SQL", "Share"])
 
-SHOWN = ["run_id", "pair_id", "role", "status", "dataset", "model", "widths", "n_params", "n_train", "n_attack",
-         "seed", "clean_loss", "clean_acc", "attack_acc", "test_acc", "top_eigenvalue", "trace", "frobenius_sq",
-         "log_volume", "epochs", "seconds", "device", "created_at"]
+SHOWN = ["run_id", "pair_id", "role", "status", "imported", "dataset", "model", "widths", "n_params", "n_train",
+         "n_attack", "seed", "clean_loss", "clean_acc", "attack_acc", "test_acc", "top_eigenvalue", "trace",
+         "frobenius_sq", "log_volume", "epochs", "seconds", "device", "created_at"]
 
 with tab_table:
     if runs is not None and len(runs):
@@ -115,6 +115,8 @@ with tab_share:
     st.subheader("Import")
     if ui.read_only():
         st.caption("Read-only dashboard: importing is switched off.")
+    elif not import_allowed():
+        st.caption("Importing is switched off by this dashboard's operator (LOSSLAND_ALLOW_IMPORT).")
     else:
         caps = ui.caps()
         upload = st.file_uploader(f"bundle (.zip) from `lossland export` or this page, up to {caps.max_upload_mb} MB",
@@ -131,9 +133,12 @@ with tab_share:
                 path = Path(tmp) / "upload.zip"
                 path.write_bytes(upload.getvalue())
                 try:
-                    rep = store.import_bundle(path)
+                    rep = store.import_bundle(path, source=upload.name)
                 except StoreError as e:
                     st.error(f"Import refused, nothing changed: {e}")
                 else:
-                    st.success(f"Imported {len(rep.run_ids_added)} runs; {len(rep.run_ids_skipped)} were already here.")
+                    st.success(f"Imported {len(rep.run_ids_added)} runs (marked imported, with where they came from); "
+                               f"{len(rep.run_ids_skipped)} were already here"
+                               + (f"; restored {len(rep.checkpoints_restored)} missing checkpoints"
+                                  if rep.checkpoints_restored else "") + ".")
                     ui.cached_runs.clear()
