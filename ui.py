@@ -108,6 +108,13 @@ def device_label() -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
+@st.cache_data(ttl=60, show_spinner=False)
+def store_problems(path: str, version: int) -> int:
+    """How many orphans `Store.check` finds (cached for a minute: it lists the checkpoint folder)."""
+    report = _store(path).check()
+    return len(report.lines()) if not report.ok else 0
+
+
 def sidebar(store: Store) -> None:
     with st.sidebar:
         st.caption("store")
@@ -115,6 +122,10 @@ def sidebar(store: Store) -> None:
         try:
             n = store.count_runs()
             st.metric("runs", n)
+            problems = store_problems(str(store.path), jobs().version)
+            if problems:
+                st.warning(f"{problems} checkpoint problem(s) (files without runs, runs without files, leftovers "
+                           "of a crash); `python -m lossland check --repair` lists and fixes them")
         except StoreError as e:
             st.error(str(e))
         st.caption(device_label())
