@@ -8,6 +8,9 @@ against the whole basis twice (classical Gram-Schmidt), so no ghost copies of co
 eigenvalues appear. After every step it checks the k extreme Ritz pairs with the free estimate
 |β_m s_{m,i}| and, when all pass `tol·|θ_i|`, confirms them with their true residuals, assembled
 from the stored products H v_j (no extra HVP; `verify=True` spends k more to recompute them).
+That keeps 2 × steps float64 n-vectors; where their worst case 16·n·max_steps bytes passes
+MAX_BASIS_BYTES it runs thick-restart Lanczos instead (restart.py: memory O((k + slack)·n) within
+the budget, the same residual rule, k HVPs per confirmation).
 `spectral_density` runs one short Lanczos per random vector, all vectors batched through
 `matmat`, and keeps the Gauss quadrature (Ritz values, squared first eigenvector components).
 """
@@ -22,7 +25,14 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
+from .restart import bound, device_of, finite, select, start_vectors, thick_restart
+
 WHICH = ("largest", "smallest")
+MEMORY = ("auto", "full", "restart")
+# The auto switch: full reorthogonalisation with stored products holds 2 · max_steps float64 n-vectors at
+# worst (16 · n · max_steps bytes); above this it restarts within the budget. 1 GiB: digits and mnist1d runs
+# (≤ 73 MB) stay unrestarted; at n = 10⁶ a restarted basis of up to ~120 vectors fits.
+MAX_BASIS_BYTES = 2 ** 30
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,9 @@ class EigenResult:
     which: str  # "largest" | "smallest"
     tol: float
     vectors: torch.Tensor | None = None  # (n, k) float64 Ritz vectors, when asked for
-    steps: int = 0  # Lanczos steps taken (basis size)
+    steps: int = 0  # Lanczos steps taken (basis size, unless restarted)
+    restarts: int = 0  # thick restarts (memory="restart")
+    stored_vectors: int = 0  # the most float64 n-vectors the solver held at once (its memory / 8n bytes)
 
 
 @dataclass(frozen=True)
@@ -95,20 +107,6 @@ def log_volume_curve(eigenvalues, eps: float) -> tuple[float, ...]:
 
 # --- helpers ----------------------------------------------------------------------------------
 
-def _device(op) -> torch.device:
-    return torch.device(getattr(op, "device", "cpu"))
-
-
-def _start_vectors(n: int, b: int, seed: int, kind: str, device) -> torch.Tensor:
-    """(b, n) float64 unit rows, drawn on the CPU from a seeded generator (same on every device)."""
-    gen = torch.Generator().manual_seed(seed)
-    if kind == "gaussian":
-        v = torch.randn((b, n), generator=gen, dtype=torch.float64)
-    else:
-        v = torch.randint(0, 2, (b, n), generator=gen).to(torch.float64).mul_(2).sub_(1)
-    return (v / torch.linalg.vector_norm(v, dim=1, keepdim=True)).to(device)
-
-
 def _orthogonalise(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """w − basis basisᵀ w, twice (classical Gram-Schmidt twice is as good as modified, and one BLAS call)."""
     for _ in range(2):
@@ -141,37 +139,19 @@ def _ritz(alpha: list[float], beta: list[float], k: int, which: str) -> tuple[np
     if m == 1:
         return np.array(alpha), np.ones((1, 1)), abs(alpha[0])
     theta, S = eigh_tridiagonal(np.array(alpha), np.array(beta[:m - 1]))  # all of them: stemr beats a selection
-    order = np.argsort(-theta)[:k] if which == "largest" else np.argsort(theta)[:k]
+    order = select(theta, k, which)
     return theta[order], S[:, order], float(np.abs(theta).max())
-
-
-# A Ritz value within ZERO·‖H‖ of 0 is zero to rounding: no relative residual rule can be met for it, so it
-# passes when its residual is that small too (an absolute floor, as ARPACK's). Lets k exceed the rank.
-ZERO = 1e-10
-
-
-def _bound(theta: np.ndarray, tol: float, scale: float) -> np.ndarray:
-    """Residual each Ritz pair must reach: tol·|θ_i|, or ZERO·‖H‖ for a θ_i that is zero to rounding."""
-    floor = ZERO * scale
-    return np.where(np.abs(theta) <= floor, floor, tol * np.abs(theta))
-
-
-def _finite(w: torch.Tensor, step: int) -> torch.Tensor:
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError(f"the operator returned NaN or inf at Lanczos step {step}: the loss or its Hessian is not "
-                         f"finite at this point (a diverged model, or an overflow); no eigenvalues can be computed")
-    return w
 
 
 # --- top-k eigenpairs ---------------------------------------------------------------------------
 
 def top_eigenpairs(op, k: int, tol: float = 1e-6, max_steps: int = 300, which: str = "largest", seed: int = 0,
                    return_vectors: bool = False, block_size: int = 1, check_every: int = 1,
-                   verify: bool = False) -> EigenResult:
+                   verify: bool = False, memory: str = "auto", max_basis_bytes: int = MAX_BASIS_BYTES) -> EigenResult:
     """The k largest (or most negative, which="smallest") eigenpairs of a symmetric operator.
 
     Stops when every one of the k Ritz pairs y_i = V s_i has ||Hy_i − θ_i y_i|| ≤ tol·|θ_i|, or
-    after max_steps basis vectors (converged=False). The free estimate |β_m s_{m,i}| gates the test;
+    after max_steps Lanczos steps (converged=False). The free estimate |β_m s_{m,i}| gates the test;
     the residual itself is then computed from the stored products H v_j (H y = Σ_j s_ij H v_j), so
     it is the true residual of the returned vectors up to rounding, at no extra HVP — at the price
     of a second n × steps float64 buffer. `verify=True` recomputes it with one matmat of the k Ritz
@@ -182,29 +162,42 @@ def top_eigenpairs(op, k: int, tol: float = 1e-6, max_steps: int = 300, which: s
     Lanczos through op.matmat (more HVPs, fewer but wider products). A Ritz value zero to rounding
     (|θ| ≤ ZERO·‖H‖) can't meet a relative rule; it passes at a residual ≤ ZERO·‖H‖, so k may exceed the
     operator's rank. An operator that returns NaN or inf raises ValueError: never a NaN eigenvalue.
+
+    memory="restart" runs thick-restart Lanczos (restart.thick_restart) holding at most
+    max_basis_bytes of float64 vectors, its residuals always from products of the returned vectors;
+    "full" never restarts; "auto" (single-vector only) restarts where 16·n·max_steps > max_basis_bytes.
     """
     if which not in WHICH:
         raise ValueError(f"which = {which!r} is not allowed: one of largest, smallest")
+    if memory not in MEMORY:
+        raise ValueError(f"memory = {memory!r} is not allowed: one of {', '.join(MEMORY)}")
     n = op.n
     if not 1 <= k <= n:
         raise ValueError(f"k = {k} is not allowed: an integer in [1, n = {n}]")
-    if block_size < 1:
-        raise ValueError(f"block_size = {block_size} is not allowed: an integer ≥ 1")
-    start, hvps0 = time.perf_counter(), op.hvps
+    if block_size < 1 or (block_size > 1 and memory == "restart"):
+        raise ValueError(f"block_size = {block_size} is not allowed: an integer ≥ 1, and 1 with memory='restart'")
+    start, hvps0, cap = time.perf_counter(), op.hvps, min(max(max_steps, k), n)
+    if memory == "restart" or (memory == "auto" and block_size == 1 and 16 * n * cap > max_basis_bytes):
+        r = thick_restart(op, k, tol, max(max_steps, k), which, seed, max_basis_bytes, return_vectors)
+        return EigenResult(eigenvalues=tuple(float(t) for t in r.theta), residuals=tuple(float(x) for x in r.residuals),
+                           hvps=op.hvps - hvps0, seconds=time.perf_counter() - start,
+                           converged=bool(np.all(r.residuals <= bound(r.theta, tol, r.scale))), which=which, tol=tol,
+                           vectors=r.vectors, steps=r.steps, restarts=r.restarts, stored_vectors=r.stored_vectors)
     run = _lanczos if block_size == 1 else _block_lanczos
-    theta, Y, residuals, steps, scale = run(op, k, tol, min(max(max_steps, k), n), which, seed,
-                                            max(1, check_every), block_size)
+    theta, Y, residuals, steps, scale, stored = run(op, k, tol, cap, which, seed, max(1, check_every), block_size)
     if verify:
         HY = op.matmat(Y).to(device=Y.device, dtype=torch.float64)
         residuals = torch.linalg.vector_norm(HY - Y * torch.as_tensor(theta, device=Y.device), dim=0).cpu().numpy()
-    converged = bool(np.all(residuals <= _bound(theta, tol, scale)))
+    converged = bool(np.all(residuals <= bound(theta, tol, scale)))
     return EigenResult(eigenvalues=tuple(float(t) for t in theta), residuals=tuple(float(r) for r in residuals),
                        hvps=op.hvps - hvps0, seconds=time.perf_counter() - start, converged=converged,
-                       which=which, tol=tol, vectors=Y if return_vectors else None, steps=steps)
+                       which=which, tol=tol, vectors=Y if return_vectors else None, steps=steps,
+                       stored_vectors=stored)
 
 
 def _ritz_pairs(basis: _Basis, products: _Basis, theta: np.ndarray, S: np.ndarray, scale: float):
-    """(θ, unit Ritz vectors Y = Vᵀ S / ‖·‖ (n, k), ||H y_i − θ_i y_i|| with H Y = (HV)ᵀ S / ‖·‖, steps, ‖T‖)."""
+    """(θ, unit Ritz vectors Y = Vᵀ S / ‖·‖ (n, k), ||H y_i − θ_i y_i|| with H Y = (HV)ᵀ S / ‖·‖, steps, ‖T‖,
+    n-vectors held: both buffers' capacity and Y)."""
     V, HV = basis.view, products.view
     S = torch.as_tensor(S, dtype=torch.float64, device=V.device)
     Y = V.T @ S
@@ -212,21 +205,22 @@ def _ritz_pairs(basis: _Basis, products: _Basis, theta: np.ndarray, S: np.ndarra
     HY = HV.T @ S / norms
     Y = Y / norms
     residuals = torch.linalg.vector_norm(HY - Y * torch.as_tensor(theta, device=Y.device), dim=0)
-    return theta, Y, residuals.cpu().numpy(), basis.size, scale
+    stored = len(basis.rows) + len(products.rows) + 2 * len(theta)
+    return theta, Y, residuals.cpu().numpy(), basis.size, scale, stored
 
 
 def _lanczos(op, k, tol, cap, which, seed, check_every, _block):
     """Single-vector Lanczos, fully reorthogonalised; returns _ritz_pairs at the stop."""
-    n, device = op.n, _device(op)
+    n, device = op.n, device_of(op)
     basis, products = _Basis(n, min(cap, 64), device), _Basis(n, min(cap, 64), device)
     alpha: list[float] = []
     beta: list[float] = []
-    v = _start_vectors(n, 1, seed, "gaussian", device)[0]
+    v = start_vectors(n, 1, seed, "gaussian", device)[0]
     v_prev, b_prev = torch.zeros_like(v), 0.0
     restarts, next_check = 0, 0
     while True:
         basis.append(v)
-        w = _finite(op.matvec(v).to(device=device, dtype=torch.float64), basis.size)
+        w = finite(op.matvec(v).to(device=device, dtype=torch.float64), basis.size)
         products.append(w)
         a = float(v @ w)
         w = _orthogonalise(w - a * v - b_prev * v_prev, basis.view)
@@ -243,14 +237,14 @@ def _lanczos(op, k, tol, cap, which, seed, check_every, _block):
             theta, S, norm = _ritz(alpha, beta, k, which)
             if full:
                 return _ritz_pairs(basis, products, theta, S, norm)
-            if m >= next_check and np.all(np.abs(b * S[-1]) <= _bound(theta, tol, norm)):
+            if m >= next_check and np.all(np.abs(b * S[-1]) <= bound(theta, tol, norm)):
                 pairs = _ritz_pairs(basis, products, theta, S, norm)
-                if np.all(pairs[2] <= _bound(theta, tol, norm)):
+                if np.all(pairs[2] <= bound(theta, tol, norm)):
                     return pairs
                 next_check = m + max(k, m // 2)  # HVPs noisier than tol (float32): check less often
         if invariant:  # continue from a fresh direction orthogonal to the basis
             restarts += 1
-            fresh = _start_vectors(n, 1, seed + 7919 * restarts, "gaussian", device)[0]
+            fresh = start_vectors(n, 1, seed + 7919 * restarts, "gaussian", device)[0]
             w = _orthogonalise(fresh, basis.view)
             b_next = float(torch.linalg.vector_norm(w))
             if b_next < 1e-8:  # the basis already spans everything
@@ -265,17 +259,17 @@ def _lanczos(op, k, tol, cap, which, seed, check_every, _block):
 def _block_lanczos(op, k, tol, cap, which, seed, check_every, p):
     """Block Lanczos: p HVPs per step through one op.matmat; T is block tridiagonal. A block that loses
     rank (invariant subspace) has its dead columns replaced by random directions orthogonal to the basis."""
-    n, device = op.n, _device(op)
+    n, device = op.n, device_of(op)
     basis, products = _Basis(n, min(cap, 64), device), _Basis(n, min(cap, 64), device)
     T = np.zeros((cap + p, cap + p))
-    Q = _orthonormal_block(_start_vectors(n, p, seed, "gaussian", device).T, basis.view, seed, 0)[0]
+    Q = _orthonormal_block(start_vectors(n, p, seed, "gaussian", device).T, basis.view, seed, 0)[0]
     Q_prev, R_prev = None, None
     next_check, restarts, size = 0, 1, 0.0
     while True:
         j = basis.size
         width = min(Q.shape[1], cap - j)
         Q = Q[:, :width]
-        W = _finite(op.matmat(Q).to(device=device, dtype=torch.float64), basis.size)
+        W = finite(op.matmat(Q).to(device=device, dtype=torch.float64), basis.size)
         size = max(size, float(torch.linalg.vector_norm(W, dim=0).max()))  # ‖H‖ as seen so far
         for c in range(width):
             basis.append(Q[:, c])
@@ -296,13 +290,13 @@ def _block_lanczos(op, k, tol, cap, which, seed, check_every, p):
         if m >= k and not hold and (full or (m // p) % check_every == 0):
             theta, S = np.linalg.eigh(T[:m, :m])
             norm = float(np.abs(theta).max())
-            idx = np.argsort(-theta)[:k] if which == "largest" else np.argsort(theta)[:k]
+            idx = select(theta, k, which)
             theta, S = theta[idx], S[:, idx]
             if full:
                 return _ritz_pairs(basis, products, theta, S, norm)
-            if m >= next_check and np.all(np.linalg.norm(R_np @ S[j:m], axis=0) <= _bound(theta, tol, norm)):
+            if m >= next_check and np.all(np.linalg.norm(R_np @ S[j:m], axis=0) <= bound(theta, tol, norm)):
                 pairs = _ritz_pairs(basis, products, theta, S, norm)
-                if np.all(pairs[2] <= _bound(theta, tol, norm)):
+                if np.all(pairs[2] <= bound(theta, tol, norm)):
                     return pairs
                 next_check = m + max(k, m // 2)
         T[m:m + width, j:m] = R_np
@@ -328,7 +322,7 @@ def _orthonormal_block(W: torch.Tensor, basis: torch.Tensor, seed: int, restarts
         if norm > 1e-10 * max(scale, 1e-300):
             Q[:, c], R[c, c] = w / norm, norm
             continue
-        fresh = _start_vectors(n, 1, seed + 7919 * restarts, "gaussian", W.device)[0]
+        fresh = start_vectors(n, 1, seed + 7919 * restarts, "gaussian", W.device)[0]
         restarts += 1
         known = torch.cat([basis, Q[:, :c].T])
         fresh = _orthogonalise(fresh, known)
@@ -347,12 +341,12 @@ def spectral_density(op, n_vectors: int, n_steps: int, seed: int = 0, batch: int
     if n_vectors < 1 or n_steps < 1:
         raise ValueError(f"n_vectors = {n_vectors}, n_steps = {n_steps}: both must be ≥ 1")
     start, hvps0 = time.perf_counter(), op.hvps
-    device = _device(op)
+    device = device_of(op)
     m = min(n_steps, op.n)
     batch = max(1, min(batch, max_basis_bytes // (8 * m * op.n)))
     nodes = np.zeros((n_vectors, m))
     weights = np.zeros((n_vectors, m))
-    starts = _start_vectors(op.n, n_vectors, seed, "rademacher", device)
+    starts = start_vectors(op.n, n_vectors, seed, "rademacher", device)
     for lo in range(0, n_vectors, batch):
         for i, (alpha, beta) in enumerate(_batched_lanczos(op, starts[lo:lo + batch], m)):
             theta, S = np.linalg.eigh(np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1))
@@ -377,7 +371,7 @@ def _batched_lanczos(op, V0: torch.Tensor, m: int) -> list[tuple[np.ndarray, np.
         basis[j] = v
         idx = active.nonzero()[:, 0]
         W = torch.zeros_like(v)
-        W[idx] = _finite(op.matmat(v[idx].T).T.to(device=V0.device, dtype=torch.float64), j)
+        W[idx] = finite(op.matmat(v[idx].T).T.to(device=V0.device, dtype=torch.float64), j)
         a = (v * W).sum(1)
         W = W - a[:, None] * v - b_prev[:, None] * v_prev
         for _ in range(2):

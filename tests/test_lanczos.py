@@ -11,6 +11,7 @@ from lossland.curvature import HessianOperator, exact_hessian
 from lossland.data import load_dataset
 from lossland.lanczos import DensityResult, log_volume, log_volume_curve, spectral_density, top_eigenpairs
 from lossland.models import build_model
+from lossland.restart import MIN_SLACK, OVERHEAD_VECTORS, basis_limit
 from lossland.train import loss_function
 
 
@@ -158,6 +159,102 @@ def test_block_lanczos_agrees_with_single_vector(tiny):
     assert res.converged
     assert _rel(res.eigenvalues, exact[:10]) < 1e-8
     assert all(r <= 1e-10 * abs(lam) for r, lam in zip(res.residuals, res.eigenvalues, strict=True))
+
+
+# --- thick restart: a basis bounded by a memory budget ---------------------------------------------
+
+def _budget(n: int, basis: int) -> int:
+    """Bytes for `basis` float64 basis vectors of length n plus the solver's working vectors."""
+    return 8 * n * (basis + 1 + OVERHEAD_VECTORS)
+
+
+def _clustered(n: int = 400, seed: int = 0) -> tuple[MatrixOperator, np.ndarray]:
+    """A symmetric matrix whose top 20 eigenvalues come in 5 tight clusters (gaps 1e-3) above a bulk."""
+    gen = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64)).Q
+    top = [c + 1e-3 * i for c in (10.0, 9.0, 8.0, 7.0, 6.0) for i in range(4)]
+    bulk = 3 * torch.rand(n - 20, generator=gen, dtype=torch.float64)
+    lam = torch.cat([torch.tensor(top, dtype=torch.float64), bulk])
+    A = Q @ torch.diag(lam) @ Q.T
+    return MatrixOperator(0.5 * (A + A.T)), np.sort(lam.numpy())[::-1]
+
+
+def _assert_exact_pairs(res, exact, tol: float) -> None:
+    lam = np.asarray(res.eigenvalues)
+    assert res.converged
+    assert np.all(np.abs(lam - exact[:len(lam)]) <= 1e-10 * np.abs(exact[:len(lam)]))
+    assert np.all(np.asarray(res.residuals) <= tol * np.abs(lam))
+
+
+def test_thick_restart_matches_eigvalsh_of_the_exact_hessian_in_a_small_basis(tiny):
+    op, exact = tiny
+    k, basis = 10, 10 + MIN_SLACK
+    budget = _budget(op.n, basis)
+    res = top_eigenpairs(op, k, tol=1e-9, max_steps=2000, memory="restart", max_basis_bytes=budget)
+    assert res.restarts >= 1, "the budget was meant to force restarts"
+    _assert_exact_pairs(res, exact, 1e-9)
+    assert res.stored_vectors <= budget // (8 * op.n)
+    assert res.hvps > res.steps  # residuals confirmed on k products of the returned vectors, counted
+
+
+def test_thick_restart_separates_clustered_eigenvalues():
+    op, exact = _clustered()
+    budget = _budget(op.n, 20 + MIN_SLACK)
+    res = top_eigenpairs(op, 20, tol=1e-9, max_steps=3000, memory="restart", max_basis_bytes=budget)
+    assert res.restarts >= 1
+    _assert_exact_pairs(res, exact, 1e-9)
+    assert res.stored_vectors <= budget // (8 * op.n)
+    full = top_eigenpairs(op, 20, tol=1e-9, max_steps=3000, memory="full")
+    assert np.allclose(res.eigenvalues, full.eigenvalues, rtol=1e-12, atol=0)
+    assert full.stored_vectors > res.stored_vectors
+
+
+def test_thick_restart_returns_orthonormal_vectors_with_honest_residuals(mlp):
+    op, _ = mlp
+    res = top_eigenpairs(op, 5, tol=1e-9, memory="restart", max_basis_bytes=_budget(op.n, 5 + MIN_SLACK),
+                         return_vectors=True, max_steps=2000)
+    Y = res.vectors
+    assert torch.allclose(Y.T @ Y, torch.eye(5, dtype=torch.float64), atol=1e-10)
+    HY = op.matmat(Y)
+    recomputed = torch.linalg.vector_norm(HY - Y * torch.tensor(res.eigenvalues, dtype=torch.float64), dim=0)
+    assert np.allclose(recomputed.numpy(), res.residuals, rtol=1e-6, atol=1e-14)
+
+
+def test_thick_restart_finds_the_smallest_eigenvalues():
+    op, exact = _clustered(seed=3)
+    negated = MatrixOperator(-op.A)
+    res = top_eigenpairs(negated, 8, tol=1e-9, max_steps=3000, which="smallest", memory="restart",
+                         max_basis_bytes=_budget(op.n, 8 + MIN_SLACK))
+    assert res.restarts >= 1
+    _assert_exact_pairs(res, -exact, 1e-9)
+
+
+def test_thick_restart_recovers_multiplicities_at_an_invariant_subspace():
+    gen = torch.Generator().manual_seed(1)
+    Q = torch.linalg.qr(torch.randn(30, 30, generator=gen, dtype=torch.float64)).Q
+    lam = torch.tensor([5.0, 5.0, 5.0, 3.0, 3.0] + [1.0] * 10 + [0.0] * 15, dtype=torch.float64)
+    op = MatrixOperator(Q @ torch.diag(lam) @ Q.T)
+    res = top_eigenpairs(op, 5, tol=1e-10, max_steps=200, memory="restart", max_basis_bytes=_budget(30, 5 + MIN_SLACK))
+    assert np.allclose(res.eigenvalues, [5, 5, 5, 3, 3], atol=1e-10) and res.converged
+
+
+def test_auto_restarts_only_above_the_memory_threshold(mlp):
+    op, exact = mlp
+    small = 16 * op.n * 300 - 1  # just below what the unrestarted worst case (basis + products) needs
+    auto = top_eigenpairs(op, 6, tol=1e-9, max_steps=300, max_basis_bytes=small)
+    assert auto.hvps > auto.steps and auto.stored_vectors <= small // (8 * op.n)  # the restarted solver ran
+    plain = top_eigenpairs(op, 6, tol=1e-9, max_steps=300, max_basis_bytes=16 * op.n * 300)
+    assert plain.hvps == plain.steps and plain.restarts == 0
+    assert np.allclose(auto.eigenvalues, plain.eigenvalues, rtol=1e-12, atol=0)
+
+
+def test_a_budget_below_k_plus_slack_is_refused():
+    op = MatrixOperator(torch.eye(100, dtype=torch.float64))
+    with pytest.raises(ValueError, match="max_basis_bytes"):
+        top_eigenpairs(op, 10, memory="restart", max_basis_bytes=_budget(100, 10 + MIN_SLACK - 1))
+    assert basis_limit(100, 10, 300, _budget(100, 10 + MIN_SLACK)) == 10 + MIN_SLACK
+    with pytest.raises(ValueError, match="memory"):
+        top_eigenpairs(op, 2, memory="small")
 
 
 # --- stochastic Lanczos quadrature ---------------------------------------------------------------
