@@ -302,7 +302,12 @@ def spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
     Log-volume of the top k: −½ Σ_{i≤k} log(max(λ_i, 0) + eps), negative eigenvalues clipped at 0.
     HVPs run in `dtype` (a copy of the model; the model itself is untouched): float64 by default,
     because float32 HVPs carry ~1e-7·λ_max of noise, which the residual rule tol·|λ_i| cannot get
-    under for eigenvalues much smaller than λ_max. None keeps the model's dtype.
+    under for eigenvalues much smaller than λ_max. None keeps the model's dtype. For a large model,
+    dtype=torch.float32 runs the products in float32 (half the memory per chunk's graph, 2-3× faster on
+    CPU) while Lanczos, SLQ and the estimators keep float64 arithmetic; its accuracy cost is measured in
+    BENCHMARKS.md. A function argument, not a SpectrumConfig field, so no run id changes. Memory: one
+    chunk's graph at a time (several chunks never cache theirs), and a Lanczos basis that restarts
+    within lanczos.MAX_BASIS_BYTES.
     """
     report = progress or (lambda fraction, message: None)
     start = time.perf_counter()

@@ -291,3 +291,80 @@ def test_spectrum_of_a_float32_model_in_float64_leaves_the_model_alone(digits):
     assert res.top.converged and res.exact_eigenvalues is None and res.log_volume_exact is None
     assert res.trace_exact is None and res.frobenius_sq_exact is None
     assert all(math.isfinite(v) for v in res.log_volume_k)
+
+
+# --- memory and precision at scale ---------------------------------------------------------------
+
+class _SavedBytes:
+    """Bytes of tensors saved for backward that are alive at once (storages not in `known` counted once)."""
+
+    def __init__(self, known: list[torch.Tensor]):
+        self.known = {t.untyped_storage().data_ptr() for t in known}
+        self.refs: dict[int, int] = {}
+        self.live = self.peak = 0
+
+    def pack(self, t: torch.Tensor):
+        key = t.untyped_storage().data_ptr()
+        if key not in self.known:
+            if self.refs.get(key, 0) == 0:
+                self.live += t.untyped_storage().nbytes()
+                self.peak = max(self.peak, self.live)
+            self.refs[key] = self.refs.get(key, 0) + 1
+        return _Held(self, key, t)
+
+    def release(self, key: int, nbytes: int) -> None:
+        if key in self.known:
+            return
+        self.refs[key] -= 1
+        if self.refs[key] == 0:
+            self.live -= nbytes
+
+
+class _Held:
+    def __init__(self, meter: _SavedBytes, key: int, t: torch.Tensor):
+        self.t, self.meter, self.key, self.nbytes = t, meter, key, t.untyped_storage().nbytes()
+
+    def __del__(self):
+        self.meter.release(self.key, self.nbytes)
+
+
+def _peak_graph_bytes(op: HessianOperator, v: torch.Tensor) -> int:
+    meter = _SavedBytes([op._params] + [t for xb, yb, _ in op.chunks for t in (xb, yb)])
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda held: held.t):
+        op.matvec(v)
+    return meter.peak
+
+
+def test_chunked_hvps_hold_one_chunks_graph_whatever_the_dataset_size(digits):
+    """Peak memory of saved activations during an HVP is one chunk's graph: 3 chunks of 100 hold no more than
+    one chunk of 100; the cached-graph path is off with several chunks (it would keep them all)."""
+    x, y = digits
+    model = build_model(ModelConfig(name="mlp", widths=(64,)), (1, 8, 8), 10).double().eval()
+    one = HessianOperator(model, x[:100], y[:100], LOSS, chunk_size=100, cache_graph=False)
+    three = HessianOperator(model, x, y, LOSS, chunk_size=100)
+    whole = HessianOperator(model, x, y, LOSS, chunk_size=300, cache_graph=False)
+    assert not three.cache_graph and one.n == three.n
+    v = _vectors(one.n, 1, 5)[:, 0]
+    peak_one, peak_three, peak_whole = (_peak_graph_bytes(op, v) for op in (one, three, whole))
+    assert peak_one > 0 and peak_three <= 1.1 * peak_one
+    assert peak_whole >= 2.5 * peak_one  # the meter sees graphs grow with the chunk
+    assert three._graphs is None
+    assert _rel(three.matvec(v), whole.matvec(v)) < 1e-12
+    cached = HessianOperator(model, x, y, LOSS, chunk_size=100, cache_graph=True)
+    cached.matvec(v)
+    assert len(cached._graphs) == 3  # asked for: every chunk's graph is kept, 3× the memory
+
+
+def test_float32_hvps_with_float64_lanczos_cost_little_accuracy_at_the_top(mlp, digits):
+    """HVPs of a float32 copy, Lanczos in float64 (the float64 model is left alone): the top eigenvalues within
+    1e-5 of eigvalsh of the float64 Hessian, where float32 HVPs carry ~1e-7·λ_max of rounding."""
+    model, op, H = mlp
+    x, y = digits
+    cfg = SpectrumConfig(k=3, tol=1e-4, max_steps=200, slq_vectors=1, slq_steps=5, trace_samples=3,
+                         exact_max_params=0)
+    res = spectrum(model, x.float(), y, LOSS, cfg, dtype=torch.float32)
+    exact = torch.linalg.eigvalsh(H).flip(0).numpy()
+    assert next(model.parameters()).dtype == torch.float64  # a float32 copy did the products
+    assert res.top.converged
+    err = np.abs(np.array(res.top.eigenvalues) - exact[:3]) / exact[:3]
+    assert err.max() < 1e-5, err
