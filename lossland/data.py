@@ -2,7 +2,9 @@
 
 Every dataset is split the same way: a fixed *pool* of training samples and a test split.
 `data.seed` picks which pool samples are clean-train; the attack set is drawn from the rest
-of the pool (never from test, never overlapping clean train) and gets random labels.
+of the pool (never from test, never overlapping clean train) and gets random (or wrong) labels.
+Files (MNIST, Fashion-MNIST, CIFAR-10) are read from data.root when it is set, otherwise from
+data/datasets/<name>/ and then where a system package puts them (Debian's dataset-fashion-mnist).
 """
 
 from __future__ import annotations
@@ -17,9 +19,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import AttackConfig, DataConfig, ExperimentConfig
+from .config import IMAGE_DATASETS, AttackConfig, DataConfig, ExperimentConfig
 
 DATASETS_DIR = Path("data/datasets")
+# Where an operating-system package installs a dataset's original files, searched after DATASETS_DIR.
+SYSTEM_FOLDERS: dict[str, tuple[Path, ...]] = {
+    "fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),),  # Debian/Ubuntu: dataset-fashion-mnist
+}
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                      "Bag", "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
+CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)[None, :, None, None]
+CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)[None, :, None, None]
 
 
 class DatasetError(RuntimeError):
@@ -58,11 +71,17 @@ def _digits(cfg: DataConfig):
     from sklearn.datasets import load_digits  # start-up cost (~1 s), paid only when digits is loaded
 
     d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None, :, :]  # 1×8×8 images in [0, 1]
+    x = _with_channel(d.images / 16.0)  # 1×8×8 images in [0, 1]
     y = d.target.astype(np.int64)
     order = np.random.default_rng(12345).permutation(len(y))  # fixed pool/test split
     n_pool = 1400
     return x[order[:n_pool]], y[order[:n_pool]], x[order[n_pool:]], y[order[n_pool:]]
+
+
+def _with_channel(images: np.ndarray) -> np.ndarray:
+    """(n, H, W) -> float32 (n, 1, H, W) with ordinary strides: a `[:, None]` view has a zero stride that
+    torch reads as channels-last, and conv backward under vmap (batched HVPs) refuses channels-last."""
+    return np.ascontiguousarray(images, dtype=np.float32).reshape(len(images), 1, *images.shape[1:])
 
 
 def _mnist1d(cfg: DataConfig):
@@ -93,13 +112,42 @@ IDX_FILES = {
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 HOW_TO_GET = {
     "mnist": "the four IDX files of MNIST (e.g. from the original MNIST site or torchvision's mirror)",
-    "fashion-mnist": "the four IDX files of Fashion-MNIST (github.com/zalandoresearch/fashion-mnist)",
+    "fashion-mnist": "the four IDX files of Fashion-MNIST: `apt-get install dataset-fashion-mnist` on "
+                     "Debian/Ubuntu (it puts them in /usr/share/datasets/fashion-mnist/), elsewhere from "
+                     "github.com/zalandoresearch/fashion-mnist",
     "cifar10": "the 'CIFAR-10 python version' archive from cs.toronto.edu/~kriz/cifar.html, unpacked",
 }
 
 
-def dataset_folder(cfg: DataConfig) -> Path:
-    return Path(cfg.root) if cfg.root else DATASETS_DIR / cfg.name
+def dataset_folders(cfg: DataConfig) -> tuple[Path, ...]:
+    """Where a file dataset is looked for, in order: data.root alone when it is set; otherwise
+    data/datasets/<name>/, then the folders a system package installs it in."""
+    if cfg.root:
+        return (Path(cfg.root),)
+    return (DATASETS_DIR / cfg.name, *SYSTEM_FOLDERS.get(cfg.name, ()))
+
+
+def _missing_files(name: str, folder: Path) -> list[str]:
+    if name == "cifar10":
+        return [f for f in CIFAR_FILES if not (_cifar_folder(folder) / f).exists()]
+    return [stem for stem in IDX_FILES.values() if _find(folder, stem) is None]
+
+
+def locate(cfg: DataConfig) -> Path:
+    """The first folder of `dataset_folders` holding all of the dataset's files; otherwise a
+    DatasetError naming, for every folder looked in, the files missing there, and how to get them."""
+    missing_in: dict[Path, list[str]] = {}
+    for folder in dataset_folders(cfg):
+        missing_in[folder] = _missing_files(cfg.name, folder)
+        if not missing_in[folder]:
+            return folder
+    gz = "" if cfg.name == "cifar10" else " (optionally .gz)"
+    looked = "; ".join(f"missing {', '.join(m)}{gz} in {f.resolve()}{'' if f.is_dir() else ' (no such folder)'}"
+                       for f, m in missing_in.items())
+    where = ("data.root is set, so only that folder is searched; put them there or set data.root to null"
+             if cfg.root else f"put them in {DATASETS_DIR / cfg.name}/ or set data.root to the folder holding them")
+    raise DatasetError(f"{cfg.name}: {looked}. Get {HOW_TO_GET[cfg.name]}; {where}; or run "
+                        f"`python -m lossland download {cfg.name}` where torchvision is installed.")
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -129,34 +177,24 @@ def _find(folder: Path, stem: str) -> Path | None:
 
 
 def _idx_dataset(cfg: DataConfig):
-    folder = dataset_folder(cfg)
+    folder = locate(cfg)
     paths = {k: _find(folder, stem) for k, stem in IDX_FILES.items()}
-    missing = [IDX_FILES[k] for k, p in paths.items() if p is None]
-    if missing:
-        raise DatasetError(
-            f"{cfg.name}: missing {', '.join(missing)} (optionally .gz) in {folder.resolve()}. "
-            f"Put {HOW_TO_GET[cfg.name]} there, set data.root to the folder holding them, "
-            f"or run `python -m lossland download {cfg.name}` where torchvision is installed.")
     xs, ys = _read_idx(paths["train_x"]), _read_idx(paths["train_y"])
     xt, yt = _read_idx(paths["test_x"]), _read_idx(paths["test_y"])
     for part, images, labels in (("train", xs, ys), ("test", xt, yt)):
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DatasetError(f"{cfg.name}: the {part} IDX files hold {len(images)} images but {len(labels)} labels "
                                f"(shapes {images.shape} and {labels.shape}); they must be a matching pair")
-    scale = lambda a: (a.astype(np.float32) / 255.0)[:, None, :, :]  # noqa: E731
+    scale = lambda a: _with_channel(a.astype(np.float32) / 255.0)  # noqa: E731
     return scale(xs), ys.astype(np.int64), scale(xt), yt.astype(np.int64)
 
 
+def _cifar_folder(folder: Path) -> Path:
+    return folder / "cifar-10-batches-py" if (folder / "cifar-10-batches-py").is_dir() else folder
+
+
 def _cifar10(cfg: DataConfig):
-    folder = dataset_folder(cfg)
-    if (folder / "cifar-10-batches-py").is_dir():
-        folder = folder / "cifar-10-batches-py"
-    missing = [f for f in CIFAR_FILES if not (folder / f).exists()]
-    if missing:
-        raise DatasetError(
-            f"cifar10: missing {', '.join(missing)} in {folder.resolve()}. Put {HOW_TO_GET['cifar10']} "
-            f"there, set data.root to that folder, or run `python -m lossland download cifar10` "
-            f"where torchvision is installed.")
+    folder = _cifar_folder(locate(cfg))
 
     def load(name: str):
         try:
@@ -176,9 +214,7 @@ def _cifar10(cfg: DataConfig):
     parts = [load(f) for f in CIFAR_FILES[:5]]
     x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     xt, yt = load("test_batch")
-    mean = np.array([0.4914, 0.4822, 0.4465], np.float32)[None, :, None, None]
-    std = np.array([0.2470, 0.2435, 0.2616], np.float32)[None, :, None, None]
-    norm = lambda a: ((a.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)  # noqa: E731
+    norm = lambda a: ((a.astype(np.float32) / 255.0 - CIFAR_MEAN) / CIFAR_STD).astype(np.float32)  # noqa: E731
     return norm(x), y, norm(xt), yt
 
 
@@ -196,6 +232,7 @@ class _SafeUnpickler(pickle.Unpickler):
 
 SOURCES = {"digits": _digits, "mnist1d": _mnist1d, "teacher": _teacher,
            "mnist": _idx_dataset, "fashion-mnist": _idx_dataset, "cifar10": _cifar10}
+FILE_DATASETS = ("mnist", "fashion-mnist", "cifar10")  # read from files; the rest are made here
 
 
 @functools.lru_cache(maxsize=8)
@@ -204,10 +241,13 @@ def _load_source(cfg_key: DataConfig):
 
 
 def _source_key(cfg: DataConfig) -> DataConfig:
-    """The part of the config that decides the raw arrays (the cache key for _load_source)."""
-    keep_teacher = cfg.name == "teacher"
-    return DataConfig(name=cfg.name, n_train=1, root=cfg.root) if not keep_teacher else replace(
-        cfg, n_train=1, n_test=None, seed=0)
+    """The part of the config that decides the raw arrays (the cache key for _load_source): for a
+    file dataset, the folder its files were found in."""
+    if cfg.name == "teacher":
+        return replace(cfg, n_train=1, n_test=None, seed=0)
+    if cfg.name in FILE_DATASETS:
+        return DataConfig(name=cfg.name, n_train=1, root=str(locate(cfg).resolve()))
+    return DataConfig(name=cfg.name, n_train=1)
 
 
 # --- the split and the attack set ----------------------------------------------------------
@@ -221,16 +261,22 @@ def attack_labels(y_true: np.ndarray, n_classes: int, mode: str, seed: int) -> n
     return ((y_true + shift) % n_classes).astype(np.int64)
 
 
+def _split(data: DataConfig, attack: AttackConfig, n_pool: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted pool positions of the clean-train samples (seeded by data.seed) and of the attack
+    samples (seeded by attack.seed, drawn from the rest)."""
+    if n_pool < data.n_train + attack.n_attack:
+        raise DatasetError(f"{data.name}: pool has {n_pool} samples, fewer than "
+                           f"data.n_train + attack.n_attack = {data.n_train + attack.n_attack}")
+    order = np.random.default_rng([data.seed, 0]).permutation(n_pool)
+    rest = order[data.n_train:]
+    attack_idx = np.random.default_rng([attack.seed, 2]).choice(rest, attack.n_attack, replace=False)
+    return np.sort(order[: data.n_train]), np.sort(attack_idx)
+
+
 def load_dataset(data: DataConfig, attack: AttackConfig | None = None) -> Dataset:
     attack = attack or AttackConfig(n_attack=0)
     x_pool, y_pool, x_test, y_test = _load_source(_source_key(data))
-    if len(y_pool) < data.n_train + attack.n_attack:
-        raise DatasetError(f"{data.name}: pool has {len(y_pool)} samples, fewer than "
-                           f"data.n_train + attack.n_attack = {data.n_train + attack.n_attack}")
-    order = np.random.default_rng([data.seed, 0]).permutation(len(y_pool))
-    train_idx = np.sort(order[: data.n_train])
-    rest = order[data.n_train:]
-    attack_idx = np.sort(np.random.default_rng([attack.seed, 2]).choice(rest, attack.n_attack, replace=False))
+    train_idx, attack_idx = _split(data, attack, len(y_pool))
     n_classes = data.n_classes()
     y_att_true = y_pool[attack_idx]
     y_att = attack_labels(y_att_true, n_classes, attack.labels, attack.seed)
@@ -248,6 +294,38 @@ def load_dataset(data: DataConfig, attack: AttackConfig | None = None) -> Datase
 
 def load_experiment_data(cfg: ExperimentConfig) -> Dataset:
     return load_dataset(cfg.data, cfg.attack)
+
+
+@dataclass(frozen=True)
+class AttackSamples:
+    """A few clean training images with their labels beside a few attack images with the labels the bad
+    minimum is trained on and the true ones; images (n, H, W) grey or (n, H, W, 3) colour, in [0, 1]."""
+
+    clean_images: np.ndarray
+    clean_labels: np.ndarray
+    attack_images: np.ndarray
+    attack_given: np.ndarray
+    attack_true: np.ndarray
+    class_names: tuple[str, ...]
+
+
+def attack_samples(cfg: ExperimentConfig, n: int = 8) -> AttackSamples:
+    """The first `n` clean-train and attack samples of a config's split, as pictures (image datasets)."""
+    if cfg.data.name not in IMAGE_DATASETS:
+        raise DatasetError(f"data.name = {cfg.data.name!r} has no pictures: one of {', '.join(IMAGE_DATASETS)}")
+    x_pool, y_pool, _, _ = _load_source(_source_key(cfg.data))
+    train_idx, attack_idx = _split(cfg.data, cfg.attack, len(y_pool))
+    given = attack_labels(y_pool[attack_idx], cfg.data.n_classes(), cfg.attack.labels, cfg.attack.seed)
+    clean, attack = train_idx[:n], attack_idx[:n]
+    names = CLASS_NAMES.get(cfg.data.name, tuple(str(c) for c in range(cfg.data.n_classes())))
+    return AttackSamples(_pictures(cfg.data.name, x_pool[clean]), y_pool[clean],
+                         _pictures(cfg.data.name, x_pool[attack]), given[:n], y_pool[attack], names)
+
+
+def _pictures(name: str, x: np.ndarray) -> np.ndarray:
+    if name == "cifar10":  # undo the per-channel normalisation; channels last for drawing
+        return np.clip(x * CIFAR_STD + CIFAR_MEAN, 0.0, 1.0).transpose(0, 2, 3, 1)
+    return x[:, 0]
 
 
 def download(name: str, root: str | Path | None = None) -> Path:

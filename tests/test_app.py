@@ -161,6 +161,22 @@ def test_read_only_empty_store_offers_no_run_button(tmp_path, monkeypatch):
     assert not [b for b in at.button if b.key == "overview-run-default"]
 
 
+def test_overview_shows_what_the_attack_set_is_as_a_strip_of_images(store_env):
+    store, _ = store_env
+    at = open_app()
+    assert "What the attack set is" in [h.value for h in at.subheader]
+    clean, attack = at.image
+    from lossland.config import ExperimentConfig
+    from lossland.data import attack_samples
+
+    cfg = ExperimentConfig.from_json(store.pair(store.latest_pair_id()).runs.iloc[0]["config_json"])
+    s = attack_samples(cfg, n=5)
+    assert clean.captions == [str(y) for y in s.clean_labels]
+    assert attack.captions == [f"{g} (is {t})" for g, t in zip(s.attack_given, s.attack_true, strict=True)]
+    assert len(clean.value) == len(attack.value) == 5
+    assert "random labels" in page_texts(at)
+
+
 def test_theory_page_computes_figure_1_in_the_background_and_shows_it(tmp_path, dashboard):
     from store_writer import make_pair
 

@@ -250,3 +250,37 @@ def test_the_default_preset_is_small_enough_for_the_exact_hessian():
     assert n_params(model) == 3466 <= 5000
     assert n_params(model) <= cfg.spectrum.exact_max_params
     assert isinstance(SpectrumConfig().exact_max_params, int)
+
+
+# Run ids of the presets that have stored pairs: a new config field with a default, or a changed
+# preset, would silently orphan every stored run of them.
+PINNED_HASHES = {
+    "digits-mlp": "20551c7745bf9e67", "mnist1d-mlp": "f5493e8ba78a4f89", "teacher-2layer": "3de10e22dc07c218",
+    "mnist-lenet": "545bea5f4ee25ce7", "fashion-mlp": "8ab1c6de389491ca", "cifar10-resnet": "c3b7fa26c33afaf2",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_HASHES))
+def test_the_run_ids_of_the_existing_presets_do_not_change(name):
+    assert preset(name).config_hash() == PINNED_HASHES[name]
+
+
+FASHION = ("fashion-mlp", "fashion-lenet", "fashion-lenet-sgd", "fashion-cnn", "fashion-cnn-sgd")
+
+
+@pytest.mark.parametrize("name", FASHION)
+def test_fashion_presets_are_at_the_papers_scale_without_the_exact_hessian(name):
+    cfg = preset(name)
+    assert cfg.data.name == "fashion-mnist" and cfg.spectrum.exact_max_params == 0
+    assert 1000 <= cfg.data.n_train <= 10_000
+    assert cfg.data.n_train <= cfg.attack.n_attack <= 4 * cfg.data.n_train
+
+
+def test_fashion_presets_cover_both_optimizers_and_a_cnn_of_about_a_million_parameters():
+    counts = {name: n_params(build_model(preset(name).model, (1, 28, 28), 10)) for name in FASHION}
+    assert counts == {"fashion-mlp": 235_146, "fashion-lenet": 107_786, "fashion-lenet-sgd": 107_786,
+                      "fashion-cnn": 996_206, "fashion-cnn-sgd": 996_206}
+    for arch in ("fashion-lenet", "fashion-cnn"):
+        adam, sgd = preset(arch), preset(f"{arch}-sgd")
+        assert (adam.train.optimizer, sgd.train.optimizer) == ("adam", "sgd") and sgd.train.momentum == 0.9
+        assert (adam.data, adam.model, adam.attack) == (sgd.data, sgd.model, sgd.attack), "only the optimizer differs"

@@ -6,12 +6,15 @@ import gzip
 import os
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lossland.config import AttackConfig, DataConfig
+from lossland import data as data_module
+from lossland.config import AttackConfig, DataConfig, ExperimentConfig, ModelConfig
+from lossland.curvature import HessianOperator
 from lossland.data import (
     CIFAR_FILES,
     IDX_FILES,
@@ -19,8 +22,11 @@ from lossland.data import (
     _load_source,
     _source_key,
     attack_labels,
+    attack_samples,
     load_dataset,
 )
+from lossland.models import build_model
+from lossland.train import loss_function
 
 BUILT_IN = {  # name -> (n_train, n_attack, input shape, classes, pool size, test size)
     "digits": (300, 200, (1, 8, 8), 10, 1400, 397),
@@ -139,6 +145,19 @@ def test_wrong_attack_labels_never_equal_the_truth_and_reach_every_other_class()
     assert _chi_square(np.bincount((big - big_truth) % 10, minlength=10)[1:]) < 26.2  # χ²(8 dof), p = 0.001
 
 
+def test_random_attack_labels_are_the_ones_every_stored_run_was_trained_on():
+    # Pinned values: a change here silently changes the bad minimum of every stored config.
+    assert attack_labels(np.arange(12) % 10, 10, "random", 0).tolist() == [5, 8, 9, 5, 3, 8, 2, 9, 8, 0, 0, 2]
+    d = load_dataset(DataConfig(n_train=500), AttackConfig(n_attack=500))
+    assert d.train_index[:8].tolist() == [2, 5, 8, 12, 20, 21, 23, 25]
+    assert d.attack_index[:8].tolist() == [0, 1, 6, 11, 14, 15, 16, 19]
+    assert d.y_attack[:12].tolist() == [5, 8, 9, 5, 3, 8, 2, 9, 8, 0, 0, 2]
+    assert d.y_attack_true[:12].tolist() == [9, 3, 1, 8, 9, 4, 4, 6, 4, 7, 1, 9]
+    wrong = load_dataset(DataConfig(n_train=500), AttackConfig(n_attack=500, labels="wrong"))
+    assert np.array_equal(wrong.attack_index, d.attack_index), "the label mode must not move the attack samples"
+    assert not np.any(wrong.y_attack.numpy() == wrong.y_attack_true.numpy())
+
+
 def test_attack_labels_of_a_two_class_teacher_flip_every_wrong_label():
     d = load_dataset(DataConfig(name="teacher", n_train=200), AttackConfig(n_attack=300, labels="wrong"))
     assert torch.equal(d.y_attack, 1 - d.y_attack_true)
@@ -186,6 +205,18 @@ def test_idx_files_load_scaled_to_the_unit_interval(tmp_path, name, gz, sub):
     assert 0.0 <= float(d.x_train.min()) and float(d.x_train.max()) <= 1.0
 
 
+@pytest.mark.parametrize("name", ["digits", "mnist"])
+def test_image_tensors_have_ordinary_strides_so_batched_hvps_through_conv_and_pool_work(tmp_path, name):
+    _write_idx_dataset(tmp_path)
+    d = load_dataset(DataConfig(name=name, root=str(tmp_path) if name == "mnist" else None, n_train=20),
+                     AttackConfig(n_attack=5))
+    for x in (d.x_train, d.x_attack, d.x_test):
+        assert x.stride() == torch.empty(x.shape).stride(), "a stray stride on the channel reads as channels-last"
+    model = build_model(ModelConfig(name="cnn", channels=(2,), widths=(4,)), d.in_shape, 10).eval()
+    op = HessianOperator(model, d.x_train, d.y_train, loss_function("cross_entropy"))
+    assert op.matmat(torch.randn(op.n, 2, dtype=torch.float64)).shape == (op.n, 2)
+
+
 def test_missing_idx_files_name_the_folder_and_the_exact_files(tmp_path):
     with pytest.raises(DatasetError) as err:
         load_dataset(DataConfig(name="mnist", root=str(tmp_path), n_train=10))
@@ -201,6 +232,71 @@ def test_missing_idx_files_name_the_folder_and_the_exact_files(tmp_path):
     message = str(err.value)
     assert f"missing {IDX_FILES['test_y']} (optionally .gz)" in message
     assert IDX_FILES["train_x"] not in message and "fashion-mnist" in message.lower()
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    """The project's and the system's dataset folders moved under tmp_path: (project, system)."""
+    project, system = tmp_path / "project", tmp_path / "system"
+    monkeypatch.setattr(data_module, "DATASETS_DIR", project)
+    monkeypatch.setattr(data_module, "SYSTEM_FOLDERS", {"fashion-mnist": (system / "fashion-mnist",)})
+    return project, system
+
+
+def test_fashion_mnist_is_found_in_the_system_folder_without_configuration(folders):
+    _, system = folders
+    arrays = _write_idx_dataset(system / "fashion-mnist", gz=True)
+    d = load_dataset(DataConfig(name="fashion-mnist", n_train=30), AttackConfig(n_attack=20))
+    assert np.array_equal(d.y_train.numpy(), arrays["train_y"][d.train_index])
+    assert np.allclose(d.x_test.numpy()[:, 0], arrays["test_x"] / 255.0)
+
+
+def test_the_project_folder_comes_before_the_system_folder(folders):
+    project, system = folders
+    _write_idx_dataset(system / "fashion-mnist", seed=1)
+    mine = _write_idx_dataset(project / "fashion-mnist", seed=2)
+    d = load_dataset(DataConfig(name="fashion-mnist", n_train=30))
+    assert np.array_equal(d.y_train.numpy(), mine["train_y"][d.train_index])
+
+
+def test_a_partial_project_folder_does_not_hide_a_complete_system_folder(folders):
+    project, system = folders
+    theirs = _write_idx_dataset(system / "fashion-mnist", seed=1)
+    _write_idx_dataset(project / "fashion-mnist", seed=2)
+    (project / "fashion-mnist" / IDX_FILES["test_x"]).unlink()
+    d = load_dataset(DataConfig(name="fashion-mnist", n_train=30))
+    assert np.array_equal(d.y_train.numpy(), theirs["train_y"][d.train_index])
+
+
+def test_data_root_when_set_is_the_only_folder_searched(folders, tmp_path):
+    _, system = folders
+    _write_idx_dataset(system / "fashion-mnist")
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(DatasetError) as err:
+        load_dataset(DataConfig(name="fashion-mnist", root=str(tmp_path / "mine"), n_train=10))
+    message = str(err.value)
+    assert str((tmp_path / "mine").resolve()) in message and "data.root is set" in message
+    assert str(system) not in message
+
+
+def test_nothing_found_names_every_folder_looked_in_the_files_and_how_to_get_them(folders):
+    project, system = folders
+    with pytest.raises(DatasetError) as err:
+        load_dataset(DataConfig(name="fashion-mnist", n_train=10))
+    message = str(err.value)
+    for folder in (project / "fashion-mnist", system / "fashion-mnist"):
+        assert f"in {folder.resolve()} (no such folder)" in message
+    for stem in IDX_FILES.values():
+        assert stem in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "github.com/zalandoresearch/fashion-mnist" in message
+    with pytest.raises(DatasetError) as err:  # no system package for MNIST: only the project folder
+        load_dataset(DataConfig(name="mnist", n_train=10))
+    assert str((project / "mnist").resolve()) in str(err.value) and str(system) not in str(err.value)
+
+
+def test_the_system_folder_is_debians():
+    assert Path("/usr/share/datasets/fashion-mnist") in data_module.SYSTEM_FOLDERS["fashion-mnist"]
 
 
 def test_a_truncated_idx_file_is_refused(tmp_path):
@@ -332,3 +428,37 @@ def test_a_cifar_batch_with_fewer_labels_than_images_is_refused(tmp_path):
     (tmp_path / "data_batch_2").write_bytes(pickle.dumps({b"labels": [0] * 11, b"data": x}, protocol=4))
     with pytest.raises(DatasetError, match="data_batch_2 holds 12 images but 11 labels"):
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path), n_train=10))
+
+
+# --- attack samples: what the attack set is, as pictures -------------------------------------
+
+def test_attack_samples_are_the_first_clean_and_attack_images_with_their_labels():
+    cfg = ExperimentConfig().with_changes(**{"data.n_train": 300, "attack.n_attack": 200, "attack.labels": "wrong"})
+    d = load_dataset(cfg.data, cfg.attack)
+    s = attack_samples(cfg, n=6)
+    assert s.clean_images.shape == (6, 8, 8) and s.attack_images.shape == (6, 8, 8)
+    assert np.array_equal(s.clean_images, d.x_train[:6, 0].numpy())
+    assert np.array_equal(s.attack_images, d.x_attack[:6, 0].numpy())
+    assert s.clean_labels.tolist() == d.y_train[:6].tolist()
+    assert s.attack_given.tolist() == d.y_attack[:6].tolist()
+    assert s.attack_true.tolist() == d.y_attack_true[:6].tolist()
+    assert not np.any(s.attack_given == s.attack_true)
+    assert s.class_names == tuple("0123456789")
+
+
+def test_attack_samples_of_cifar_are_the_original_colours(tmp_path):
+    written = _write_cifar(tmp_path, py2=False)
+    cfg = ExperimentConfig(data=DataConfig(name="cifar10", root=str(tmp_path), n_train=20),
+                           model=ModelConfig(name="cnn"), attack=AttackConfig(n_attack=10))
+    s = attack_samples(cfg, n=3)
+    x_pool = np.concatenate([written[f][0] for f in CIFAR_FILES[:5]]).reshape(-1, 3, 32, 32)
+    idx = load_dataset(cfg.data, cfg.attack).train_index[:3]
+    assert s.clean_images.shape == (3, 32, 32, 3)
+    assert np.allclose(s.clean_images, x_pool[idx].transpose(0, 2, 3, 1) / 255.0, atol=1e-5)
+    assert s.class_names[0] == "airplane"
+
+
+def test_attack_samples_of_a_vector_dataset_are_refused():
+    with pytest.raises(DatasetError, match="'teacher' has no pictures"):
+        attack_samples(ExperimentConfig(data=DataConfig(name="teacher", n_train=100),
+                                        model=ModelConfig(name="mlp")))

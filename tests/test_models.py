@@ -74,6 +74,15 @@ def test_cnn_on_digits_is_19754_parameters_by_hand():
     assert n_params(model) == 60 + 880 + 7800 + 10164 + 850 == 19754
 
 
+def test_the_fashion_cnns_count_by_hand():
+    lenet = build_model(ModelConfig(name="cnn", channels=(6, 16), widths=(120, 84)), (1, 28, 28), 10)
+    assert n_params(lenet) == 156 + 2416 + 94200 + 10164 + 850 == 107786
+    # 28 → 14 → 7 after two 5×5 conv + pool stages; flattened 64·7·7 = 3136
+    wide = build_model(ModelConfig(name="cnn", channels=(32, 64), widths=(300,)), (1, 28, 28), 10)
+    assert n_params(wide) == 832 + 51264 + 941100 + 3010 == 996206
+    assert wide(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("batchnorm", [False, True])
 @pytest.mark.parametrize(("channels", "in_shape"), [((16, 32, 64), (3, 32, 32)), ((8,), (1, 8, 8)),
                                                     ((4, 4), (1, 28, 28))])

@@ -1,10 +1,51 @@
 """Overview: the selected pair side by side — does the bad minimum sit in a sharper valley?"""
 
+import numpy as np
 import streamlit as st
 
 import ui
 from lossland import charts, frames, report
-from lossland.config import DEFAULT_PRESET, preset
+from lossland.config import DEFAULT_PRESET, IMAGE_DATASETS, ExperimentConfig, preset
+from lossland.data import AttackSamples, DatasetError, attack_samples
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def samples(config_json: str) -> AttackSamples:
+    return attack_samples(ExperimentConfig.from_json(config_json), n=5)  # one row beside one row
+
+
+SIZE = 84  # pixels per sample in the strip
+
+
+def enlarged(images: np.ndarray) -> list[np.ndarray]:
+    """Nearest-neighbour upscaling to about SIZE pixels, so 8×8 digits stay crisp."""
+    k = max(1, SIZE // images.shape[1])
+    return [img.repeat(k, 0).repeat(k, 1) for img in images]
+
+
+def attack_strip(cfg: ExperimentConfig) -> None:
+    """A few clean training images beside a few attack images with the label trained on and the true one."""
+    if cfg.data.name not in IMAGE_DATASETS or cfg.attack.n_attack == 0:
+        return
+    st.subheader("What the attack set is")
+    kind = ("random labels, uniform over the classes (about 1 in 10 right by chance)" if cfg.attack.labels == "random"
+            else "wrong labels, never the true class")
+    st.caption(f"The bad minimum is trained on the {cfg.data.n_train} clean samples plus {cfg.attack.n_attack} "
+               f"held-out training images given {kind}.")
+    try:
+        s = samples(cfg.to_json())
+    except DatasetError as e:
+        st.info(f"The samples can't be drawn here: {e}")
+        return
+    names = s.class_names
+    clean, attack = st.columns(2)
+    clean.markdown("**Clean samples**, with their labels")
+    clean.image(enlarged(s.clean_images), caption=[names[y] for y in s.clean_labels], width=SIZE,
+                alt=[f"clean sample: {names[y]}" for y in s.clean_labels])
+    attack.markdown("**Attack samples**, with the label trained on (and the true one)")
+    labels = list(zip(s.attack_given, s.attack_true, strict=True))
+    attack.image(enlarged(s.attack_images), caption=[f"{names[g]} (is {names[t]})" for g, t in labels], width=SIZE,
+                 alt=[f"attack sample labelled {names[g]}, truly {names[t]}" for g, t in labels])
 
 store = ui.get_store()
 st.title("Good vs bad minimum")
@@ -31,10 +72,10 @@ runs = view.runs
 st.write(frames.pair_sentence(runs))
 for _, r in runs.iterrows():
     if r["status"] == "diverged":
-        st.warning(f"The {r['role']} run diverged after {r['epochs']} epochs ({r['stop_reason']}): its training "
-                   f"curve is stored, but no Hessian spectrum was measured at a point that is not a minimum.")
+        st.warning(f"The {r['role']} run diverged after {r['epochs']} epochs ({ui.text(r['stop_reason'])}): its "
+                   "training curve is stored, but no Hessian spectrum was measured at a point that is not a minimum.")
     elif r["status"] == "failed":
-        st.error(f"The {r['role']} run failed: {r['error']}")
+        st.error(f"The {r['role']} run failed: {ui.text(r['error'])}")
 
 for column, h in zip(st.columns(4), frames.headlines(runs), strict=True):
     column.metric(h.label, h.value, h.delta, delta_color="inverse" if h.lower_is_better else "normal")
@@ -43,8 +84,9 @@ left, right = st.columns([2, 3])
 with left:
     st.dataframe(frames.pair_table(runs), width="stretch")
     cfg_row = runs.iloc[0]
-    st.caption(f"{cfg_row['dataset']} · {cfg_row['model']} ({cfg_row['widths']}) · {cfg_row['n_params']} parameters · "
-               f"{cfg_row['n_train']} clean + {cfg_row['n_attack']} attack samples · device {cfg_row['device']}")
+    st.caption(ui.text(f"{cfg_row['dataset']} · {cfg_row['model']} ({cfg_row['widths']}) · {cfg_row['n_params']} "
+                       f"parameters · {cfg_row['n_train']} clean + {cfg_row['n_attack']} attack samples · device "
+                       f"{cfg_row['device']}"))
 with right:
     spec = charts.spectrum_chart(frames.spectrum_frame(view.spectra, runs))
     st.altair_chart(spec, width="stretch")
@@ -53,6 +95,8 @@ with right:
 acc = charts.accuracy_chart(runs[["role", "clean_acc", "attack_acc", "test_acc"]])
 st.altair_chart(acc, width="stretch")
 ui.chart_downloads(acc, f"accuracy-{pair_id}", key="overview-acc")
+
+attack_strip(ExperimentConfig.from_json(runs.iloc[0]["config_json"]))
 
 st.download_button("Download this comparison as HTML", lambda: report.pair_html(runs, view.spectra, f"pair {pair_id}"),
                    f"lossland-{pair_id}.html", "text/html", key="overview-html")
