@@ -22,7 +22,11 @@ import torch
 from . import basins, fitting, landscape
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import ConfigError, ExperimentConfig
+from .curvature import adaptive_sharpness
+from .data import attack_labels
 from .experiments import grid_configs
+from .frames import with_run_roles
+from .models import build_model
 from .pairs import ROLES, Progress, quiet, role_of, run_id, run_ids, scaled
 from .specs import (
     CURVE_FIT,
@@ -32,9 +36,11 @@ from .specs import (
     InterpolationSpec,
     RadiusSpec,
     RandomInitSpec,
+    SharpnessSpec,
     SliceSpec,
     Spec,
     SurfaceSpec,
+    TwoLayerSpec,
     from_stored,
 )
 from .store import Store, StoreError
@@ -61,6 +67,31 @@ def get(store: Store, pair_id: str, spec: Spec) -> Analysis | None:
         return None
     frame = _READERS[spec.kind](store, pair_id, aid)
     return None if frame is None else Analysis(spec, aid, True, frame, float(row["seconds"] or 0.0))
+
+
+def get_many(store: Store, pair_ids, spec: Spec) -> dict[str, Analysis]:
+    """The stored analyses `spec` of many pairs, by pair id (those not stored complete are absent): one
+    query for their status, and for the kinds kept as estimates one query for all their rows."""
+    ids = list(dict.fromkeys(pair_ids))
+    if not ids:
+        return {}
+    runs = [r for pid in ids for r in run_ids(pid)]
+    rows = store.analyses(runs, spec.kind)
+    done = {r.analysis_id: float(r.seconds or 0.0) for r in rows.itertuples() if r.status == "done"}
+    prefix = _ESTIMATE_PREFIX.get(spec.kind)
+    have = store.estimates(runs) if prefix is not None else None
+    out = {}
+    for pid in ids:
+        aid = spec.analysis_id(pid)
+        if aid not in done:
+            continue
+        if have is not None:
+            frame = _estimates_wide(have[have["run_id"].isin(run_ids(pid))], prefix)
+        else:
+            frame = _READERS[spec.kind](store, pid, aid)
+        if frame is not None:
+            out[pid] = Analysis(spec, aid, True, frame, done[aid])
+    return out
 
 
 def compute(store: Store, pair_id: str, spec: Spec, progress: Progress = quiet) -> Analysis:
@@ -97,7 +128,7 @@ def checkpoints(store: Store, pair_id: str) -> dict[str, Checkpoint]:
 
 
 def _with_role(df: pd.DataFrame) -> pd.DataFrame:
-    return df.assign(role=df["run_id"].map(role_of)) if len(df) else df.assign(role=[])
+    return with_run_roles(df)
 
 
 def _save(store: Store, pair_id: str, spec: Spec, seconds: float, **rows: pd.DataFrame) -> Analysis:
@@ -175,7 +206,7 @@ def _escape(store: Store, pair_id: str, spec: EscapeSpec, progress: Progress) ->
     for i, role in enumerate(ROLES):
         c = ck[role]
         res = basins.escape_trials(c.config, c.dataset(), c.model, list(spec.radii), spec.n_trials, spec.seed,
-                                   retrain_epochs=spec.retrain_epochs, role=role,
+                                   retrain_epochs=spec.retrain_epochs, role=role, escape_margin=spec.margin,
                                    progress=scaled(progress, i / len(ROLES), (i + 1) / len(ROLES), f"{role}: "))
         df = res.to_frame()
         frames.append(pd.DataFrame({
@@ -258,16 +289,87 @@ def _bound_frame(store: Store, pair_id: str, aid: str) -> pd.DataFrame | None:
     return wide.assign(role=wide["run_id"].map(role_of), holds=wide["holds"] > 0.5)
 
 
+# --- per-minimum estimates: adaptive sharpness, the 2-layer measurement ---------------------------
+
+def _estimates_frame(store: Store, pair_id: str, prefix: str) -> pd.DataFrame | None:
+    """The pair's estimates named `prefix`<field>, one row per run and column per field (None: none stored)."""
+    return _estimates_wide(store.estimates(run_ids(pair_id)), prefix)
+
+
+def _estimates_wide(have: pd.DataFrame, prefix: str) -> pd.DataFrame | None:
+    have = have[have["name"].astype(str).str.startswith(prefix)] if len(have) else have
+    if not len(have):
+        return None
+    wide = have.pivot_table(index="run_id", columns="name", values="value", aggfunc="first")
+    wide.columns = [str(c).removeprefix(prefix) for c in wide.columns]
+    wide = wide.reset_index()
+    return wide.assign(role=wide["run_id"].map(role_of))
+
+
+def _sharpness(store: Store, pair_id: str, spec: SharpnessSpec, progress: Progress) -> Analysis:
+    """Adaptive sharpness λ₁(|θ| H |θ|) of the clean training loss at both minima (estimates `sharpness_*`)."""
+    ck = checkpoints(store, pair_id)
+    rows, start = [], time.perf_counter()
+    for i, role in enumerate(ROLES):
+        c = ck[role]
+        x, y = c.clean_train()
+        res = adaptive_sharpness(c.model, x, y, c.loss_fn, tol=spec.tol, max_steps=spec.max_steps, seed=spec.seed)
+        rid = run_id(pair_id, role)
+        rows += [{"run_id": rid, "name": "sharpness_adaptive", "value": res.eigenvalues[0], "hvps": res.hvps,
+                  "method": "lanczos", "settings_json": spec.to_json()},
+                 {"run_id": rid, "name": "sharpness_converged", "value": float(res.converged), "method": "lanczos",
+                  "settings_json": spec.to_json()}]
+        progress((i + 1) / len(ROLES), f"adaptive sharpness of the {role} minimum: {res.eigenvalues[0]:.4g}")
+    return _save(store, pair_id, spec, time.perf_counter() - start, estimates=pd.DataFrame(rows))
+
+
+TWO_LAYER_STATES = {"": "trained", "untrained_": "untrained, true labels",
+                    "untrained_random_": "untrained, random labels"}
+
+
+def _measure_rows(rid: str, prefix: str, res, spec: TwoLayerSpec) -> list[dict]:
+    values = {k: float(v) for k, v in res.__dict__.items() if isinstance(v, (bool, int, float))}
+    return [{"run_id": rid, "name": f"two_layer_{prefix}{k}", "value": v, "method": res.frobenius_method,
+             "settings_json": spec.to_json()} for k, v in values.items()]
+
+
+def _two_layer(store: Store, pair_id: str, spec: TwoLayerSpec, progress: Progress) -> Analysis:
+    """basins.two_layer_measure at both minima (estimates `two_layer_<field>`), and at the network both
+    started from, with the true and with random labels (`two_layer_untrained_<field>`,
+    `two_layer_untrained_random_<field>`, on the good run): the claim's negative control."""
+    ck = checkpoints(store, pair_id)
+    rows, start = [], time.perf_counter()
+    c = ck["good"]
+    x, y = c.clean_train()
+    data = c.dataset()
+    loss = c.config.train.loss
+    for i, role in enumerate(ROLES):
+        res = basins.two_layer_measure(ck[role].model, x, y, loss, x_heldout=data.x_test)
+        rows += _measure_rows(run_id(pair_id, role), "", res, spec)
+        progress((i + 1) / 4, f"2-layer measurement at the {role} minimum")
+    untrained = build_model(c.config.model, data.in_shape, data.n_classes).eval()
+    shuffled = torch.as_tensor(attack_labels(y.numpy(), data.n_classes, "random", spec.label_seed))
+    for j, (prefix, labels) in enumerate((("untrained_", y), ("untrained_random_", shuffled))):
+        res = basins.two_layer_measure(untrained, x, labels, loss, x_heldout=data.x_test)
+        rows += _measure_rows(run_id(pair_id, "good"), prefix, res, spec)
+        progress((3 + j) / 4, f"2-layer measurement at the untrained network ({TWO_LAYER_STATES[prefix]})")
+    return _save(store, pair_id, spec, time.perf_counter() - start, estimates=pd.DataFrame(rows))
+
+
 _READERS: dict[str, Callable[[Store, str, str], pd.DataFrame | None]] = {
     **{k: lambda store, pair_id, aid: _with_role(store.landscape(aid))
        for k in (InterpolationSpec.kind, SliceSpec.kind, SurfaceSpec.kind)},
     **{k: lambda store, pair_id, aid: _with_role(store.basin_trials(aid))
        for k in (EscapeSpec.kind, RandomInitSpec.kind, RadiusSpec.kind)},
     BoundSpec.kind: _bound_frame,
+    SharpnessSpec.kind: lambda store, pair_id, aid: _estimates_frame(store, pair_id, "sharpness_"),
+    TwoLayerSpec.kind: lambda store, pair_id, aid: _estimates_frame(store, pair_id, "two_layer_"),
 }
+_ESTIMATE_PREFIX = {SharpnessSpec.kind: "sharpness_", TwoLayerSpec.kind: "two_layer_"}
 _COMPUTE: dict[str, Callable[[Store, str, Spec, Progress], Analysis]] = {
     InterpolationSpec.kind: _interpolation, SliceSpec.kind: _slices, SurfaceSpec.kind: _surface,
-    EscapeSpec.kind: _escape, RandomInitSpec.kind: _random_init, RadiusSpec.kind: _radius, BoundSpec.kind: _bound}
+    EscapeSpec.kind: _escape, RandomInitSpec.kind: _random_init, RadiusSpec.kind: _radius, BoundSpec.kind: _bound,
+    SharpnessSpec.kind: _sharpness, TwoLayerSpec.kind: _two_layer}
 
 
 # --- the attack-size sweep ---------------------------------------------------------------------

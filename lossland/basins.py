@@ -54,9 +54,9 @@ class EscapeResult:
     """Per trial (radius-major: all trials of radii[0], then radii[1], ...) arrays of equal length.
 
     A trial *escaped* when its retraining converged (clean loss ≤ train.loss_target) and its test
-    accuracy moved away from the minimum's by more than `escape_margin`: for a "bad" minimum
-    upwards (test_acc − minimum_test_acc > margin: it found a better-generalising minimum), for a
-    "good" one in either direction (|test_acc − minimum_test_acc| > margin).
+    accuracy moved away from the minimum's by more than `escape_margin`, in either direction
+    (|test_acc − minimum_test_acc| > margin): one definition for both roles, so neither role's escape
+    probability is favoured by its direction (a bad minimum that escapes does so upwards anyway).
     """
 
     radii: tuple[float, ...]
@@ -152,7 +152,7 @@ def escape_trials(cfg: ExperimentConfig, data: Dataset, model: nn.Module, radii:
                 rows[k].append(v)
     min_acc = float(at_min["test_acc"][0])
     change = np.array(rows["test_acc"]) - min_acc
-    moved = change > escape_margin if role == "bad" else np.abs(change) > escape_margin
+    moved = np.abs(change) > escape_margin  # the same direction and margin for both roles
     escaped = moved & (np.array(rows["status"]) == "converged")
     report(1.0, f"escape trials: {int(escaped.sum())}/{len(escaped)} escaped")
     ints = ("trial", "seed", "epochs")

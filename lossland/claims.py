@@ -1,34 +1,54 @@
-"""The paper's seven claims, each tested on measured results: pure functions of DataFrames.
+"""The paper's claims, each tested on measured results and on its negative control: pure functions of DataFrames.
 
-`Evidence` holds what a reproduction measured (read back from the store by `reproduce`); `evaluate`
-turns it into one `Claim` per statement, each with a `Check` per dataset carrying the numbers
-(mean ± spread over seeds), the test applied and whether it held. Comparisons are between means over
-seeds; how many seeds agree is reported beside them. A claim without the evidence it needs is
-"NO DATA", never a PASS.
+`Evidence` holds what a reproduction measured (read back from the store by `lossland.evidence`);
+`evaluate` turns it into one `Claim` per statement, each with a `Check` per dataset. A check is made
+of `Comparison`s, each an effect size with its 95% interval (bootstrap over seeds, or Clopper–Pearson for a
+count, `lossland.stats`) and a rule fixed here before any run: an effect passes when its whole
+interval lies on the claimed side of zero. The same rule is applied to the dataset's **negative
+control** — pairs whose "bad" run is just another good run (another initialisation seed, no attack
+set) — where it must not pass. A check is
+
+- PASS when every test of its rule passes and none passes on the control,
+- NOT INFORMATIVE when its rule passes but a test also passes on the control (or there is no control),
+- FAIL when a test of its rule fails, and NO DATA without the evidence it needs.
+
+Comparisons are of paired seeds (the good and the bad minimum of one seed); log-ratios are used for
+the sharpness measures, which span orders of magnitude.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-FIT_ACCURACY = 0.99  # "≈100%" clean-train accuracy
+from .stats import Interval, bootstrap_mean, bootstrap_spearman, count_text, percent, spread
+
+FIT_ACCURACY = 0.99  # "≈100%" training accuracy (clean set for both minima; attack set for the bad one)
 MATCHED_LOSS_RATIO = 2.0  # clean losses of a pair within this factor of each other count as matched
+LOG_VOLUME_EPS = (1e-4, 1e-3, 1e-2)  # log-volume −½ Σᵢ log(λᵢ⁺ + ε) over the whole spectrum, at each ε
+NEAR_CHANCE = 0.15  # reported: a bad minimum within 15 points of chance accuracy ("like a random guess")
+FLOOR = 1e-12  # log-ratios of non-negative measures are of max(value, FLOOR)
+
+PASS, FAIL, NO_DATA, NOT_INFORMATIVE = "PASS", "FAIL", "NO DATA", "NOT INFORMATIVE"
 
 
 @dataclass(frozen=True, eq=False)
 class DatasetEvidence:
     """What a reproduction measured on one dataset. Every frame may be empty.
 
-    pairs: one row per run of the main pairs (one pair per seed, at the preset's attack size): seed,
-        role, status, clean_loss, clean_acc, test_acc, top_eigenvalue, trace, frobenius_sq.
-    sweep: the runs of the attack-size sweep: n_attack, seed, role, status, test_acc (+ sharpness).
-    log_volume: the main pairs' log-volume over the top k eigenvalues: seed, role, k, value.
+    pairs: one row per run of the main pairs (one per seed): seed, role, status, clean_loss, clean_acc,
+        attack_acc, test_acc, top_eigenvalue, trace, frobenius_sq (exact where the dense Hessian was
+        built), adaptive_sharpness.
+    sweep: every pair of the attack-size sweep (the main pairs among them): n_attack, seed, role, status,
+        clean_acc, test_acc.
+    log_volume: seed, role, eps, value (−½ Σ log(λ⁺ + ε) over all eigenvalues), stderr, method.
     random_init: clean random-init seeds: seed, status, test_acc.
-    slices: filter-normalised 1-D slices of the main pairs: seed, role, direction_seed, alpha, clean_loss.
-    escape: perturb-and-retrain trials from the main pairs: seed, role, radius, trial, escaped.
+    slices: filter-normalised 1-D slices: seed, role, direction_seed, alpha, clean_loss.
+    escape: perturb-and-retrain trials: seed, role, radius, trial, escaped.
+    chance: the test accuracy of a uniform guess. control: the same frames for the control pairs.
     """
 
     dataset: str
@@ -38,23 +58,65 @@ class DatasetEvidence:
     random_init: pd.DataFrame = field(default_factory=pd.DataFrame)
     slices: pd.DataFrame = field(default_factory=pd.DataFrame)
     escape: pd.DataFrame = field(default_factory=pd.DataFrame)
+    chance: float = math.nan
+    control: DatasetEvidence | None = None
 
 
 @dataclass(frozen=True, eq=False)
 class Evidence:
     datasets: tuple[DatasetEvidence, ...]
-    # every two_layer minimum: dataset, seed, n_attack, role, complexity, rhs, hessian_frobenius, holds
+    # two_layer minima: width, seed, n_attack, role, complexity, hessian_frobenius, top_eigenvalue (one good
+    # row per width and seed; bad rows at each attack size) and, as its control, the untrained networks
+    # in the same columns (role "good": true labels, "bad": random labels, n_attack 0)
     two_layer: pd.DataFrame = field(default_factory=pd.DataFrame)
+    two_layer_control: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One tested effect of a check: its value and interval, and whether it passed its rule."""
+
+    name: str
+    passed: bool
+    effect: str  # as shown: "+0.52 [+0.31, +0.70] over 5 seeds"
+    value: float = math.nan
+    lo: float = math.nan
+    hi: float = math.nan
+    n: int = 0
+    rule: bool = True  # part of the claim's rule (False: reported beside it)
+    controlled: bool = True  # must not pass on the control (False: a precondition, true of any good run)
 
 
 @dataclass(frozen=True)
 class Check:
-    """One claim on one dataset (or on the 2-layer runs)."""
+    """One claim on one dataset (or on the 2-layer runs), with the same rule on its control."""
 
     dataset: str
-    verdict: str  # PASS | FAIL | NO DATA
+    verdict: str  # the rule on this evidence: PASS | FAIL | NO DATA
     measured: str
     detail: str = ""  # what failed, in numbers; or why there is no data
+    tests: tuple[Comparison, ...] = ()
+    control: Check | None = None
+
+    def passing_on_control(self) -> list[str]:
+        """Names of this check's controlled rule tests that also pass on the control."""
+        if self.control is None:
+            return []
+        ours = {t.name for t in self.tests if t.rule and t.controlled}
+        return [t.name for t in self.control.tests if t.passed and t.name in ours]
+
+    @property
+    def result(self) -> str:
+        if self.verdict != PASS:
+            return self.verdict
+        if self.control is None or self.control.verdict == NO_DATA or self.passing_on_control():
+            return NOT_INFORMATIVE
+        return PASS
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "verdict": self.verdict, "result": self.result, "measured": self.measured,
+                "detail": self.detail, "tests": [t.__dict__ for t in self.tests],
+                "control": self.control.to_dict() if self.control is not None else None}
 
 
 @dataclass(frozen=True)
@@ -66,10 +128,10 @@ class Claim:
 
     @property
     def verdict(self) -> str:
-        verdicts = {c.verdict for c in self.checks}
-        if not verdicts or verdicts == {"NO DATA"}:
-            return "NO DATA"
-        return "FAIL" if verdicts - {"PASS"} else "PASS"
+        results = {c.result for c in self.checks}
+        if results <= {NO_DATA} or results == {PASS}:
+            return results.pop() if results else NO_DATA
+        return NOT_INFORMATIVE if results <= {PASS, NOT_INFORMATIVE} else FAIL
 
     @property
     def measured(self) -> str:
@@ -77,43 +139,30 @@ class Claim:
 
     def to_dict(self) -> dict:
         return {"number": self.number, "statement": self.statement, "test": self.test, "verdict": self.verdict,
-                "measured": self.measured, "checks": [c.__dict__ for c in self.checks]}
+                "measured": self.measured, "checks": [c.to_dict() for c in self.checks]}
 
 
-# --- formatting ----------------------------------------------------------------------------------
+# --- building blocks -----------------------------------------------------------------------------
 
-def _spread(values, fmt: str = "{:.3g}") -> str:
-    """mean ± standard deviation over seeds (just the value for one seed)."""
-    v = np.asarray(pd.Series(values, dtype=float).dropna())
-    if v.size == 0:
-        return "—"
-    if v.size == 1:
-        return fmt.format(v[0])
-    return f"{fmt.format(v.mean())} ± {fmt.format(v.std(ddof=1))}"
-
-
-def _pct(values) -> str:
-    return _spread(np.asarray(pd.Series(values, dtype=float)) * 100, "{:.1f}") + "%"
-
-
-def _by_role(pairs: pd.DataFrame, column: str) -> pd.DataFrame:
-    """seed × role table of `column` over the pairs whose both runs are present."""
-    wide = pairs.pivot_table(index="seed", columns="role", values=column, aggfunc="first")
-    if not {"good", "bad"} <= set(wide.columns):
+def by_role(pairs: pd.DataFrame, column: str) -> pd.DataFrame:
+    """seed × role table of `column` over the pairs whose both runs are present (the first row of each)."""
+    if len(pairs) == 0 or column not in pairs.columns:
         return pd.DataFrame(columns=["good", "bad"])
-    return wide[["good", "bad"]].dropna()
+    first = pairs.drop_duplicates(["seed", "role"])
+    sides = [first.loc[first["role"] == r].set_index("seed")[column].astype(float) for r in ("good", "bad")]
+    return pd.concat(sides, axis=1, keys=["good", "bad"]).dropna()
 
 
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def _no_data(dataset: str, why: str) -> Check:
-    return Check(dataset, "NO DATA", "—", why)
-
-
-def _usable(pairs: pd.DataFrame) -> pd.DataFrame:
+def usable(pairs: pd.DataFrame) -> pd.DataFrame:
     return pairs[pairs["status"] != "failed"] if len(pairs) else pairs
+
+
+def converged(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the seeds whose both runs reached the clean-loss target (compared at matched loss)."""
+    if len(pairs) == 0:
+        return pairs
+    both = pairs.groupby("seed")["status"].transform(lambda s: (s == "converged").all() and len(s) == 2)
+    return pairs[both]
 
 
 def _left_out(pairs: pd.DataFrame) -> str:
@@ -124,121 +173,141 @@ def _left_out(pairs: pd.DataFrame) -> str:
     return f"; seed(s) {[int(x) for x in failed]} left out: a run failed" if failed else ""
 
 
-# --- the claims -----------------------------------------------------------------------------------
+def log_ratio(wide: pd.DataFrame) -> pd.Series:
+    return np.log(wide["bad"].clip(lower=FLOOR)) - np.log(wide["good"].clip(lower=FLOOR))
+
+
+def effect(name: str, iv: Interval, unit: str = "seeds", fmt: str = "{:+.3g}", rule: bool = True) -> Comparison:
+    """A test that passes when the interval of the effect lies above 0."""
+    return Comparison(name, iv.above_zero, f"{iv.text(fmt)} over {iv.n} {unit}", iv.value, iv.lo, iv.hi, iv.n, rule)
+
+
+def _no_data(dataset: str, why: str) -> Check:
+    return Check(dataset, NO_DATA, "—", why)
+
+
+def _judge(dataset: str, tests: list[Comparison], measured: str, notes: str = "") -> Check:
+    failed = [t for t in tests if t.rule and not t.passed]
+    detail = "; ".join([f"{t.name}: {t.effect} does not pass" for t in failed] + ([notes] if notes else []))
+    return Check(dataset, FAIL if failed else PASS, measured, detail, tuple(tests))
+
+
+def _paired_log_ratios(pairs: pd.DataFrame, measures) -> list[Comparison]:
+    return [effect(f"log({label} bad / good)", bootstrap_mean(log_ratio(by_role(pairs, column))), rule=rule)
+            for column, label, rule in measures]
+
+
+# --- claims 1-6, per dataset -----------------------------------------------------------------------
 
 def fit_check(e: DatasetEvidence) -> Check:
-    pairs = _usable(e.pairs)
-    acc = _by_role(pairs, "clean_acc") if len(pairs) else pd.DataFrame()
+    pairs = usable(e.pairs)
+    acc = by_role(pairs, "clean_acc")
     if acc.empty:
         return _no_data(e.dataset, "no complete good/bad pair")
-    loss = _by_role(pairs, "clean_loss")
+    loss = by_role(pairs, "clean_loss")
     status = pairs.pivot_table(index="seed", columns="role", values="status", aggfunc="first")
     hi, lo = np.maximum(loss["bad"], loss["good"]), np.minimum(loss["bad"], loss["good"])
     ratio = (hi / lo).where(hi > 0, 1.0)  # two zero losses are matched
-    fits = (acc >= FIT_ACCURACY).all(axis=1)
     converged = (status[["good", "bad"]] == "converged").all(axis=1).reindex(acc.index, fill_value=False)
-    matched = (ratio <= MATCHED_LOSS_RATIO) & converged
-    measured = (f"clean acc good {_pct(acc['good'])}, bad {_pct(acc['bad'])}; clean loss good "
-                f"{_spread(loss['good'], '{:.2e}')}, bad {_spread(loss['bad'], '{:.2e}')}; "
-                f"{int((fits & matched).sum())}/{len(acc)} seeds fit and matched{_left_out(e.pairs)}")
-    problems = []
-    if not fits.all():
-        problems.append(f"clean accuracy below {FIT_ACCURACY:.0%} in seed(s) {[int(x) for x in acc.index[~fits]]}")
-    if not matched.all():
-        problems.append(f"clean losses not matched (a run stopped before the loss target, or losses more than "
-                        f"{MATCHED_LOSS_RATIO:g}× apart) in seed(s) {[int(x) for x in acc.index[~matched]]}: statuses "
-                        + ", ".join(f"{s}: {status.loc[s, 'good']}/{status.loc[s, 'bad']}"
-                                    for s in acc.index[~matched]))
-    return Check(e.dataset, _verdict(not problems), measured, "; ".join(problems))
+    ok = (acc >= FIT_ACCURACY).all(axis=1) & (ratio <= MATCHED_LOSS_RATIO) & converged
+    fit = Comparison("both fit the clean set at matched loss", bool(ok.all()),
+               count_text(int(ok.sum()), len(ok), "seeds fit and matched"), float(ok.mean()), n=len(ok),
+               controlled=False)
+    attack = by_role(pairs, "attack_acc")
+    memorised = bootstrap_mean(attack["bad"])
+    held = bool(len(attack) and (attack["bad"] >= FIT_ACCURACY).all())
+    mem = Comparison("the bad run fits its attack set", held, f"attack acc {memorised.text('{:.1%}')} over "
+               f"{memorised.n} seeds", memorised.value, memorised.lo, memorised.hi, memorised.n)
+    measured = (f"clean acc good {percent(acc['good'])}, bad {percent(acc['bad'])}; clean loss good "
+                f"{spread(loss['good'], '{:.2e}')}, bad {spread(loss['bad'], '{:.2e}')}; {fit.effect}; "
+                f"bad run's {mem.effect}{_left_out(e.pairs)}")
+    bad_seeds = [int(s) for s in acc.index[~ok]]
+    notes = (f"seed(s) {bad_seeds} below {FIT_ACCURACY:.0%} clean accuracy, stopped before the loss target or "
+             f"losses more than {MATCHED_LOSS_RATIO:g}× apart (statuses " + ", ".join(
+                 f"{s}: {status.loc[s, 'good']}/{status.loc[s, 'bad']}" for s in bad_seeds) + ")") if bad_seeds else ""
+    return _judge(e.dataset, [fit, mem], measured, notes)
+
+
+def _near_chance(e: DatasetEvidence) -> Comparison:
+    """The lowest test accuracy of a bad minimum that fits its clean set at the loss target, against chance."""
+    s = usable(e.sweep)
+    bad = s[(s["role"] == "bad") & (s["status"] == "converged") & (s["clean_acc"] >= FIT_ACCURACY)] if len(s) else s
+    if len(bad) == 0 or not math.isfinite(e.chance):
+        return Comparison("a bad minimum near chance", False, "—", rule=False)
+    low = bad.loc[bad["test_acc"].idxmin()]
+    gap = float(low["test_acc"]) - e.chance
+    return Comparison("a bad minimum near chance", gap <= NEAR_CHANCE,
+                f"lowest {low['test_acc']:.1%} at attack size {int(low['n_attack'])} (chance {e.chance:.0%}: "
+                f"{gap * 100:+.1f} points)", gap, n=len(bad), rule=False, controlled=False)
 
 
 def drop_check(e: DatasetEvidence) -> Check:
-    pairs = _usable(e.pairs)
-    test = _by_role(pairs, "test_acc") if len(pairs) else pd.DataFrame()
-    sweep = _usable(e.sweep)
+    pairs = usable(e.pairs)
+    test = by_role(pairs, "test_acc")
     if test.empty:
         return _no_data(e.dataset, "no complete good/bad pair")
-    drop_pairs = test["good"] - test["bad"]
-    problems = []
-    if not drop_pairs.mean() > 0:
-        problems.append(f"mean test drop at the main attack size is {drop_pairs.mean():.1%}, not positive")
-    measured = (f"test acc good {_pct(test['good'])}, bad {_pct(test['bad'])} "
-                f"(lower in {int((drop_pairs > 0).sum())}/{len(drop_pairs)} seeds){_left_out(e.pairs)}")
+    drop = effect("test drop (good − bad) at the main attack size", bootstrap_mean(test["good"] - test["bad"]),
+                  fmt="{:+.1%}")
+    sweep = usable(e.sweep)
     wide = (sweep.pivot_table(index=["n_attack", "seed"], columns="role", values="test_acc", aggfunc="first")
             if len(sweep) else pd.DataFrame())
-    complete = (wide["good"] - wide["bad"]).dropna() if {"good", "bad"} <= set(wide.columns) else pd.Series()
-    if complete.empty or complete.index.get_level_values("n_attack").nunique() < 2:
-        problems.append("the attack-size sweep has fewer than two sizes with a complete good/bad pair, so growth "
-                        "can't be tested")
-        return Check(e.dataset, "FAIL", measured, "; ".join(problems))
-    drops = complete.groupby(level="n_attack")
-    short = sweep[sweep["status"] != "converged"]
-    if len(short):
-        where = ", ".join(f"{int(n)}: {len(g)}" for n, g in short.groupby("n_attack"))
-        note = f"; {len(short)}/{len(sweep)} sweep runs stopped before the loss target (by attack size {where})"
-    else:
-        note = ""
-    means, spread = drops.mean(), drops.std(ddof=1)
-    steps = np.diff(means.to_numpy())
-    measured += "; drop by attack size " + ", ".join(
-        f"{int(n)}: {m:.1%}" + (f" ± {spread[n]:.1%}" if pd.notna(spread[n]) else "") for n, m in means.items())
-    measured += note
-    if not (steps > 0).all():
-        sizes = [int(n) for n in means.index]
-        bad_steps = [f"{sizes[i]}→{sizes[i + 1]}" for i, s in enumerate(steps) if s <= 0]
-        problems.append(f"the mean drop does not grow at step(s) {', '.join(bad_steps)}")
-    return Check(e.dataset, _verdict(not problems), measured, "; ".join(problems))
+    d = (wide["good"] - wide["bad"]).dropna() if {"good", "bad"} <= set(wide.columns) else pd.Series(dtype=float)
+    sizes = d.index.get_level_values("n_attack").to_numpy() if len(d) else np.array([])
+    rho = bootstrap_spearman(sizes, d.to_numpy())
+    grows = effect("Spearman ρ(attack size, drop)", rho, "pairs", "{:+.2f}")
+    means = d.groupby(level="n_attack").mean() if len(d) else pd.Series(dtype=float)
+    measured = (f"test acc good {percent(test['good'])}, bad {percent(test['bad'])}; drop {drop.effect}; mean drop by "
+                "attack size " + (", ".join(f"{int(n)}: {m:.1%}" for n, m in means.items()) or "—")
+                + f"; ρ {grows.effect}{_left_out(e.pairs)}")
+    near = _near_chance(e)
+    return _judge(e.dataset, [drop, grows, near], measured + f"; {near.name}: {near.effect}")
 
 
-SHARPNESS = (("top_eigenvalue", "λ₁"), ("trace", "trace"), ("frobenius", "‖H‖_F"))
+SHARPNESS = (("top_eigenvalue", "λ₁", True), ("trace", "trace", True), ("frobenius", "‖H‖_F", True),
+             ("adaptive_sharpness", "adaptive sharpness", False))
+
+
+def with_frobenius(pairs: pd.DataFrame) -> pd.DataFrame:
+    if len(pairs) == 0 or "frobenius_sq" not in pairs.columns:
+        return pairs
+    return pairs.assign(frobenius=pairs["frobenius_sq"].astype(float).clip(lower=0) ** 0.5)
 
 
 def sharpness_check(e: DatasetEvidence) -> Check:
-    pairs = _usable(e.pairs)
-    if len(pairs):
-        pairs = pairs.assign(frobenius=pairs["frobenius_sq"].astype(float).clip(lower=0) ** 0.5)
-        converged = pairs.groupby("seed")["status"].transform(lambda s: (s == "converged").all())
-        pairs = pairs[converged]
-    if len(pairs) == 0 or _by_role(pairs, "top_eigenvalue").empty:
+    pairs = with_frobenius(converged(usable(e.pairs)))
+    if by_role(pairs, "top_eigenvalue").empty:
         return _no_data(e.dataset, "no pair where both runs reached the clean-loss target")
-    parts, problems = [], []
-    for column, label in SHARPNESS:
-        wide = _by_role(pairs, column)
-        larger = int((wide["bad"] > wide["good"]).sum())
-        parts.append(f"{label} good {_spread(wide['good'])}, bad {_spread(wide['bad'])} "
-                     f"(larger in {larger}/{len(wide)})")
-        if not wide["bad"].mean() > wide["good"].mean():
-            problems.append(f"mean {label} of the bad minima {wide['bad'].mean():.4g} is not larger than the good "
-                            f"minima's {wide['good'].mean():.4g}")
-    parts[-1] += _left_out(e.pairs)
-    return Check(e.dataset, _verdict(not problems), "; ".join(parts), "; ".join(problems))
+    tests = _paired_log_ratios(pairs, SHARPNESS)
+    parts = []
+    for (column, label, _), t in zip(SHARPNESS, tests, strict=True):
+        wide = by_role(pairs, column)
+        if len(wide):
+            parts.append(f"{label} good {spread(wide['good'])}, bad {spread(wide['bad'])}, log-ratio {t.effect}"
+                         + ("" if t.rule else " (not in the rule)"))
+    return _judge(e.dataset, [t for t in tests if t.n or t.rule], "; ".join(parts) + _left_out(e.pairs))
 
 
 def log_volume_check(e: DatasetEvidence) -> Check:
     lv = e.log_volume
     if len(lv) == 0:
-        return _no_data(e.dataset, "no stored log-volumes")
-    wide = lv.pivot_table(index=["seed", "k"], columns="role", values="value", aggfunc="first")
-    if not {"good", "bad"} <= set(wide.columns):
+        return _no_data(e.dataset, "no stored spectra to take a log-volume of")
+    tests, parts = [], []
+    for eps in LOG_VOLUME_EPS:
+        at = lv[np.isclose(lv["eps"].astype(float), eps)]
+        wide = by_role(at, "value")
+        t = effect(f"log-volume gap (good − bad) at ε = {eps:g}", bootstrap_mean(wide["good"] - wide["bad"]))
+        se = by_role(at, "stderr")
+        noise = ((se["good"] ** 2 + se["bad"] ** 2) ** 0.5).mean() if len(se) else math.nan
+        tests.append(t)
+        parts.append(f"ε={eps:g}: {t.effect}" + (f" (SLQ s.e. per seed ±{noise:.3g})" if noise > 0 else ""))
+    methods = ", ".join(sorted(lv["method"].astype(str).unique())) if "method" in lv.columns else "?"
+    if not any(t.n for t in tests):
         return _no_data(e.dataset, "log-volumes of only one role")
-    gap = (wide["good"] - wide["bad"]).dropna().groupby(level="k")
-    means = gap.mean()
-    ks = means.index.to_numpy()
-    grows = int((np.diff(means.to_numpy()) > 0).sum())
-    at_max = gap.get_group(ks[-1])
-    measured = (f"gap at k={ks[0]} {_spread(gap.get_group(ks[0]))}, at k={ks[-1]} {_spread(at_max)}; "
-                f"grows at {grows}/{len(ks) - 1} steps of k")
-    problems = []
-    if not (means > 0).all():
-        problems.append(f"the mean gap is not positive at k = {[int(x) for x in means.index[means <= 0]]}")
-    if not means.iloc[-1] > means.iloc[0]:
-        problems.append(f"the mean gap at k={ks[-1]} ({means.iloc[-1]:.3g}) is not larger than at k={ks[0]} "
-                        f"({means.iloc[0]:.3g})")
-    return Check(e.dataset, _verdict(not problems), measured, "; ".join(problems))
+    return _judge(e.dataset, tests, f"whole spectrum ({methods}): " + "; ".join(parts))
 
 
 def random_init_check(e: DatasetEvidence) -> Check:
-    p = e.pairs
+    p = usable(e.pairs)
     bad = (p[(p["role"] == "bad") & (p["status"] == "converged")]["test_acc"].astype(float) if len(p)
            else pd.Series(dtype=float))
     if len(e.random_init) == 0 or bad.empty:
@@ -246,20 +315,18 @@ def random_init_check(e: DatasetEvidence) -> Check:
                         "no bad run reached the loss target")
     ri = e.random_init
     minima = ri[ri["status"] == "converged"] if "status" in ri.columns else ri
-    if minima.empty:
-        return Check(e.dataset, "FAIL", f"0/{len(ri)} random-init seeds reached the loss target",
-                     "no random-init seed reached a minimum")
-    lowest, worst_bad = float(minima["test_acc"].min()), float(bad.max())
-    measured = (f"{len(minima)}/{len(ri)} random-init seeds reached the loss target; their test acc "
-                f"{_pct(minima['test_acc'])}, lowest {lowest:.1%}; bad minima {_pct(bad)}, highest {worst_bad:.1%}")
-    ok = lowest > worst_bad
-    detail = "" if ok else (f"{int((minima['test_acc'] <= worst_bad).sum())} random-init seed(s) reach a test "
-                            f"accuracy ≤ the best bad minimum's {worst_bad:.1%}")
-    return Check(e.dataset, _verdict(ok), measured, detail)
+    worst_bad = float(bad.max())
+    low = int((minima["test_acc"] <= worst_bad).sum())
+    t = Comparison("random inits as bad as a bad minimum", low == 0 and len(minima) > 0,
+             count_text(low, len(minima), "random inits at or below the best bad minimum's test accuracy"),
+             low / len(minima) if len(minima) else math.nan, n=len(minima))
+    measured = (f"{len(minima)}/{len(ri)} random-init seeds reached the loss target, test acc "
+                f"{percent(minima['test_acc'])}; bad minima {percent(bad)}, best {worst_bad:.1%}; {t.effect}")
+    return _judge(e.dataset, [t], measured)
 
 
-def _slice_rise(e: DatasetEvidence) -> tuple[str, str, bool] | str:
-    """(measured, problem, ok) of the loss rise along the slices, or why there is no data."""
+def _slice_rise(e: DatasetEvidence) -> Comparison | str:
+    """log(mean rise bad / good) along the slices, per seed, or why there is no data."""
     s = e.slices
     if len(s) == 0:
         return "no 1-D slices"
@@ -267,107 +334,116 @@ def _slice_rise(e: DatasetEvidence) -> tuple[str, str, bool] | str:
     centre = s.loc[s.groupby(keys)["alpha"].transform(lambda a: a.abs() == a.abs().min()), keys + ["clean_loss"]]
     base = centre.groupby(keys)["clean_loss"].first().rename("at_min")
     rise = (s.join(base, on=keys).assign(rise=lambda d: d["clean_loss"] - d["at_min"])
-            .groupby(keys)["rise"].mean().unstack("role"))
+            .groupby(["seed", "role"])["rise"].mean().unstack("role"))
     if not {"good", "bad"} <= set(rise.columns):
         return "slices of only one role"
-    rise = rise[["good", "bad"]].dropna()
-    measured = (f"mean loss rise along a filter-normalised slice good {_spread(rise['good'])}, bad "
-                f"{_spread(rise['bad'])} (larger at bad in {int((rise['bad'] > rise['good']).sum())}/{len(rise)} "
-                f"directions)")
-    ok = bool(rise["bad"].mean() > rise["good"].mean())
-    problem = "" if ok else (f"the loss rises less at the bad minima ({rise['bad'].mean():.3g} vs "
-                             f"{rise['good'].mean():.3g})")
-    return measured, problem, ok
+    return effect("log(loss rise along the slices bad / good)", bootstrap_mean(log_ratio(rise.dropna())))
 
 
-def _escape(e: DatasetEvidence) -> tuple[str, str, bool] | str:
+def _escape(e: DatasetEvidence) -> tuple[Comparison, str] | str:
     if len(e.escape) == 0:
         return "no escape trials"
-    p = e.escape.assign(escaped=e.escape["escaped"].astype(float)).groupby("role")["escaped"].agg(["mean", "size"])
-    if not {"good", "bad"} <= set(p.index):
+    t = e.escape.assign(escaped=e.escape["escaped"].astype(float))
+    per_seed = t.pivot_table(index="seed", columns="role", values="escaped", aggfunc="mean")
+    if not {"good", "bad"} <= set(per_seed.columns):
         return "escape trials of only one role"
-    g, b = p.loc["good"], p.loc["bad"]
-    measured = (f"escape probability good {g['mean']:.0%} ({int(g['size'])} trials), bad {b['mean']:.0%} "
-                f"({int(b['size'])} trials)")
-    ok = bool(b["mean"] > g["mean"])
-    problem = "" if ok else (f"escape from the bad minima ({b['mean']:.0%}) is not more likely than from the good "
-                             f"({g['mean']:.0%})")
-    return measured, problem, ok
+    counts = t.groupby("role")["escaped"].agg(["sum", "size"])
+    text = "; ".join(count_text(int(counts.loc[r, "sum"]), int(counts.loc[r, "size"]), f"trials escaped from {r}")
+                     for r in ("good", "bad"))
+    wide = per_seed[["good", "bad"]].dropna()
+    return effect("escape probability bad − good", bootstrap_mean(wide["bad"] - wide["good"]), fmt="{:+.0%}"), text
 
 
 def perturbation_check(e: DatasetEvidence) -> Check:
     """Both halves are tested on their own: a half that fails makes a FAIL even when the other has no data."""
-    parts = [_slice_rise(e), _escape(e)]
-    found = [p for p in parts if not isinstance(p, str)]
-    missing = [p for p in parts if isinstance(p, str)]
-    measured = "; ".join(m for m, _, _ in found) or "—"
-    problems = [pr for _, pr, ok in found if not ok]
-    if problems:
-        return Check(e.dataset, "FAIL", measured, "; ".join(problems + [f"({m})" for m in missing]))
-    if missing:
-        return Check(e.dataset, "NO DATA", measured, "; ".join(missing))
-    return Check(e.dataset, "PASS", measured)
-
-
-def bound_check(two_layer: pd.DataFrame) -> Check:
-    if len(two_layer) == 0:
-        return _no_data("two_layer", "no two_layer runs")
-    holds = two_layer["holds"].map(lambda v: isinstance(v, (bool, np.bool_)) and bool(v))  # unknown: not held
-    ratio = two_layer["rhs"] / two_layer["complexity"]
-    rho = two_layer[["complexity", "hessian_frobenius"]].rank().corr().iloc[0, 1] if len(two_layer) > 2 else np.nan
-    names = ", ".join(sorted(two_layer["dataset"].astype(str).unique())) if "dataset" in two_layer else "two_layer"
-    measured = (f"holds at {int(holds.sum())}/{len(holds)} minima; bound/complexity {_spread(ratio)} "
-                f"(smallest {ratio.min():.3g}); Spearman ρ(complexity, ‖H‖_F) = {rho:.2f}")
-    detail = "" if holds.all() else ("fails at " + ", ".join(
-        f"{r.get('run_id', i)} (complexity {r['complexity']:.4g} > bound {r['rhs']:.4g})"
-        for i, r in two_layer[~holds].iterrows()))
-    return Check(names, _verdict(bool(holds.all())), measured, detail)
+    rise, esc = _slice_rise(e), _escape(e)
+    tests = [t for t in (rise, esc[0] if isinstance(esc, tuple) else esc) if isinstance(t, Comparison)]
+    missing = [m for m in (rise, esc) if isinstance(m, str)]
+    measured = "; ".join([f"{t.name} {t.effect}" for t in tests] + ([esc[1]] if isinstance(esc, tuple) else []))
+    check = _judge(e.dataset, tests, measured or "—", "; ".join(f"({m})" for m in missing) if missing else "")
+    if missing and check.verdict == PASS or not tests:
+        return Check(e.dataset, NO_DATA, measured or "—", "; ".join(missing), tuple(tests))
+    return check
 
 
 CLAIMS = (
-    ("Both minima fit the clean training set (≈100% accuracy, matched clean loss).",
-     f"every seed: clean acc ≥ {FIT_ACCURACY:.0%} for both, both reached the loss target, losses within "
-     f"{MATCHED_LOSS_RATIO:g}×", fit_check),
+    ("Both minima fit the clean training set at matched clean loss; the bad one also fits its attack set.",
+     f"every seed: clean acc ≥ {FIT_ACCURACY:.0%} for both, both at the loss target within {MATCHED_LOSS_RATIO:g}×, "
+     f"attack acc of the bad run ≥ {FIT_ACCURACY:.0%}", fit_check),
     ("The bad minimum's test accuracy is lower, and the drop grows with attack size.",
-     "mean good − bad test acc > 0; its mean over seeds increases at every step of the attack-size grid",
-     drop_check),
+     "95% interval of the mean drop over seeds above 0; of Spearman ρ(attack size, drop) over the sweep's pairs "
+     "above 0", drop_check),
     ("At matched clean loss the bad minimum has a larger top eigenvalue, trace and Frobenius norm.",
-     "mean over seeds (pairs that both reached the loss target): bad > good for λ₁, trace and ‖H‖_F",
+     "pairs at the loss target: 95% interval of the mean log(bad / good) above 0 for each of λ₁, trace, ‖H‖_F",
      sharpness_check),
-    ("The log-volume gap (good − bad) is positive and grows with k.",
-     "mean gap > 0 at every k, and larger at the largest k than at k = 1", log_volume_check),
+    ("The bad minimum's basin is smaller: the log-volume over the whole spectrum is lower.",
+     f"95% interval of the mean gap −½ Σᵢ log(λᵢ⁺ + ε) (good − bad) above 0 at every ε in "
+     f"{', '.join(f'{x:g}' for x in LOG_VOLUME_EPS)}", log_volume_check),
     ("No clean random-init seed reaches a test accuracy as low as the bad minima's.",
-     "lowest test acc over random-init seeds that reached the loss target > highest bad-minimum test acc",
-     random_init_check),
-    ("Under equal filter-normalised perturbation the loss rises more at the bad minimum; escape probability is "
-     "higher from bad minima.",
-     "mean clean-loss rise over the 1-D slice: bad > good; escape probability pooled over radii: bad > good",
-     perturbation_check),
+     "0 random-init seeds at the loss target with test acc ≤ the best bad minimum's", random_init_check),
+    ("Under equal filter-normalised perturbation the loss rises more at the bad minimum, and perturb-and-retrain "
+     "escapes it more often.",
+     "95% intervals above 0: mean log(loss rise bad / good) over the slices; mean escape probability bad − good "
+     "(|Δ test acc| > margin after retraining, both roles alike)", perturbation_check),
 )
-BOUND_CLAIM = ("The 2-layer bound C ≤ √m ‖W‖₂² ‖G‖_F holds on every two_layer run.",
-               "the bound holds at every two_layer minimum (both roles, every seed and attack size)")
+
+
+# --- claim 7: the 2-layer statement ------------------------------------------------------------------
+
+def two_layer_check(minima: pd.DataFrame, name: str = "two_layer") -> Check:
+    """Across two_layer minima, a monotone association of the complexity with ‖H‖_F, and the bad minima
+    above the good ones of the same width and seed in both (see Evidence.two_layer)."""
+    if len(minima) < 3:
+        return _no_data(name, f"{len(minima)} two_layer minima measured (3 needed for a rank correlation)")
+    c = minima["complexity"]
+    rho = effect("Spearman ρ(complexity, ‖H‖_F)", bootstrap_spearman(c, minima["hessian_frobenius"]), "minima",
+                 "{:+.2f}")
+    rho_top = effect("Spearman ρ(complexity, λ₁)", bootstrap_spearman(c, minima["top_eigenvalue"]), "minima",
+                     "{:+.2f}", rule=False)
+    good = minima[minima["role"] == "good"].drop_duplicates(["width", "seed"]).set_index(["width", "seed"])
+    bad = minima[minima["role"] == "bad"].merge(good[["complexity", "hessian_frobenius"]], on=["width", "seed"],
+                                                 suffixes=("", "_good"))
+    order = [effect(f"log({label} bad / good)", bootstrap_mean(
+        np.log(bad[c].clip(lower=FLOOR)) - np.log(bad[f"{c}_good"].clip(lower=FLOOR))), "pairs")
+        for c, label in (("complexity", "complexity"), ("hessian_frobenius", "‖H‖_F"))]
+    widths = ", ".join(str(int(w)) for w in sorted(minima["width"].unique())) if "width" in minima else "?"
+    measured = (f"{len(minima)} minima (widths {widths}); {rho.name} {rho.effect}; {rho_top.name} {rho_top.effect}; "
+                + "; ".join(f"{t.name} {t.effect}" for t in order))
+    return _judge(name, [rho, *order, rho_top], measured)
+
+
+CLAIM_7 = ("Among two_layer minima, lower complexity E‖∇ₓf‖² goes with a smaller Hessian norm, and the bad "
+           "minima have the higher of both.",
+           "95% intervals above 0: Spearman ρ(complexity on held-out inputs, ‖H‖_F) over the minima (bootstrap over "
+           "minima); mean log(bad / good) of the complexity and of ‖H‖_F over pairs of one width and seed")
+
+
+# --- the claims and their controls -----------------------------------------------------------------
+
+def _controlled(check_fn, e: DatasetEvidence) -> Check:
+    check = check_fn(e)
+    control = check_fn(e.control) if e.control is not None else None
+    return Check(check.dataset, check.verdict, check.measured, check.detail, check.tests, control)
 
 
 def evaluate(evidence: Evidence) -> list[Claim]:
-    """The seven claims, in the paper's order, each checked on every dataset."""
-    out = [Claim(i + 1, statement, test, tuple(check(e) for e in evidence.datasets))
+    """The seven claims, in the paper's order: claims 1-6 on every dataset, claim 7 on the two_layer runs,
+    each check beside the same rule on its negative control."""
+    out = [Claim(i + 1, statement, test, tuple(_controlled(check, e) for e in evidence.datasets))
            for i, (statement, test, check) in enumerate(CLAIMS)]
-    out.append(Claim(len(out) + 1, *BOUND_CLAIM, (bound_check(evidence.two_layer),)))
+    main = two_layer_check(evidence.two_layer)
+    control = two_layer_check(evidence.two_layer_control, "untrained two_layer networks")
+    out.append(Claim(7, *CLAIM_7, (Check(main.dataset, main.verdict, main.measured, main.detail, main.tests,
+                                         control),)))
     return out
+
+
+def _rows(found: list[Claim] | list[dict]) -> list[dict]:
+    return [c.to_dict() if isinstance(c, Claim) else c for c in found]
 
 
 def claims_frame(found: list[Claim] | list[dict]) -> pd.DataFrame:
     """The claims table, one row per claim, from Claims or their `to_dict()` (as claims.json holds them)."""
-    rows = [c.to_dict() if isinstance(c, Claim) else c for c in found]
     return pd.DataFrame([{"#": r["number"], "claim": r["statement"], "measured": r["measured"], "test": r["test"],
-                          "result": r["verdict"]} for r in rows], columns=["#", "claim", "measured", "test", "result"])
-
-
-def claims_verdicts(found: list[Claim] | list[dict]) -> pd.DataFrame:
-    """One row per claim: its statement, the verdict on each dataset (blank where it wasn't tested) and
-    the overall result."""
-    rows = [c.to_dict() if isinstance(c, Claim) else c for c in found]
-    datasets = list(dict.fromkeys(ch["dataset"] for r in rows for ch in r["checks"]))
-    verdict = lambda r, d: next((ch["verdict"] for ch in r["checks"] if ch["dataset"] == d), "")  # noqa: E731
-    return pd.DataFrame([{"#": r["number"], "claim": r["statement"], **{d: verdict(r, d) for d in datasets},
-                          "result": r["verdict"]} for r in rows], columns=["#", "claim", *datasets, "result"])
+                          "result": r["verdict"]} for r in _rows(found)],
+                        columns=["#", "claim", "measured", "test", "result"])

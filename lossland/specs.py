@@ -181,7 +181,10 @@ class SurfaceSpec(Spec):
 @dataclass(frozen=True)
 class EscapeSpec(Spec):
     """From each minimum, n_trials filter-normalised perturbations of each relative radius, each
-    retrained for retrain_epochs on the clean set only."""
+    retrained for retrain_epochs on the clean set only. A trial escapes when its retraining reaches the
+    loss target with a test accuracy more than `margin` away from the minimum's, in either direction,
+    for both roles alike (`margin` is new in the settings, so trials stored under the old, one-sided
+    rule for bad minima get other ids and are never read as these)."""
 
     kind: ClassVar[str] = "escape"
     title: ClassVar[str] = "escape trials"
@@ -189,6 +192,7 @@ class EscapeSpec(Spec):
     n_trials: int = 8
     seed: int = 0
     retrain_epochs: int = 300
+    margin: float = 0.05
 
     def validate(self) -> None:
         r = self.radii
@@ -198,6 +202,7 @@ class EscapeSpec(Spec):
         _int(self.field("n_trials"), self.n_trials, 1, 1_000_000)
         _seed(self, "seed")
         _int(self.field("retrain_epochs"), self.retrain_epochs, 1, 1_000_000)
+        _num(self.field("margin"), self.margin, 0.0, 1.0)
 
     def trials(self) -> int:
         return len(ROLES) * len(self.radii) * self.n_trials
@@ -250,8 +255,42 @@ class BoundSpec(Spec):
     title: ClassVar[str] = "2-layer bound"
 
 
+# --- sharpness beyond the spectrum ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SharpnessSpec(Spec):
+    """At each minimum, the adaptive sharpness λ₁(|θ| H |θ|) of the clean training loss
+    (curvature.adaptive_sharpness: unchanged by a layer-wise rescaling of the weights), by Lanczos."""
+
+    kind: ClassVar[str] = "adaptive_sharpness"
+    title: ClassVar[str] = "adaptive sharpness"
+    tol: float = 1e-6
+    max_steps: int = 200
+    seed: int = 0
+
+    def validate(self) -> None:
+        _num(self.field("tol"), self.tol, 0.0, 1.0, lo_open=True)
+        _int(self.field("max_steps"), self.max_steps, 2, 100_000)
+        _seed(self, "seed")
+
+
+@dataclass(frozen=True)
+class TwoLayerSpec(Spec):
+    """basins.two_layer_measure (complexity E‖∇ₓf‖², ‖H‖_F and λ₁ of the Hessian of the clean training
+    loss) at both minima of a two_layer pair, and, as the claim's negative control, at the network both
+    started from (untrained) with the true labels and with uniformly random labels (seed label_seed)."""
+
+    kind: ClassVar[str] = "two_layer"
+    title: ClassVar[str] = "2-layer measurement"
+    label_seed: int = 0
+
+    def validate(self) -> None:
+        _seed(self, "label_seed")
+
+
 SPECS: dict[str, type[Spec]] = {s.kind: s for s in (InterpolationSpec, SliceSpec, SurfaceSpec, EscapeSpec,
-                                                     RandomInitSpec, RadiusSpec, BoundSpec)}
+                                                     RandomInitSpec, RadiusSpec, BoundSpec, SharpnessSpec,
+                                                     TwoLayerSpec)}
 
 
 def from_stored(kind: str, settings_json: str) -> Spec:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pandas as pd
 import pytest
 from conftest import open_app, tiny_config
 
@@ -17,8 +18,10 @@ from lossland.specs import (
     InterpolationSpec,
     RadiusSpec,
     RandomInitSpec,
+    SharpnessSpec,
     SliceSpec,
     SurfaceSpec,
+    TwoLayerSpec,
     from_stored,
 )
 from lossland.store import Store, StoreError
@@ -33,7 +36,6 @@ IDS_BEFORE_THE_SPECS = {
     SliceSpec(): "f3f214fa89841e14",
     SliceSpec(directions="eigen", seed=3, n_points=9, span=0.5): "57cdae8ea11b5b54",
     SurfaceSpec(role="bad"): "6475e19419599e33",
-    EscapeSpec(): "b415fb921486052f",
     RandomInitSpec(): "5f715ed96377ccb2",
     RadiusSpec(): "50ff98eff3cb3808",
     BoundSpec(): "216f53ff542a051f",
@@ -49,6 +51,13 @@ def test_spec_ids_equal_the_ids_of_existing_stores(spec):
 def test_a_spec_round_trips_through_its_stored_settings(spec):
     again = from_stored(spec.kind, spec.to_json())
     assert again == spec and again.analysis_id(PAIR) == spec.analysis_id(PAIR)
+
+
+def test_escape_trials_of_the_old_one_sided_rule_are_not_found_by_the_symmetric_spec():
+    assert EscapeSpec().analysis_id(PAIR) != "b415fb921486052f"  # the id before `margin` (bad: upwards only)
+    assert EscapeSpec().margin == 0.05 and EscapeSpec(margin=0.1).analysis_id(PAIR) != EscapeSpec().analysis_id(PAIR)
+    for spec in (EscapeSpec(), SharpnessSpec(), TwoLayerSpec(label_seed=3)):
+        assert from_stored(spec.kind, spec.to_json()) == spec
 
 
 def test_one_setting_has_one_id_whatever_its_spelling():
@@ -69,9 +78,13 @@ def test_one_setting_has_one_id_whatever_its_spelling():
     (lambda: EscapeSpec(n_trials=0), r"escape.n_trials = 0 is not allowed: an integer in \[1, 1000000\]"),
     (lambda: EscapeSpec(radii=()), r"escape.radii = \(\) is not allowed: a list of 1 to 64 numbers"),
     (lambda: EscapeSpec(radii=(0.1, float("nan"))), r"escape.radii = .* is not allowed"),
+    (lambda: EscapeSpec(margin=1.5), r"escape.margin = 1.5 is not allowed: a finite number in \[0.0, 1.0\]"),
+    (lambda: SharpnessSpec(tol=0.0), r"adaptive_sharpness.tol = 0.0 is not allowed"),
+    (lambda: TwoLayerSpec(label_seed=-1), r"two_layer.label_seed = -1 is not allowed"),
     (lambda: RandomInitSpec(n_seeds="32"), r"random_init.n_seeds = '32' is not allowed: an integer"),
     (lambda: RadiusSpec(threshold_factor=1.0), r"radius.threshold_factor = 1.0 is not allowed: .*\(1.0, 1000000.0\]"),
-    (lambda: from_stored("escape", '{"n_trials": 2, "zzz": 1}'), r"unknown field\(s\) escape.zzz; allowed: n_trials"),
+    (lambda: from_stored("escape", '{"n_trials": 2, "zzz": 1}'),
+     r"unknown field\(s\) escape.zzz; allowed: margin, n_trials"),
     (lambda: from_stored("escape", "{not json"), r"escape settings are not valid JSON"),
     (lambda: from_stored("voodoo", "{}"), r"analysis kind 'voodoo' is not allowed: one of interpolation"),
 ])
@@ -81,7 +94,8 @@ def test_specs_reject_bad_values_naming_the_field(make, message):
 
 
 def test_every_kind_has_a_spec_with_its_cost():
-    assert set(SPECS) == {"interpolation", "slice1d", "surface2d", "escape", "random_init", "radius", "bound"}
+    assert set(SPECS) >= {"interpolation", "slice1d", "surface2d", "escape", "random_init", "radius", "bound",
+                          "adaptive_sharpness", "two_layer"}
     assert SurfaceSpec().grid_points() == 41 * 41 and SliceSpec().grid_points() == 2 * 41
     assert EscapeSpec().trials() == 2 * 4 * 8 and RandomInitSpec().trials() == 32 and RadiusSpec().trials() == 16
 
@@ -174,6 +188,15 @@ def test_escape_and_random_init_land_in_basin_trials(pair):
     assert analyses.compute(store, pair_id, RandomInitSpec(n_seeds=4)).from_store
 
 
+def test_adaptive_sharpness_is_stored_per_minimum_and_read_back(pair):
+    store, pair_id = pair
+    first = analyses.compute(store, pair_id, SharpnessSpec())
+    assert not first.from_store and set(first.frame["role"]) == {"good", "bad"}
+    assert (first.frame["adaptive"] > 0).all() and (first.frame["converged"] == 1.0).all()
+    again = analyses.compute(store, pair_id, SharpnessSpec())
+    assert again.from_store and again.frame["adaptive"].tolist() == first.frame["adaptive"].tolist()
+
+
 def test_the_bound_is_refused_for_a_non_two_layer_model(pair):
     store, pair_id = pair
     with pytest.raises(ValueError, match="TwoLayer or MLP|two_layer"):
@@ -182,16 +205,35 @@ def test_the_bound_is_refused_for_a_non_two_layer_model(pair):
         basins.two_layer_bound(ck.model.net, x, y, "cross_entropy")
 
 
-def test_bound_holds_on_a_two_layer_pair(tmp_path):
-    store = Store(tmp_path / "runs.duckdb")
+@pytest.fixture(scope="module")
+def two_layer_pair(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("two_layer") / "runs.duckdb")
     cfg = tiny_config(**{"model.name": "two_layer", "model.widths": (8,), "train.loss_target": 0.05})
-    pair_id = run_pair(cfg, store).pair_id
+    return store, run_pair(cfg, store).pair_id
+
+
+def test_bound_holds_on_a_two_layer_pair(two_layer_pair):
+    store, pair_id = two_layer_pair
     assert analyses.get(store, pair_id, BoundSpec()) is None
     b = analyses.compute(store, pair_id, BoundSpec()).frame
     assert set(b["role"]) == {"good", "bad"} and b["holds"].all()
     assert (b["complexity"] <= b["rhs"]).all()
     stored = analyses.get(store, pair_id, BoundSpec())  # stored
     assert stored.from_store and stored.frame.equals(b)
+
+
+def test_two_layer_measurement_holds_both_minima_and_their_untrained_network_with_true_and_random_labels(
+        two_layer_pair):
+    store, pair_id = two_layer_pair
+    m = analyses.compute(store, pair_id, TwoLayerSpec()).frame.set_index("role")
+    assert {"complexity", "complexity_heldout", "hessian_frobenius", "top_eigenvalue"} <= set(m.columns)
+    assert (m[["complexity", "hessian_frobenius"]] > 0).all().all()
+    good = m.loc["good"]
+    assert good["untrained_complexity"] == pytest.approx(good["untrained_random_complexity"]), \
+        "the complexity of a network does not depend on the labels"
+    assert good["untrained_hessian_frobenius"] != good["untrained_random_hessian_frobenius"]
+    assert pd.isna(m.loc["bad"].get("untrained_complexity")), "the untrained network is stored once, on the good run"
+    assert analyses.compute(store, pair_id, TwoLayerSpec()).from_store
 
 
 def test_a_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -4,17 +4,18 @@ import streamlit as st
 
 import ui
 from lossland import report
-from lossland.claims import claims_verdicts
 from lossland.config import ConfigError
 from lossland.reproduce import DATASET_PRESETS, SCALES, plan_for, reports_dir, reproduce
+from lossland.robustness import robustness_frame
 
 JOB = "reproduce"
 store = ui.get_store()
 st.title("Reproduce the paper")
 st.caption("Wu, Zhu & E (2017), *Towards Understanding Generalization of Deep Learning: Perspective of Loss "
-           "Landscapes*: good/bad pairs over seeds and attack sizes, their spectra, landscapes and basins, and the "
-           "2-layer bound, each claim tested on the measured numbers. Everything goes through the store, so a "
-           "second run reuses every stored result. The same as `python -m lossland reproduce`.")
+           "Landscapes*: good/bad pairs over seeds and attack sizes, their spectra, landscapes and basins, an "
+           "optimizer grid, two_layer networks and Figure 1; each claim tested on the measured numbers and on its "
+           "negative control. Everything goes through the store, so a second run reuses every stored result. The "
+           "same as `python -m lossland reproduce`.")
 
 if ui.read_only():
     st.info("This dashboard is read-only: it shows the reports already written.", icon="🔒")
@@ -26,7 +27,7 @@ else:
                               "Fashion-MNIST and CIFAR-10 where their files are present — sized for a GPU")
         datasets = c2.multiselect("datasets", list(DATASET_PRESETS), default=["digits", "mnist1d"],
                                   key="repro-datasets", help="empty: the scale's default datasets")
-        seeds = c3.number_input("seeds", min_value=1, max_value=20, value=3, step=1, key="repro-seeds")
+        seeds = c3.number_input("seeds", min_value=1, max_value=20, value=5, step=1, key="repro-seeds")
         go = st.form_submit_button("Run the reproduction", type="primary")
     if go:
         job = ui.jobs().get(JOB)
@@ -89,18 +90,36 @@ for s in meta.get("skipped", []):
     st.caption(f"Skipped {s['dataset']}: {s['reason']}")
 
 st.subheader("Claims")
-passed = sum(c["verdict"] == "PASS" for c in data["claims"])
-st.write(f"**{passed} of {len(data['claims'])}** claims pass. Each is tested on every dataset; open a claim for "
-         "its numbers (mean ± standard deviation over seeds) and the test applied.")
-st.dataframe(claims_verdicts(data["claims"]), hide_index=True, width="stretch",
+verdicts = [c["verdict"] for c in data["claims"]]
+st.write(f"**{verdicts.count('PASS')} of {len(verdicts)}** claims pass, {verdicts.count('NOT INFORMATIVE')} are "
+         f"not informative, {verdicts.count('FAIL')} fail. {report.RULES}")
+st.dataframe(report.claims_verdicts(data["claims"]), hide_index=True, width="stretch",
              column_config={"claim": st.column_config.TextColumn(width="large")})
+effects = report.effects_frame(data["claims"])
 for c in data["claims"]:
     with st.expander(f"{c['number']}. {c['statement']} — {c['verdict']}", expanded=c["verdict"] != "PASS"):
-        st.markdown(f"**Test:** {c['test']}")
+        st.markdown(f"**Rule:** {c['test']}")
+        st.dataframe(effects[effects["#"] == c["number"]].drop(columns="#"), hide_index=True, width="stretch")
         for ch in c["checks"]:
-            st.markdown(f"- **{ch['dataset']}** ({ch['verdict']}): {ch['measured']}")
-            if ch["verdict"] != "PASS":
+            result = ch.get("result", ch["verdict"])
+            st.markdown(f"- **{ch['dataset']}** ({result}): {ch['measured']}")
+            if ch.get("control"):
+                st.caption(f"control ({ch['control']['verdict']}): {ch['control']['measured']}")
+            if result == "FAIL":
                 st.error(f"{ch['detail'] or 'no detail'}. {report.FAIL_NOTES.get(c['number'], '')}", icon="❌")
+            elif result != "PASS":
+                st.warning(f"{result}: {ch['detail'] or 'the same rule also passes on its control'}", icon="⚠️")
+
+robust = data.get("robustness") or {}
+if robust.get("counts"):
+    st.subheader("Robustness over the optimizer")
+    st.write("Each sharpness measure in each optimizer setting: ✓ where the 95% interval of its mean effect over "
+             "seeds lies above 0 (the main pairs are one setting; the grid uses a smaller clean set).")
+    for n in robust["counts"]:
+        st.markdown(f"- **{n['measure']}**: {n['text']}")
+    st.dataframe(robustness_frame(robust), hide_index=True, width="stretch")
+if data.get("identity_check"):
+    st.caption(data["identity_check"])
 
 row = st.container(horizontal=True)
 row.download_button("Report (zip)", lambda: report.report_zip(folder), f"lossland-report-{folder.name}.zip",
