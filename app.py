@@ -3,10 +3,21 @@
 import streamlit as st
 
 import ui
+from lossland.config import ConfigError
+from lossland.store import StoreError
 
 st.set_page_config(page_title="lossland", page_icon="⛰️", layout="wide")
 
-store = ui.get_store()
+try:  # an operator's bad setting (a cap, the read-only switch) stops the app: no page runs on a guess
+    ui.check_settings()
+except ConfigError as e:
+    st.error(f"lossland does not start: {ui.text(e)}. Fix the setting and restart.", icon="⛔")
+    st.stop()
+try:
+    store = ui.get_store()
+except StoreError as e:  # e.g. a read-only dashboard with no store to read
+    ui.show_error(e)
+    st.stop()
 ui.sidebar(store)
 
 pages = [

@@ -6,6 +6,7 @@ Pages stay thin: widgets -> these helpers and lossland calls -> lossland.charts.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -19,11 +20,13 @@ import streamlit as st
 import torch
 
 from lossland import analyses
+from lossland import limits as operator
 from lossland.charts import to_png, to_svg
 from lossland.checkpoint import CheckpointError, read_checkpoint_file
 from lossland.config import ConfigError, ExperimentConfig
 from lossland.data import DatasetError
 from lossland.experiments import run_pair
+from lossland.frames import when
 from lossland.limits import Limits, check_analysis, check_experiment, limits
 from lossland.pairs import run_ids
 from lossland.specs import Spec
@@ -32,31 +35,50 @@ from lossland.store import Store, StoreError, default_store_path
 # What the library raises for bad input or a damaged store: shown in the page, never as a traceback.
 LIBRARY_ERRORS = (StoreError, ConfigError, DatasetError, CheckpointError)
 
+# Markdown that would not show as itself: links, images, HTML, code, emphasis, maths, tables, Streamlit's
+# :colour[...] directives; "_" only at a word's edge (snake_case stays readable); "://", "www." and "@"
+# so GFM makes no link of a bare address; a line's leading list, heading-underline or quote marker.
+_MARKDOWN = re.compile(r"(?P<char>[\\`*~$\[\]<>|#@]|(?<!\w)_|_(?!\w)|:(?=//)|(?<=www)\.)"
+                       r"|^(?P<lead>[ \t]*)(?P<marker>[-+=]|\d{1,9}[.)])", re.MULTILINE)
+
+
+def _escaped(m: re.Match) -> str:
+    if m["char"]:
+        return "\\" + m["char"]
+    return m["lead"] + m["marker"][:-1] + "\\" + m["marker"][-1]
+
+
+def text(value: object) -> str:
+    """Any value (a stored string, a URL parameter, an error message) as markdown that shows it literally:
+    for the st.* calls that render markdown (error, warning, info, caption, markdown, write, help=)."""
+    return _MARKDOWN.sub(_escaped, str(value))
+
+
+def check_settings() -> None:
+    """Every operator setting is valid (the LOSSLAND_* caps, LOSSLAND_READONLY): ConfigError naming the
+    first that is not. The app refuses to start on one, so no page runs on a guessed setting."""
+    limits()
+    read_only()
+
+
 def read_only() -> bool:
-    """Serving to collaborators: LOSSLAND_READONLY=1, or `streamlit run app.py -- --read-only`."""
-    return os.environ.get("LOSSLAND_READONLY", "").lower() in ("1", "true", "yes") or "--read-only" in sys.argv
+    """Serving to collaborators: LOSSLAND_READONLY (see lossland.limits.switch), or `streamlit run app.py --
+    --read-only`."""
+    return operator.read_only() or "--read-only" in sys.argv
 
 
 @st.cache_resource
 def _store(path: str) -> Store:
-    caps = _caps()  # imports are bounded by the operator's caps, not only by the bundle's own configs
-    return Store(Path(path), max_bundle_bytes=caps.max_upload_mb * 4 * 1024**2, caps=caps)  # unpacked: 4× the upload
-
-
-def _caps() -> Limits:
-    try:
-        return limits()
-    except ConfigError:
-        return Limits()  # shown by caps(); the defaults hold meanwhile
+    if read_only() and not Path(path).is_file():
+        raise StoreError(f"no store at {path}: a read-only dashboard creates none. Point LOSSLAND_STORE at an "
+                         f"existing store, or create one with `python -m lossland runs --store {path}`")
+    capped = caps()  # imports are bounded by the operator's caps, not only by the bundle's own configs
+    return Store(Path(path), max_bundle_bytes=capped.max_upload_mb * 4 * 1024**2, caps=capped)  # unpacked: 4×
 
 
 def caps() -> Limits:
-    """The operator's caps; a bad LOSSLAND_MAX_* value is shown in the page and the defaults are used."""
-    try:
-        return limits()
-    except ConfigError as e:
-        st.error(f"Operator setting ignored, defaults in force — {e}")
-        return Limits()
+    """The operator's caps (valid: the app checked them at start)."""
+    return limits()
 
 
 def within_caps(cfg: ExperimentConfig) -> bool:
@@ -86,7 +108,7 @@ def plan_within_caps(plan) -> bool:
 
 def show_error(e: BaseException, doing: str = "") -> None:
     """A library error, stated in the page (the app keeps working)."""
-    st.error(f"{doing + ' — ' if doing else ''}{e}", icon="⚠️")
+    st.error(f"{doing + ' — ' if doing else ''}{text(e)}", icon="⚠️")
 
 
 def get_store() -> Store:
@@ -127,7 +149,7 @@ def sidebar(store: Store) -> None:
                 st.warning(f"{problems} checkpoint problem(s) (files without runs, runs without files, leftovers "
                            "of a crash); `python -m lossland check --repair` lists and fixes them")
         except StoreError as e:
-            st.error(str(e))
+            st.error(text(e))
         st.caption(device_label())
         if read_only():
             st.info("Read-only: browsing, comparing, SQL and downloads only.", icon="🔒")
@@ -236,7 +258,7 @@ def job_progress(pair_id: str, key: str) -> None:
         elif job.state == "cancelled":
             st.warning("Cancelled; nothing was stored.")
         elif job.state == "failed":
-            st.error(f"It failed: {job.error}. Nothing was stored.")
+            st.error(f"It failed: {text(job.error)}. Nothing was stored.")
         elif st.session_state.get(f"{key}-seen") != job.finished:
             st.session_state[f"{key}-seen"] = job.finished
             st.rerun()
@@ -248,7 +270,7 @@ def job_progress(pair_id: str, key: str) -> None:
 
 def pair_label(row) -> str:
     return (f"{row['pair_id']} · {row['dataset']}/{row['model']} · attack {row['n_attack']} · "
-            f"{row['created_at']:%Y-%m-%d %H:%M}" + (" · imported" if str(row.get("imported")) == "True" else ""))
+            f"{when(row['created_at'])}" + (" · imported" if str(row.get("imported")) == "True" else ""))
 
 
 def pair_picker(store: Store, key: str) -> str | None:
@@ -260,7 +282,8 @@ def pair_picker(store: Store, key: str) -> str | None:
     ids = list(pairs["pair_id"])
     wanted = st.query_params.get("pair")
     if wanted and wanted not in ids:
-        st.warning(f"Pair {wanted!r} from the link is not in this store; showing the latest instead.")
+        st.warning(f"Pair {text(repr(wanted[:200]))} from the link is not in this store; showing the latest "
+                   "instead.")
         wanted = None
     labels = {r["pair_id"]: pair_label(r) for _, r in pairs.iterrows()}
     choice = st.selectbox("pair", ids, index=ids.index(wanted) if wanted else 0, format_func=labels.get, key=key)
@@ -277,7 +300,7 @@ def chart_downloads(chart, name: str, key: str) -> None:
 
 
 def show_config_error(e: ConfigError) -> None:
-    st.error(f"Invalid setting — {e}")
+    st.error(f"Invalid setting — {text(e)}")
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -383,7 +406,7 @@ def analysis_block(store: Store, pair_id: str, spec: Spec | None, key: str, labe
         show_error(e, f"Can't compute {label}")
         return None
     if problem:
-        st.error(f"Can't compute {label}: {problem}. The stored runs and their numbers are unaffected; analyses "
+        st.error(f"Can't compute {label}: {text(problem)}. The stored runs and their numbers are unaffected; analyses "
                  f"need the trained weights, so restore the checkpoint file from a backup.", icon="⚠️")
         return None
     job_key = f"{key}:{spec.analysis_id(pair_id)}"

@@ -4,10 +4,15 @@ The good-vs-bad comparison is written once here: `ROWS` are its quantities in re
 `comparison(records, style)` makes the table (rows = quantities, columns = roles, cells = text) from
 each role's record (a mapping of those quantities), and a `Style` is how a face writes it: the
 dashboard's words or the CLI's, and how many digits. A row shows when some record holds its key.
+
+Stored rows are read tolerantly (a store may hold anything its schema allows: timestamps past year 9999,
+NaN, malformed JSON, two runs of one role): `when`, `stored_json`, `config_fields` and `by_role` turn
+such values into text or leave them out, never into an error.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .lanczos import DensityResult
-from .pairs import ROLES
+from .pairs import ROLES, is_run_id, role_of
 
 
 @dataclass(frozen=True)
@@ -92,9 +97,63 @@ def plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def when(value: Any) -> str:
+    """A stored timestamp as 'YYYY-MM-DD HH:MM' (UTC), "—" where it is missing. Written from its parts, so
+    the years DuckDB holds and Python's datetime can't (its 'infinity', year 10000 and on) are text too."""
+    if missing(value):
+        return "—"
+    try:
+        return f"{value.year:04d}-{value.month:02d}-{value.day:02d} {value.hour:02d}:{value.minute:02d}"
+    except (AttributeError, TypeError, ValueError):
+        return str(value)
+
+
+def stored_json(text: Any) -> Any:
+    """A stored JSON column's value, or None where it isn't JSON (malformed, empty, nested past Python's
+    recursion limit, not text)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+SHOWN_CHARS = 1_000  # of one stored value in a table cell
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except RecursionError:
+        text = "(nested too deep to show)"
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
+
+
+def config_fields(config_json: Any) -> dict[str, str]:
+    """A stored config as flat "section.field" -> text, for comparing runs side by side; a stored value
+    that is not a JSON object is one field saying so."""
+    config = stored_json(config_json)
+    if not isinstance(config, dict):
+        return {"config": "not a readable config (malformed JSON in config_json)"}
+    out: dict[str, str] = {}
+    for section, body in config.items():
+        if isinstance(body, dict) and body:
+            out |= {f"{section}.{name}": _shown(value) for name, value in body.items()}
+        else:
+            out[str(section)] = _shown(body)
+    return out
+
+
+def by_role(runs: pd.DataFrame) -> pd.DataFrame:
+    """A pair's runs indexed by role, one row per role at most (the first where a store holds two runs of
+    one role); a role it lacks is left out."""
+    return runs.drop_duplicates("role").set_index("role")
+
+
 def records(runs: pd.DataFrame, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Each role's `keys` of a pair's runs table as plain values, by role (a missing role is left out)."""
-    r = runs.set_index("role")
+    r = by_role(runs)
     keys = list(keys)
     return {role: {k: plain(r.loc[role, k]) for k in keys} for role in ROLES if role in r.index}
 
@@ -180,7 +239,7 @@ def headlines(runs: pd.DataFrame) -> tuple[Headline, ...]:
 
 def pair_sentence(runs: pd.DataFrame) -> str:
     """What the numbers show, in one sentence."""
-    r = runs.set_index("role")
+    r = by_role(runs)
     if not set(ROLES) <= set(r.index):
         return "This pair is incomplete: one of its two runs is missing."
     g, b = r.loc["good"], r.loc["bad"]
@@ -211,6 +270,14 @@ def with_roles(df: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return df.merge(runs[["run_id", "role"]], on="run_id", how="left")
 
 
+def with_run_roles(df: pd.DataFrame) -> pd.DataFrame:
+    """Add the `role` column to a per-run table from each row's run id (`<pair_id>-good|bad`); rows whose
+    run id names no role (strays in a damaged store) are left out."""
+    roles = pd.Series([role_of(r) if isinstance(r, str) and is_run_id(r) else None for r in df["run_id"]],
+                      index=df.index, dtype=object)
+    return df.assign(role=roles)[roles.notna()]
+
+
 def spectrum_frame(spectra: pd.DataFrame, runs: pd.DataFrame, kind: str = "lanczos") -> pd.DataFrame:
     """One kind of stored spectrum (top-k Lanczos or the exact one) with roles, ordered by role and index."""
     s = with_roles(spectra, runs)
@@ -232,8 +299,12 @@ def log_volume_frame(estimates: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFram
 
 def density_frame(densities: pd.DataFrame, runs: pd.DataFrame, sigma: float, n_points: int = 400) -> pd.DataFrame:
     """Re-smooth stored SLQ nodes and weights (no new HVPs) on one grid with one kernel width for all
-    roles — sigma times the joint spectral range — so the curves compare. Columns x, density, role."""
+    roles — sigma times the joint spectral range — so the curves compare. Columns x, density, role.
+    Stored nodes that are missing or not finite, and repeated (vector, idx) rows, are left out."""
     d = with_roles(densities, runs)
+    if not d.empty:
+        d = d.dropna(subset=["role", "vector", "idx"]).drop_duplicates(["role", "vector", "idx"])
+        d = d[np.isfinite(d["node"].astype(float).to_numpy(na_value=np.nan))]
     if d.empty:
         return pd.DataFrame(columns=["x", "density", "role"])
     results = {}

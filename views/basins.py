@@ -5,7 +5,7 @@ import streamlit as st
 
 import ui
 from lossland import charts
-from lossland.frames import with_roles
+from lossland.frames import missing, records, with_roles
 from lossland.specs import EscapeSpec, RadiusSpec, RandomInitSpec
 
 store, pair_id = ui.page_pair("Basins of attraction", key="basins-pair")
@@ -25,10 +25,11 @@ if r is not None:
     for col, field in ((c1, "test_acc"), (c2, "top_eigenvalue")):
         chart = charts.random_init_chart(r.frame, minima, field)
         col.altair_chart(chart, width="stretch")
-    bad_acc = float(runs.set_index("role").loc["bad", "test_acc"])
-    lowest = float(r.frame["test_acc"].min())
-    st.write(f"Lowest test accuracy over {len(r.frame)} random inits: **{lowest:.1%}**; the bad minimum's: "
-             f"**{bad_acc:.1%}** — {'no' if lowest > bad_acc else 'some'} random-init seed generalises as badly.")
+    bad_acc = records(runs, ["test_acc"]).get("bad", {}).get("test_acc")
+    lowest = r.frame["test_acc"].min()
+    if not missing(bad_acc) and not missing(lowest):
+        st.write(f"Lowest test accuracy over {len(r.frame)} random inits: **{lowest:.1%}**; the bad minimum's: "
+                 f"**{bad_acc:.1%}** — {'no' if lowest > bad_acc else 'some'} random-init seed generalises as badly.")
 
 st.subheader("Perturb and retrain")
 spec = ui.analysis_settings(store, pair_id, EscapeSpec(), key="basins-escape")

@@ -42,7 +42,7 @@ for col, role in zip(cols, ROLES, strict=True):
     with col:
         res = ui.analysis_block(store, pair_id, spec and spec.for_role(role), key=f"surface:{pair_id}:{role}",
                                 label=f"the {role} surface")
-        if res is not None:
+        if res is not None and len(res.frame):
             frames[role] = res.frame
 if frames:
     levels = np.log10(np.concatenate([f["clean_loss"].clip(lower=1e-12).to_numpy() for f in frames.values()]))

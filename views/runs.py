@@ -1,6 +1,5 @@
 """Runs: every stored run — filter, compare, query with SQL, export and import bundles."""
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -10,8 +9,9 @@ import streamlit as st
 import ui
 from lossland import charts
 from lossland.config import ConfigError
+from lossland.frames import config_fields
 from lossland.limits import check_upload
-from lossland.pairs import ROLES, run_ids, split_run_id
+from lossland.pairs import ROLES, pair_of, run_ids
 from lossland.store import EXAMPLE_QUERIES, StoreError, import_allowed
 
 store = ui.get_store()
@@ -29,9 +29,9 @@ SHOWN = ["run_id", "pair_id", "role", "status", "imported", "dataset", "model", 
 with tab_table:
     if runs is not None and len(runs):
         c1, c2, c3, c4 = st.columns(4)
-        ds = c1.multiselect("dataset", sorted(runs["dataset"].unique()), key="runs-ds")
+        ds = c1.multiselect("dataset", sorted(runs["dataset"].dropna().unique()), key="runs-ds")
         roles = c2.multiselect("role", list(ROLES), key="runs-role")
-        statuses = c3.multiselect("status", sorted(runs["status"].unique()), key="runs-status")
+        statuses = c3.multiselect("status", sorted(runs["status"].dropna().unique()), key="runs-status")
         sort = c4.selectbox("sort by", ["created_at", "test_acc", "top_eigenvalue", "trace", "n_attack"],
                             key="runs-sort")
         view = runs
@@ -51,14 +51,12 @@ with tab_compare:
         st.query_params["runs"] = ",".join(chosen)
         if len(chosen) >= 2:
             sel = runs[runs["run_id"].isin(chosen)]
-            configs = {r["run_id"]: pd.json_normalize(json.loads(r["config_json"]), sep=".").iloc[0]
-                       for _, r in sel.iterrows()}
-            cfg = pd.DataFrame(configs).astype(str)
+            cfg = pd.DataFrame({r["run_id"]: config_fields(r["config_json"]) for _, r in sel.iterrows()}).fillna("—")
             differs = cfg.nunique(axis=1) > 1
             st.caption("Config fields that differ are highlighted.")
             st.dataframe(cfg.style.apply(lambda row: ["background-color: #fff3b0" if differs[row.name] else ""
                                                       for _ in row], axis=1), width="stretch")
-            pairs = {split_run_id(rid)[0] for rid in chosen}
+            pairs = {pair_of(rid) for rid in chosen}
             views = [store.pair(p) for p in pairs]
             curves = pd.concat([v.curves for v in views])
             curves = curves[curves["run_id"].isin(chosen)].rename(columns={"run_id": "run"})
@@ -78,7 +76,7 @@ with tab_sql:
     with right:
         st.caption("Tables")
         for name, cols in store.tables().items():
-            with st.expander(name):
+            with st.expander(ui.text(name)):
                 st.code("\n".join(f"{c} {t}" for c, t in cols), language=None)
     with left:
         example = st.selectbox("example", list(EXAMPLE_QUERIES), key="runs-sql-example")
@@ -87,9 +85,10 @@ with tab_sql:
         if st.button("Run query", key="runs-sql-run"):
             caps = ui.caps()
             try:
-                result = store.query(sql, max_rows=caps.sql_max_rows, timeout=caps.sql_timeout_s)
+                result = store.query(sql, max_rows=caps.sql_max_rows, timeout=caps.sql_timeout_s,
+                                     memory_mb=caps.sql_memory_mb)
             except StoreError as e:
-                st.error(str(e))
+                st.error(ui.text(e))
             else:
                 st.dataframe(result.frame, width="stretch", hide_index=True)
                 note = f"{len(result.frame)} rows in {result.seconds * 1000:.0f} ms"
@@ -127,7 +126,7 @@ with tab_share:
                 check_upload(upload.size, caps)
             except ConfigError as e:
                 too_big = e
-                st.error(f"Import refused, nothing changed: {e}")
+                st.error(f"Import refused, nothing changed: {ui.text(e)}")
         if upload is not None and too_big is None and st.button("Import", key="runs-import-go"):
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "upload.zip"
@@ -135,7 +134,7 @@ with tab_share:
                 try:
                     rep = store.import_bundle(path, source=upload.name)
                 except StoreError as e:
-                    st.error(f"Import refused, nothing changed: {e}")
+                    st.error(f"Import refused, nothing changed: {ui.text(e)}")
                 else:
                     st.success(f"Imported {len(rep.run_ids_added)} runs (marked imported, with where they came from); "
                                f"{len(rep.run_ids_skipped)} were already here"
