@@ -30,6 +30,7 @@ VERIFY_BLOCK = 4  # Ritz vectors multiplied together when residuals are checked
 OVERHEAD_VECTORS = 2 + 2 * VERIFY_BLOCK  # the product w, a Gram-Schmidt temporary, a verification block in and out
 MIN_SLACK = 8  # the basis holds at least k + MIN_SLACK vectors, so a restart cycle adds ≥ MIN_SLACK / 2 new ones
 COLUMNS = 8192  # columns rotated at a time in a restart (a j × COLUMNS temporary)
+DGKS = 0.5 ** 0.5  # a second Gram-Schmidt pass only where the first cancelled more than 1 − DGKS of the norm
 
 # A Ritz value within ZERO·‖H‖ of 0 is zero to rounding: no relative residual rule can be met for it, so it
 # passes when its residual is that small too (an absolute floor, as ARPACK's). Lets k exceed the rank.
@@ -110,14 +111,22 @@ class _Rows:
                 return
             yield lo, block[:j - lo]
 
+    def combine(self, coef: torch.Tensor, j: int) -> torch.Tensor:
+        """Σ_i coef_i row_i over rows < j."""
+        return sum(part.T @ coef[lo:lo + len(part)] for lo, part in self._parts(j))
+
     def orthogonalise(self, w: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(w − V Vᵀ w over rows < j, twice; the coefficients Vᵀ w summed over both passes)."""
+        """(w − V Vᵀ w over rows < j, the coefficients Vᵀ w): classical Gram-Schmidt, a second pass only where
+        the first cancelled much of w (Daniel, Gragg, Kaufman & Stewart 1976: twice is enough, once often is).
+        At n = 10⁶ a pass over 100 rows moves 1.6 GB, as much time as an HVP on a loaded CPU."""
         total = torch.zeros(j, dtype=torch.float64, device=w.device)
         for _ in range(2):
+            before = torch.linalg.vector_norm(w)
             coef = torch.cat([part @ w for _, part in self._parts(j)])
-            for lo, part in self._parts(j):
-                w = w - part.T @ coef[lo:lo + len(part)]
+            w = w - self.combine(coef, j)
             total += coef
+            if float(torch.linalg.vector_norm(w)) > DGKS * float(before):
+                break
         return w, total
 
     def rotate(self, S: torch.Tensor, j: int) -> None:
@@ -157,12 +166,22 @@ class _State:
     def expand(self) -> bool:
         """One Lanczos step from V[j]; False when the basis already spans everything."""
         j, V = self.j, self.V
-        w = finite(self.op.matvec(V[j]).to(device=self.device, dtype=torch.float64), self.steps + 1)
-        w, h = V.orthogonalise(w, j + 1)
+        v = V[j]
+        w = finite(self.op.matvec(v).to(device=self.device, dtype=torch.float64), self.steps + 1)
+        a, known = float(v @ w), self.G[j, :j].copy()  # v's known couplings: β_{j−1}, or a restart's b
+        w = w - a * v
+        if j and np.count_nonzero(known) == 1 and known[j - 1] != 0:  # the three-term recurrence
+            w = w - float(known[j - 1]) * V[j - 1]
+        elif known.any():  # just after a restart v couples to every kept Ritz vector
+            w = w - V.combine(torch.as_tensor(known, device=self.device), j)
+        w, h = V.orthogonalise(w, j + 1)  # what rounding left: one pass, as a rule
         b = float(torch.linalg.vector_norm(w))
         self.steps, self.j = self.steps + 1, j + 1
-        self.G[:j + 1, j] = h.cpu().numpy()
-        self.scale = max(self.scale, abs(float(h[j])), b)
+        h = h.cpu().numpy()
+        h[:j] += known
+        h[j] += a
+        self.G[:j + 1, j] = h
+        self.scale = max(self.scale, abs(a), b)
         self.invariant = b <= 1e-12 * self.scale * math.sqrt(self.n)
         if not self.invariant:
             self.G[j + 1, j] = b
