@@ -9,9 +9,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import terminal as term
+from .arguments import assignments, json_value, load_config, split_values
 from .checkpoint import CheckpointError, load_checkpoint, write_checkpoint_bytes
 from .claims import claims_frame
-from .config import DEFAULT_PRESET, PRESETS, ConfigError, ExperimentConfig, preset
+from .config import DEFAULT_PRESET, PRESETS, ConfigError
 from .curvature import spectrum
 from .data import DatasetError, download
 from .executors import ExecutorError, make_executor
@@ -23,43 +24,6 @@ from .reproduce import plan_for, reports_dir, reproduce
 from .store import Store, StoreError, default_store_path
 
 CHECKPOINT_DIR = Path("data/checkpoints")
-
-
-def load_config(args: argparse.Namespace) -> ExperimentConfig:
-    """--config FILE (JSON) or --preset NAME, then --set section.field=value overrides."""
-    if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.exists():
-            raise ConfigError(f"--config {path}: no such file")
-        cfg = ExperimentConfig.from_json(path.read_text())
-    else:
-        cfg = preset(args.preset)
-    changes = {key: _value(raw) for key, raw in _assignments(
-        getattr(args, "set", None), "--set", "section.field=value, e.g. train.lr=0.01").items()}
-    if getattr(args, "device", None):
-        changes["train.device"] = args.device
-    return cfg.with_changes(**changes) if changes else cfg
-
-
-def _assignments(items: list[str] | None, flag: str, form: str) -> dict[str, str]:
-    """`KEY=VALUE` command-line items -> {KEY: raw VALUE}; a malformed item names the flag and the form."""
-    out = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{flag} {item!r}: expected {form}")
-        out[key] = raw
-    return out
-
-
-def _value(raw: str):
-    """A JSON value where the text is one (0.01, [64,64], true), else the text itself (relu)."""
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
@@ -148,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    grid = {key: [_value(v) for v in _split_values(raw)] for key, raw in _assignments(
+    grid = {key: [json_value(v) for v in split_values(raw)] for key, raw in assignments(
         args.grid, "--grid", "section.field=v1,v2,... e.g. train.seed=0,1,2").items()}
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads}: at least 1")
@@ -176,24 +140,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _split_values(raw: str) -> list[str]:
-    """Split 'a,b,[1,2]' at top-level commas, so list values like [64,64] survive."""
-    parts, depth, cur = [], 0, ""
-    for ch in raw:
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    parts.append(cur)
-    return [p.strip() for p in parts if p.strip()]
-
-
 def cmd_runs(args: argparse.Namespace) -> int:
     store = _store(args)
-    filters = {key: _value(raw) for key, raw in _assignments(
+    filters = {key: json_value(raw) for key, raw in assignments(
         args.where, "--where", "column=value, e.g. dataset=digits").items()}
     df = store.runs(**filters)
     cols = ["run_id", "role", "status", "dataset", "model", "n_attack", "clean_acc", "test_acc",

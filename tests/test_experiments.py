@@ -117,11 +117,11 @@ def test_every_subcommand_has_help(capsys):
 
 
 def test_cli_assignments_take_json_or_text_and_name_the_flag_when_malformed():
-    from lossland.cli import _assignments, _split_values, _value
+    from lossland.arguments import assignments, json_value, split_values
 
-    assert _value("0.01") == 0.01 and _value("[64,64]") == [64, 64] and _value("relu") == "relu"
-    assert _split_values("[32],[64,64],relu") == ["[32]", "[64,64]", "relu"]
-    assert _assignments(["train.lr=0.1", "model.activation=tanh"], "--set", "x") == {
+    assert json_value("0.01") == 0.01 and json_value("[64,64]") == [64, 64] and json_value("relu") == "relu"
+    assert split_values("[32],[64,64],relu") == ["[32]", "[64,64]", "relu"]
+    assert assignments(["train.lr=0.1", "model.activation=tanh"], "--set", "x") == {
         "train.lr": "0.1", "model.activation": "tanh"}
     with pytest.raises(ConfigError, match="--grid 'train.seed'"):
-        _assignments(["train.seed"], "--grid", "section.field=v1,v2")
+        assignments(["train.seed"], "--grid", "section.field=v1,v2")

@@ -281,6 +281,48 @@ def test_a_corrupt_store_is_stated_on_every_page_never_a_traceback(tmp_path, mon
     assert path.read_bytes() == b"not a database" * 1000
 
 
+def _cli_error(capsys, *argv: str) -> str:
+    """Run the CLI; it must refuse with exit 2 and one 'error: ...' line, no traceback. The message."""
+    from lossland.cli import main
+
+    assert main(list(argv)) == 2, argv
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err[:500]
+    return err
+
+
+def test_cli_config_input_is_bounded_and_every_error_names_the_file(tmp_path, capsys):
+    deep = "[" * 100_000
+    files = {"latin1.json": "{\"train\": {\"lr\": 0.01}, \"note\": \"café\"}".encode("latin-1"),
+             "deep.json": deep.encode(), "big.json": b" " * (2 * 1024**2) + b"{}", "bad.json": b"{\"train\": {",
+             "list.json": b"[1, 2]"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    expected = {"latin1.json": "not UTF-8 text", "deep.json": "nested 100,000 levels deep, at most 16",
+                "big.json": "larger than 1 MiB", "bad.json": "not valid JSON", "list.json": "must be a JSON object"}
+    for name, words in expected.items():
+        err = _cli_error(capsys, "config", "--config", str(tmp_path / name))
+        assert f"--config {tmp_path / name}: " in err and words in err, err
+    start = time.perf_counter()
+    assert "larger than 1 MiB" in _cli_error(capsys, "config", "--config", "/dev/zero")  # read 1 MiB, then stop
+    assert time.perf_counter() - start < 5
+    assert "a directory" in _cli_error(capsys, "config", "--config", str(tmp_path))
+    assert "no such file" in _cli_error(capsys, "config", "--config", str(tmp_path / "nothing.json"))
+    assert "--set train.lr: JSON nested 100,000 levels" in _cli_error(capsys, "config", "--set", f"train.lr={deep}")
+    assert "--set model.widths: JSON nested 17 levels" in _cli_error(
+        capsys, "config", "--set", "model.widths=" + "[" * 17 + "]" * 17)
+    assert "nested 100,000 levels" in _cli_error(capsys, "runs", "--store", str(tmp_path / "s.duckdb"), "--where",
+                                                  f"dataset={deep}")
+    assert "nested 100,000 levels" in _cli_error(capsys, "sweep", "--store", str(tmp_path / "s.duckdb"), "--grid",
+                                                  f"train.seed={deep}")
+    from lossland.cli import main
+
+    (tmp_path / "ok.json").write_text(ExperimentConfig().with_changes(**{"train.lr": 0.02}).to_json())
+    assert main(["config", "--config", str(tmp_path / "ok.json"), "--set", "train.seed=3"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["train"]["lr"] == 0.02 and printed["train"]["seed"] == 3
+
+
 # --- 2. training faults -------------------------------------------------------------------------------
 
 def test_a_diverged_pair_is_stored_with_its_curves_and_shown_without_a_traceback(tmp_path, monkeypatch):
