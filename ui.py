@@ -36,10 +36,13 @@ from lossland.store import Store, StoreError, default_store_path
 LIBRARY_ERRORS = (StoreError, ConfigError, DatasetError, CheckpointError)
 
 # Markdown that would not show as itself: links, images, HTML, code, emphasis, maths, tables, Streamlit's
-# :colour[...] directives; "_" only at a word's edge (snake_case stays readable); "://", "www." and "@"
-# so GFM makes no link of a bare address; a line's leading list, heading-underline or quote marker.
-_MARKDOWN = re.compile(r"(?P<char>[\\`*~$\[\]<>|#@]|(?<!\w)_|_(?!\w)|:(?=//)|(?<=www)\.)"
-                       r"|^(?P<lead>[ \t]*)(?P<marker>[-+=]|\d{1,9}[.)])", re.MULTILINE)
+# :colour[...] directives, "_" only at a word's edge (snake_case stays readable), and a line's leading list,
+# heading-underline or quote marker: each gets a backslash.
+_MARKDOWN = re.compile(r"(?P<char>[\\`*~$\[\]<>|#]|(?<!\w)_|_(?!\w))|^(?P<lead>[ \t]*)(?P<marker>[-+=]|\d{1,9}[.)])",
+                       re.MULTILINE)
+# GFM links bare addresses (http://, www., e-mail) in the parsed text, where a backslash no longer counts:
+# a zero-width space inside each breaks the address and shows nothing.
+_BARE_LINK = re.compile(r"(?<=:)(?=//)|(?<=www)(?=\.)|(?=@)", re.IGNORECASE)
 
 
 def _escaped(m: re.Match) -> str:
@@ -51,7 +54,7 @@ def _escaped(m: re.Match) -> str:
 def text(value: object) -> str:
     """Any value (a stored string, a URL parameter, an error message) as markdown that shows it literally:
     for the st.* calls that render markdown (error, warning, info, caption, markdown, write, help=)."""
-    return _MARKDOWN.sub(_escaped, str(value))
+    return _BARE_LINK.sub("\u200b", _MARKDOWN.sub(_escaped, str(value)))
 
 
 def check_settings() -> None:
@@ -161,6 +164,18 @@ class JobCancelled(Exception):
     """Raised inside a worker when its job was cancelled; nothing of the run is stored."""
 
 
+_STOPPING = threading.Event()
+# SIGTERM or Ctrl-C stop Streamlit's server; then Python joins the job threads (concurrent.futures' exit
+# hook) before it exits. Threading's exit hooks run last-registered first, so this one runs before that
+# join (an `atexit` hook would run after it): every job stops at its next progress report.
+threading._register_atexit(_STOPPING.set)
+
+
+def stopping() -> bool:
+    """The process is shutting down: jobs stop, storing nothing, so it exits in seconds."""
+    return _STOPPING.is_set()
+
+
 @dataclass
 class Job:
     key: str  # a pair id, or "<analysis>:<pair id>:<settings>"
@@ -212,15 +227,17 @@ class JobRunner:
         job.state = "running"
 
         def progress(fraction: float, message: str) -> None:
-            if job.cancel:
+            if job.cancel or stopping():
                 raise JobCancelled(job.key)
             job.fraction, job.message = min(max(fraction, 0.0), 1.0), message
 
         try:
+            progress(0.0, "starting")
             job.from_store = job.work(progress) is True
             job.state, job.fraction, job.message = "done", 1.0, "done"
         except JobCancelled:
-            job.state, job.message, job.error = "cancelled", "cancelled", "cancelled by the user"
+            job.state, job.message = "cancelled", "cancelled"
+            job.error = "cancelled: the dashboard is stopping" if stopping() else "cancelled by the user"
         except Exception as e:  # noqa: BLE001 - shown to the user; the store is left untouched
             job.state, job.error = "failed", f"{type(e).__name__}: {e}"
             job.message = "failed"

@@ -200,7 +200,8 @@ NAMED = (
 )
 
 
-@settings(max_examples=9, deadline=None, phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=9, deadline=None, phases=[Phase.explicit, Phase.generate], derandomize=True,
+          suppress_health_check=list(HealthCheck))  # no shrinking: a failing example is printed as drawn
 @given(damages=DAMAGES)
 @example(damages=NAMED[0])
 @example(damages=NAMED[1])
@@ -222,3 +223,24 @@ def test_figures(record_property):
     for name, n in FIGURES.items():
         record_property(name, n)
     print(f"\nhostile stores: {FIGURES}")
+
+
+def test_stored_and_url_text_reaches_markdown_escaped(base, dashboard):
+    """Without a browser: what a page puts in its boxes for a planted link, image or tag is escaped text
+    (tests/test_browser.py checks the rendered DOM in Chromium)."""
+    from conftest import open_app
+
+    import ui
+
+    planted = ["[session expired — log in](http://evil.example)", "![x](http://evil.example/x.png)",
+               "<img src=http://evil.example/y.png>", "www.evil.example", "a@evil.example", ":red[alarm]", "# big",
+               "1. list", "`code`", "**bold** _em_ $x$ | table", "\\\\[still text\\\\]"]
+    for s in planted:
+        shown = ui.text(s)
+        assert shown.replace("\\", "").replace("\u200b", "") == s.replace("\\", ""), (s, shown)
+        assert not any(c in shown.replace("\\" + c, "") for c in "[]<>`*$|#"), (s, shown)
+        assert "://" not in shown and "www." not in shown.lower() and "@" not in shown.replace("\u200b@", "")
+    dashboard(base[0])
+    at = open_app(query={"pair": planted[0]})
+    warning = next(w.value for w in at.warning if "from the link" in w.value)
+    assert "\\[session expired — log in\\](http:\u200b//evil.example)" in warning
