@@ -72,7 +72,8 @@ def _store(path: str) -> Store:
         raise StoreError(f"no store at {path}: a read-only dashboard creates none. Point LOSSLAND_STORE at an "
                          f"existing store, or create one with `python -m lossland runs --store {path}`")
     capped = caps()  # imports are bounded by the operator's caps, not only by the bundle's own configs
-    return Store(Path(path), max_bundle_bytes=capped.max_upload_mb * 4 * 1024**2, caps=capped)  # unpacked: 4×
+    return Store(Path(path), max_bundle_bytes=capped.max_upload_mb * 4 * 1024**2, caps=capped,  # unpacked: 4×
+                 read_only=read_only())
 
 
 def caps() -> Limits:

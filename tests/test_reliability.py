@@ -206,8 +206,6 @@ def test_a_read_only_dashboard_creates_no_store(tmp_path, monkeypatch):
     assert not path.parent.exists(), "neither the store nor its folder was made"
 
 
-@pytest.mark.xfail(strict=True, reason="needs the store side: Store(path, read_only=True) that never creates or "
-                                       "migrates (ui._store passes read_only=read_only() once it exists)")
 def test_a_read_only_dashboard_never_migrates_an_old_store(tmp_path, monkeypatch):
     from lossland.store.schema import create_v1_schema
 

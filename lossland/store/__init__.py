@@ -94,16 +94,17 @@ class Store:
 
     def __init__(self, path: str | Path | None = None, lock_timeout: float = 10.0,
                  checkpoint_dir: str | Path | None = None, max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
-                 allow_import: bool | None = None, caps: Any = None):
+                 allow_import: bool | None = None, caps: Any = None, read_only: bool = False):
         """allow_import: False refuses every import; None (the default) asks LOSSLAND_ALLOW_IMPORT at each
         import (see import_allowed). caps (a lossland.limits.Limits) bounds what an import may hold by the
         operator's caps (parameters, epochs, grid points, trials); without it only the parameter cap
-        applies (LOSSLAND_MAX_PARAMS) and the rest is bounded by each run's config and analysis spec."""
+        applies (LOSSLAND_MAX_PARAMS) and the rest is bounded by each run's config and analysis spec.
+        read_only: never create, migrate or write the file (a served read-only dashboard)."""
         self.path = Path(path) if path is not None else default_store_path()
         self.lock_timeout = float(lock_timeout)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else self.path.parent / "checkpoints"
         self.max_bundle_bytes = int(max_bundle_bytes)
-        self.allow_import, self.caps = allow_import, caps
+        self.allow_import, self.caps, self.read_only = allow_import, caps, bool(read_only)
         self._ready = False
 
     def __repr__(self) -> str:
@@ -112,7 +113,7 @@ class Store:
     # --- connections ------------------------------------------------------------------
     def _ensure_schema(self) -> None:
         if not self._ready:
-            schema.ensure(self.path, self.lock_timeout)
+            schema.ensure(self.path, self.lock_timeout, may_migrate=not self.read_only)
             self._ready = True
 
     @contextmanager
@@ -122,6 +123,8 @@ class Store:
             yield con
 
     def _write(self, work: connection.Work, what: str) -> Any:
+        if self.read_only:
+            raise StoreError(f"{what} refused: store {self.path} is open read-only")
         self._ensure_schema()
         return connection.write(self.path, self.lock_timeout, work, what)
 

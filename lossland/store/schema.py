@@ -222,8 +222,12 @@ def migrate(con: duckdb.DuckDBPyConnection, path: Path, target: int = SCHEMA_VER
                          f"nothing changed: {e}") from None
 
 
-def ensure(path: Path, lock_timeout: float) -> None:
-    """Create the store at `path` or migrate it to this code's schema; returns at once when it is current."""
+def ensure(path: Path, lock_timeout: float, may_migrate: bool = True) -> None:
+    """Create the store at `path` or migrate it to this code's schema; returns at once when it is current.
+    With may_migrate=False (a read-only store) a missing or older store is a StoreError that says what to run."""
+    if not path.exists() and not may_migrate:
+        raise StoreError(f"no store at {path}: a read-only store is never created; create it with "
+                         f"`python -m lossland runs --store {path}`")
     if path.exists():
         with open_connection(path, lock_timeout, read_only=True) as con:
             try:
@@ -232,6 +236,10 @@ def ensure(path: Path, lock_timeout: float) -> None:
                 raise StoreError(f"cannot read store {path}: {first_line(e)}{advice(path, e)}") from None
         if found == SCHEMA_VERSION:
             return
+        if not may_migrate:
+            raise StoreError(f"store {path} has schema version {found}, older than the {SCHEMA_VERSION} this "
+                             f"lossland reads; a read-only dashboard never migrates it: run `python -m lossland "
+                             f"runs --store {path}` once where the file is writable (that migrates it), then reload")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
