@@ -81,3 +81,19 @@ def _config_file(cfg, tmp_path) -> str:
     path = tmp_path / "config.json"
     path.write_text(cfg.to_json())
     return str(path)
+
+
+def test_check_and_export_take_a_recorded_checkpoint_path_the_os_refuses(tmp_path, capsys):
+    """A stored path too long for the OS (or with a NUL byte) is a missing checkpoint, not a traceback."""
+    cfg = tiny_config(**{"train.max_epochs": 3, "spectrum.exact_max_params": 0})
+    store = Store(tmp_path / "runs.duckdb")
+    run_pair(cfg, store)
+    con = duckdb.connect(str(store.path))
+    con.execute("UPDATE runs SET checkpoint = ? WHERE role = 'good'", ["a" * 200_000])
+    con.execute("UPDATE runs SET checkpoint = ? WHERE role = 'bad'", ["x\0y.pt"])
+    con.close()
+    report = store.check()
+    assert set(report.missing_checkpoints) == set(run_ids(cfg.config_hash()))
+    assert main(["check", "--store", str(store.path)]) == 1
+    assert main(["export", cfg.config_hash(), "--out", str(tmp_path / "b.zip"), "--store", str(store.path)]) in (0, 2)
+    assert "Traceback" not in capsys.readouterr().err

@@ -13,9 +13,8 @@
 A Store is cheap to create: nothing is opened until the first call, which creates or migrates the
 file. Connections are short-lived (open, work, close), so a dashboard and a CLI sweep can share one
 file; every write is one transaction or nothing. runs.checkpoint is relative to the store's folder
-when the file lies under it (a store folder moves whole), absolute otherwise. Failed runs are runs
-rows with status 'failed' and `error`. All of lossland's SQL lives in this package.
-"""
+when the file lies under it (a store folder moves whole), absolute otherwise. Failed runs are runs rows
+with status 'failed' and `error`. All of lossland's SQL lives in this package."""
 
 from __future__ import annotations
 
@@ -369,7 +368,8 @@ class Store:
             checkpoints = {}
             for run_id in run_ids:
                 candidates = [self._resolve(recorded[run_id])] if recorded[run_id] else []
-                source = next((c for c in [*candidates, self.checkpoint_dir / f"{run_id}.pt"] if c.is_file()), None)
+                source = next((c for c in [*candidates, self.checkpoint_dir / f"{run_id}.pt"] if health.is_file(c)),
+                              None)
                 if source is not None:
                     checkpoints[run_id] = source
             return bundles.write_zip(Path(path), Path(tmp), run_ids, counts, checkpoints)

@@ -75,15 +75,31 @@ class Files:
     resolve: Callable[[str], Path]
 
 
+def is_file(path: Path) -> bool:
+    """Path.is_file for a recorded path that may be anything a store holds: a name the OS refuses (too long,
+    a NUL byte) is no file, not an exception."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, ValueError):
+        return path
+
+
 def survey(con: duckdb.DuckDBPyConnection, files: Files) -> CheckReport:
     recorded = dict(con.execute("SELECT run_id, checkpoint FROM runs WHERE checkpoint IS NOT NULL").fetchall())
     noted = {r[0] for r in con.execute("SELECT run_id FROM missing_checkpoints").fetchall()}
     paths = {rid: files.resolve(c) for rid, c in recorded.items()}
-    named = {p.resolve() for p in paths.values()}
+    named = {_resolved(p) for p in paths.values()}
     found = sorted(f for f in files.checkpoint_dir.iterdir() if f.is_file()) if files.checkpoint_dir.is_dir() else []
     return CheckReport(
         orphan_checkpoints=tuple(f for f in found if f.suffix == ".pt" and f.resolve() not in named),
-        missing_checkpoints=tuple(sorted(rid for rid, p in paths.items() if not p.is_file())),
+        missing_checkpoints=tuple(sorted(rid for rid, p in paths.items() if not is_file(p))),
         leftovers=tuple(f for f in found if f.name.endswith(LEFTOVER_SUFFIXES)),
         recorded_missing=tuple(sorted(noted)))
 
