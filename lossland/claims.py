@@ -65,9 +65,9 @@ class DatasetEvidence:
 @dataclass(frozen=True, eq=False)
 class Evidence:
     datasets: tuple[DatasetEvidence, ...]
-    # two_layer minima: width, seed, n_attack, role, complexity, hessian_frobenius, top_eigenvalue (one good
-    # row per width and seed; bad rows at each attack size) and, as its control, the untrained networks
-    # in the same columns (role "good": true labels, "bad": random labels, n_attack 0)
+    # two_layer minima at the loss target: width, seed, n_attack, role, complexity, hessian_frobenius,
+    # top_eigenvalue (one good row per width and seed; bad rows at each attack size) and, as its control,
+    # the untrained networks in the same columns (role "good": true labels, "bad": random labels)
     two_layer: pd.DataFrame = field(default_factory=pd.DataFrame)
     two_layer_control: pd.DataFrame = field(default_factory=pd.DataFrame)
 

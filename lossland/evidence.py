@@ -232,7 +232,10 @@ def robustness_runs(plan: Plan, store: Store) -> pd.DataFrame:
 def collect_two_layer(plan: Plan, store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(the 2-layer minima and, state "untrained", their initial networks; the identity check)."""
     rows, bound, cfgs = [], [], plan.two_layer_configs()
-    measured = analyses.get_many(store, [c.config_hash() for c in cfgs], plan.two_layer_spec)
+    ids = [c.config_hash() for c in cfgs]
+    runs = store.runs(pair_id=ids) if ids else pd.DataFrame()
+    status = runs.set_index("run_id")["status"] if len(runs) else pd.Series(dtype=str)
+    measured = analyses.get_many(store, ids, plan.two_layer_spec)
     checked = analyses.get_many(store, [c.config_hash() for c in cfgs], BoundSpec())
     for cfg in cfgs:
         pid = cfg.config_hash()
@@ -247,10 +250,11 @@ def collect_two_layer(plan: Plan, store: Store) -> tuple[pd.DataFrame, pd.DataFr
                 rows.append(_two_layer_row(r, "untrained_", tags, "good", "untrained"))
                 rows.append(_two_layer_row(r, "untrained_random_", tags, "bad", "untrained"))
     frame = pd.DataFrame(rows)
-    if len(frame):  # a good run is the same at every attack size of its width and seed
-        good = frame["role"] == "good"
-        frame = pd.concat([frame[good].drop_duplicates(["state", "role", "width", "seed"]).assign(n_attack=0),
-                           frame[~good]], ignore_index=True)
+    if len(frame):  # a good run, and the untrained network, are the same at every attack size of a width and seed
+        once = (frame["role"] == "good") | (frame["state"] == "untrained")
+        frame = pd.concat([frame[once].drop_duplicates(["state", "role", "width", "seed"]).assign(n_attack=0),
+                           frame[~once]], ignore_index=True)
+        frame["status"] = np.where(frame["state"] == "trained", frame["run_id"].map(status), "untrained")
     return frame, _cat(bound)
 
 
@@ -269,7 +273,8 @@ def collect(plan: Plan, store: Store) -> tuple:
     claims, robustness, curve_fit, bound), the fields of Reproduction after the plan."""
     datasets = tuple(collect_dataset(plan, store, name, base) for name, base in plan.bases)
     two_layer, bound = collect_two_layer(plan, store)
-    trained = two_layer[two_layer["state"] == "trained"] if len(two_layer) else two_layer
+    trained = (two_layer[(two_layer["state"] == "trained") & (two_layer["status"] == "converged")] if len(two_layer)
+               else two_layer)  # minima: runs that reached the loss target
     untrained = two_layer[two_layer["state"] == "untrained"] if len(two_layer) else two_layer
     found = claims.evaluate(claims.Evidence(tuple(d.evidence for d in datasets), trained, untrained))
     fit = analyses.get_curve_fit(store, plan.curve_fit) if plan.curve_fit is not None else None

@@ -3,12 +3,14 @@
 is complete (or absent), and the Reproduce page shows it."""
 
 import ast
+import io
 import json
 import shutil
 
 import duckdb
 import pytest
 from conftest import open_app, page_texts, tiny_config, wait_for_job
+from PIL import Image
 
 import lossland.reproduce
 from lossland import claims, report
@@ -34,12 +36,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def tiny_plan(**changes) -> Plan:
     two_layer = preset("teacher-2layer").with_changes(**{
-        "data.n_train": 100, "train.loss_target": 1e-2, "spectrum.k": 3, "spectrum.slq_vectors": 1,
-        "spectrum.slq_steps": 10, "spectrum.trace_samples": 6})
+        "data.n_train": 100, "train.loss_target": 1e-2, "train.max_epochs": 600, "spectrum.k": 3,
+        "spectrum.slq_vectors": 1, "spectrum.slq_steps": 10, "spectrum.trace_samples": 6})
     settings = dict(seeds=3, attack_factors=(0.5, 1.0), sweep_seeds=3, slices=slice_specs(1, n_points=9),
                     surfaces=surface_specs(n=5), escape=EscapeSpec(radii=(0.2,), n_trials=2, retrain_epochs=50),
                     random_init=RandomInitSpec(n_seeds=3), optimizers=(OPTIMIZER_GRID[2],), robustness_seeds=2,
-                    two_layer=two_layer, two_layer_widths=(4, 8), two_layer_factors=(1.0,), two_layer_seeds=2,
+                    two_layer=two_layer, two_layer_widths=(8, 16), two_layer_factors=(0.5, 1.0), two_layer_seeds=2,
                     curve_fit=CurveFitSpec(ns=(5,), n_seeds=1, steps=100, n_grid=41))
     return Plan("custom", (("digits", tiny_config()),), **(settings | changes))
 
@@ -126,8 +128,27 @@ def test_each_claim_fails_on_its_control_with_real_stored_results(tiny_report):
     assert not memorised.passed and memorised.value < 0.5, "a good run has not learnt the attack labels"
 
 
-def test_second_run_computes_nothing_and_reports_it(tiny_report):
+def _no_png(monkeypatch) -> None:
+    """Figures as a 1-pixel PNG: tests that only read the report's text need not render them again."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    monkeypatch.setattr(report.charts, "to_png", lambda chart, scale=2.0: buf.getvalue())
+
+
+def test_the_two_layer_minima_count_each_good_run_and_untrained_network_once(tiny_report):
+    _, plan, rep, _, _ = tiny_report
+    tl = rep.two_layer
+    per = len(plan.two_layer_widths) * plan.two_layer_seeds
+    trained, untrained = tl[tl["state"] == "trained"], tl[tl["state"] == "untrained"]
+    assert (trained["role"] == "good").sum() == per, "a good run is the same at every attack size"
+    assert (trained["role"] == "bad").sum() == per * len(plan.two_layer_factors)
+    assert len(untrained) == 2 * per and set(untrained["labels"]) == {"true", "random"}
+    assert len(rep.bound) == 2 * len(plan.two_layer_widths) * len(plan.two_layer_factors), "the first seed only"
+
+
+def test_second_run_computes_nothing_and_reports_it(tiny_report, monkeypatch):
     store, plan, rep, folder, messages = tiny_report
+    _no_png(monkeypatch)
     assert rep.computed > 0
     assert messages[-1][0] == 1.0 and all(0.0 <= f <= 1.0 for f, _ in messages)
     assert [f for f, _ in messages] == sorted(f for f, _ in messages)
@@ -325,6 +346,7 @@ def test_reproduce_page_launches_the_plan_with_progress(tiny_report, tmp_path, d
         return plan, []
 
     monkeypatch.setattr(lossland.reproduce, "plan_for", small_plan)
+    _no_png(monkeypatch)
     at = open_app("views/reproduce.py")
     assert "No report yet" in page_texts(at)
     at.number_input(key="repro-seeds").set_value(5)
