@@ -217,7 +217,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
-    plan, skipped = plan_for(args.scale, datasets, args.seeds)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    plan, skipped = plan_for(args.scale, datasets, args.seeds, models)
     for name, why in skipped:
         print(f"skipping {name}: {why}", file=sys.stderr)
     store = _store(args)
@@ -315,7 +316,10 @@ def _store_compute_commands(sub: argparse._SubParsersAction) -> None:
                         "CIFAR-10 when their files are present, more seeds and trials, sized for a GPU")
     p.add_argument("--datasets", metavar="A,B", help="comma-separated, any of digits, mnist1d, mnist, fashion-mnist, "
                                                       "cifar10 (default: the scale's)")
-    p.add_argument("--seeds", type=int, help="initialisation seeds per dataset (default 3 small, 5 full)")
+    p.add_argument("--models", metavar="A,B", help="of a dataset with several models (fashion-mnist: mlp, lenet, "
+                                                    "cnn), these (default: all at full, the first at small)")
+    p.add_argument("--seeds", type=int, help="initialisation seeds per dataset (default 5 small, 8 full; fewer than "
+                                             "5 at full shrink every part of the plan to match)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="where to train (default: cuda when present)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="where the good/bad pairs run (see sweep); analyses run here")

@@ -27,7 +27,7 @@ from .specs import BoundSpec, Spec
 from .store import PairView, Store
 
 if TYPE_CHECKING:
-    from .reproduce import Plan
+    from .plan import Plan
 
 ROBUSTNESS_EPS = 1e-3  # the log-volume's ε in the optimizer grid
 

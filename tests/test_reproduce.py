@@ -232,6 +232,23 @@ def test_plan_for_refuses_bad_arguments_and_skips_missing_files(tmp_path, monkey
         plan_for("huge")
     with pytest.raises(ConfigError, match="--seeds"):
         plan_for("small", seeds=0)
+    with pytest.raises(ConfigError, match="--models vgg is not allowed: any of cnn, lenet, mlp"):
+        plan_for("full", ["fashion-mnist"], models=["vgg"])
+
+
+def test_a_dataset_with_several_models_gives_a_row_per_model_and_one_seed_shrinks_the_full_plan(monkeypatch):
+    monkeypatch.setattr("lossland.plan.dataset_problem", lambda cfg: None)  # as if the files were there
+    full, _ = plan_for("full", ["fashion-mnist"])
+    assert [d for d, _ in full.bases] == ["fashion-mnist mlp", "fashion-mnist lenet", "fashion-mnist cnn"]
+    small, _ = plan_for("small", ["fashion-mnist"])
+    assert [d for d, _ in small.bases] == ["fashion-mnist mlp"]
+    one, _ = plan_for("full", ["fashion-mnist"], seeds=1, models=["mlp", "lenet"])
+    assert [(d, c.model.name) for d, c in one.bases] == [("fashion-mnist mlp", "mlp"), ("fashion-mnist lenet", "cnn")]
+    assert one.seeds == one.sweep_seeds == one.robustness_seeds == 1 and len(one.slices) == 1
+    assert one.random_init.n_seeds < full.random_init.n_seeds and one.escape.n_trials < full.escape.n_trials
+    for _, base in one.bases:
+        assert len(one.control_configs(base)) == 1, "the one seed still has its control"
+        assert len(one.sweep_configs(base)) == len(one.attack_factors), "every attack size, one seed each"
 
 
 def test_a_failed_figure_leaves_no_report_folder(tiny_report, monkeypatch, tmp_path):
