@@ -19,13 +19,17 @@ def progress_bar(desc: str, quiet: bool = False) -> tuple[Progress, Callable[[],
         return (lambda fraction, message: None), (lambda: None)
     from tqdm import tqdm  # the CLI's alone: the library never draws bars
 
-    bar = tqdm(total=1000, desc=desc, file=sys.stderr, leave=False,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+    # smoothing 0: the remaining time extrapolates the average rate since the start, not the last step's
+    bar = tqdm(total=1000, desc=desc, file=sys.stderr, leave=False, smoothing=0,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
     def progress(fraction: float, message: str) -> None:
-        bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
+        step = int(1000 * min(max(fraction, 0.0), 1.0)) - bar.n
         bar.set_postfix_str(message, refresh=False)
-        bar.refresh()
+        if step > 0:
+            bar.update(step)
+        else:
+            bar.refresh()
 
     return progress, bar.close
 
