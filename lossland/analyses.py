@@ -26,6 +26,7 @@ from .curvature import adaptive_sharpness
 from .data import attack_labels
 from .experiments import grid_configs
 from .frames import with_run_roles
+from .layers import layer_curvature
 from .models import build_model
 from .pairs import ROLES, Progress, quiet, role_of, run_id, run_ids, scaled
 from .specs import (
@@ -34,6 +35,7 @@ from .specs import (
     CurveFitSpec,
     EscapeSpec,
     InterpolationSpec,
+    LayerSpec,
     RadiusSpec,
     RandomInitSpec,
     SharpnessSpec,
@@ -370,6 +372,42 @@ _COMPUTE: dict[str, Callable[[Store, str, Spec, Progress], Analysis]] = {
     InterpolationSpec.kind: _interpolation, SliceSpec.kind: _slices, SurfaceSpec.kind: _surface,
     EscapeSpec.kind: _escape, RandomInitSpec.kind: _random_init, RadiusSpec.kind: _radius, BoundSpec.kind: _bound,
     SharpnessSpec.kind: _sharpness, TwoLayerSpec.kind: _two_layer}
+
+
+# --- per-layer curvature (layers.layer_curvature) ----------------------------------------------------
+# One estimates row per run and analysis, named `layers:<analysis id>` (so specs of other settings keep
+# theirs): value the sharpest block's λ₁, hvps the total; settings_json holds the blocks' columns.
+
+def _layers(store: Store, pair_id: str, spec: LayerSpec, progress: Progress) -> Analysis:
+    """λ₁ and trace of each parameter block's diagonal Hessian block at both minima (see LayerSpec)."""
+    ck = checkpoints(store, pair_id)
+    rows, start = [], time.perf_counter()
+    for i, role in enumerate(ROLES):
+        c = ck[role]
+        x, y = c.clean_train()
+        res = layer_curvature(c.model, x, y, c.loss_fn, by=spec.blocks, trace_samples=spec.trace_samples,
+                              exact_max_params=spec.exact_max_params, tol=spec.tol, max_steps=spec.max_steps,
+                              seed=spec.seed, progress=scaled(progress, i / len(ROLES), (i + 1) / len(ROLES),
+                                                              f"{role}: "))
+        frame = res.to_frame()
+        rows.append({"run_id": run_id(pair_id, role), "name": f"layers:{spec.analysis_id(pair_id)}",
+                     "value": float(frame["top_eigenvalue"].max()), "samples": spec.trace_samples,
+                     "hvps": res.hvps, "method": "lanczos+hutch++",
+                     "settings_json": json.dumps(frame.to_dict(orient="list"))})
+    return _save(store, pair_id, spec, time.perf_counter() - start, estimates=pd.DataFrame(rows))
+
+
+def _layers_frame(store: Store, pair_id: str, aid: str) -> pd.DataFrame | None:
+    """The stored blocks of both minima (layers.LayerResult.to_frame() with run_id and role), or None."""
+    have = store.estimates(run_ids(pair_id), [f"layers:{aid}"])
+    if len(have) < len(ROLES):
+        return None
+    frames = {r.run_id: pd.DataFrame(json.loads(r.settings_json)).assign(run_id=r.run_id) for r in have.itertuples()}
+    return _with_role(pd.concat([frames[rid] for rid in run_ids(pair_id)], ignore_index=True))  # good first
+
+
+_READERS[LayerSpec.kind] = _layers_frame
+_COMPUTE[LayerSpec.kind] = _layers
 
 
 # --- the attack-size sweep ---------------------------------------------------------------------

@@ -352,3 +352,37 @@ class CurveFitSpec(Spec):
 
 
 SPECS[CurveFitSpec.kind] = CurveFitSpec
+
+
+# --- per-layer curvature ---------------------------------------------------------------------------
+
+LAYER_BLOCKINGS = ("module", "tensor")  # layers.BLOCKINGS (specs stays free of torch)
+
+
+@dataclass(frozen=True)
+class LayerSpec(Spec):
+    """At each minimum, per parameter block (each module's weights and bias, or each tensor), the top
+    eigenvalue and the trace of the block's diagonal Hessian block H_bb of the clean training loss
+    (layers.layer_curvature): Lanczos to tol and Hutch++ with trace_samples HVPs, both exact from the
+    dense H_bb where the block has at most exact_max_params parameters."""
+
+    kind: ClassVar[str] = "layers"
+    title: ClassVar[str] = "per-layer curvature"
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"blocks": LAYER_BLOCKINGS}
+    blocks: str = "module"
+    trace_samples: int = 30
+    exact_max_params: int = 100
+    tol: float = 1e-6
+    max_steps: int = 200
+    seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        _int(self.field("trace_samples"), self.trace_samples, 3, 100_000)
+        _int(self.field("exact_max_params"), self.exact_max_params, 0, 5000)
+        _num(self.field("tol"), self.tol, 0.0, 1.0, lo_open=True)
+        _int(self.field("max_steps"), self.max_steps, 2, 100_000)
+        _seed(self, "seed")
+
+
+SPECS[LayerSpec.kind] = LayerSpec

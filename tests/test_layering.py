@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = {"data", "models", "train", "curvature", "lanczos", "landscape", "basins", "theory", "fitting"}
+CORE = {"data", "models", "train", "curvature", "lanczos", "landscape", "basins", "theory", "fitting", "layers"}
 ABOVE_CORE = {"store", "pipeline", "executors", "experiments", "analyses", "plan", "reproduce", "claims", "report",
               "frames", "charts", "cli", "specs"}
 UI = {"streamlit", "ui", "views", "app"}

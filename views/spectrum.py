@@ -1,9 +1,11 @@
-"""Spectrum: top-k eigenvalues, spectral densities, trace and Frobenius norm, log-volume vs k."""
+"""Spectrum: top-k eigenvalues, spectral densities, trace and Frobenius norm, log-volume vs k, curvature per layer."""
 
 import streamlit as st
 
 import ui
 from lossland import charts, frames
+from lossland.layer_charts import layer_chart
+from lossland.specs import LayerSpec
 
 store, pair_id = ui.page_pair("Hessian spectra", key="spectrum-pair")
 view = store.pair(pair_id)
@@ -47,3 +49,19 @@ with c2:
         eps = lv["eps"].dropna()
         st.caption(f"ε = {eps.iloc[0]:g}; negative eigenvalues are clipped at 0. Larger is a wider basin."
                    if len(eps) else "")
+
+st.subheader("Curvature per layer")
+layer_spec = ui.analysis_settings(store, pair_id, LayerSpec(), key="spectrum-layers")
+if layer_spec is not None:
+    unit = "each module: weights and bias" if layer_spec.blocks == "module" else "each tensor"
+    st.caption(f"For each parameter block ({unit}), the top eigenvalue and trace of its diagonal Hessian block "
+               "H_bb (every other parameter fixed) of the clean training loss: Lanczos and Hutch++ "
+               f"({layer_spec.trace_samples} HVPs), both exact for blocks of at most {layer_spec.exact_max_params} "
+               "parameters. The blocks' traces add up to the trace above.")
+layers = ui.analysis_block(store, pair_id, layer_spec, key=f"layers:{pair_id}")
+if layers is not None:
+    lchart = layer_chart(layers.frame)
+    st.altair_chart(lchart, width="stretch")
+    ui.chart_downloads(lchart, f"layers-{pair_id}", key="spectrum-layers-chart")
+    columns = ["block", "role", "n_params", "top_eigenvalue", "trace", "trace_stderr", "trace_method", "converged"]
+    st.dataframe(layers.frame.sort_values("idx", kind="stable")[columns], hide_index=True)
