@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import time
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -175,7 +174,7 @@ def job_progress(pair_id: str, key: str) -> None:
         if job is None:
             return
         if job.state in ("queued", "running"):
-            st.progress(job.fraction, text=f"{job.message} ({time.time() - job.started:.0f} s)")
+            st.progress(job.fraction, text=job.progress_text())
             if st.button("Cancel", key=f"{key}-cancel"):
                 job.cancel = True
         elif job.state == "cancelled":

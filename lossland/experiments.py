@@ -23,6 +23,7 @@ from .pairs import ROLES, Progress, quiet, run_id, run_ids
 from .pipeline import ComputedPair, compute_pair
 from .store import PairView, Store
 from .store.rows import spectrum_run_facts
+from .train import OnEpoch
 
 SWEEP_FIELDS = ("train.seed", "model.seed", "data.seed", "attack.seed", "attack.n_attack", "model.widths",
                 "data.n_train", "train.lr", "train.batch_size", "train.loss_target")
@@ -43,9 +44,10 @@ class PairOutcome:
 
 
 def run_pair(cfg: ExperimentConfig, store: Store, progress: Progress = quiet,
-             device: torch.device | str | None = None) -> PairOutcome:
-    """The stored pair for `cfg`, computing and storing it first when it is not there yet. A pair that was
-    imported from a bundle is answered too, and says so (`PairOutcome.imported`; `verify_pair` recomputes it)."""
+             device: torch.device | str | None = None, on_epoch: OnEpoch | None = None) -> PairOutcome:
+    """The stored pair for `cfg`, computing and storing it first when it is not there yet (`on_epoch` sees
+    each epoch's curve row while it trains). A pair that was imported from a bundle is answered too, and
+    says so (`PairOutcome.imported`; `verify_pair` recomputes it)."""
     pair_id = cfg.config_hash()
     if store.has_pair(pair_id):
         outcome = PairOutcome(pair_id, True, store.pair(pair_id), _imported_from(store, pair_id))
@@ -53,7 +55,7 @@ def run_pair(cfg: ExperimentConfig, store: Store, progress: Progress = quiet,
                   if outcome.imported_from else "")
         progress(1.0, f"pair {pair_id} answered from the store{origin}")
         return outcome
-    computed = compute_pair(cfg, progress, device)
+    computed = compute_pair(cfg, progress, device, on_epoch=on_epoch)
     progress(0.99, "writing to the store")
     store_computed(computed, store)
     progress(1.0, f"pair {pair_id} stored")

@@ -17,7 +17,7 @@ from .config import ExperimentConfig
 from .curvature import SpectrumResult, spectrum
 from .data import Dataset, load_experiment_data
 from .pairs import Progress, quiet, scaled
-from .train import PairResult, loss_function, resolve_device, train_pair
+from .train import OnEpoch, PairResult, loss_function, resolve_device, train_pair
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,13 @@ def pair_spectra(pair: PairResult, data: Dataset, progress: Progress = quiet) ->
 
 
 def compute_pair(cfg: ExperimentConfig, progress: Progress = quiet, device: torch.device | str | None = None,
-                 with_spectra: bool = True) -> ComputedPair:
+                 with_spectra: bool = True, on_epoch: OnEpoch | None = None) -> ComputedPair:
     """Train the good and the bad minimum to the same clean-loss target, measure their spectra (unless
-    `with_spectra` is False) and serialise both checkpoints."""
+    `with_spectra` is False) and serialise both checkpoints; `on_epoch` sees every epoch's curve row."""
     dev = torch.device(device) if device is not None else resolve_device(cfg.train.device)
     progress(0.0, "loading data")
     data = load_experiment_data(cfg)
-    pair = train_pair(cfg, scaled(progress, 0.0, 0.7), dev, data=data)
+    pair = train_pair(cfg, scaled(progress, 0.0, 0.7), dev, data=data, on_epoch=on_epoch)
     spectra = pair_spectra(pair, data, scaled(progress, 0.7, 0.98)) if with_spectra else {}
     checkpoints = {r.role: checkpoint_bytes(cfg, r.role, r.model) for r in (pair.good, pair.bad)}
     return ComputedPair(pair, spectra, checkpoints)

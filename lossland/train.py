@@ -27,6 +27,8 @@ from .data import Dataset, load_experiment_data
 from .models import build_model, n_params
 from .pairs import CURVE_COLUMNS, METRICS, Progress, Throttled, check_role, quiet, scaled
 
+# on_epoch(role, row): one run's curve row (epoch, lr, the six metrics) as soon as the epoch is logged
+OnEpoch = Callable[[str, dict[str, float]], None]
 DIVERGED_FACTOR = 10.0  # a clean loss this many times the untrained model's is divergence, finite or not
 
 
@@ -244,9 +246,11 @@ def _step_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, x: torch.
 
 
 def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Progress = quiet,
-          device: torch.device | str | None = None, init: dict[str, torch.Tensor] | None = None) -> TrainResult:
+          device: torch.device | str | None = None, init: dict[str, torch.Tensor] | None = None,
+          on_epoch: OnEpoch | None = None) -> TrainResult:
     """Train one model: on clean train ("good") or clean + attack ("bad"); from `init` (parameters by
-    name, e.g. a perturbed minimum) instead of the seeded initialisation when given."""
+    name, e.g. a perturbed minimum) instead of the seeded initialisation when given. `on_epoch(role, row)`
+    sees each epoch's curve row (epoch, lr and the metrics) as it is logged, e.g. to draw live curves."""
     tc, dev = cfg.train, _device(device, cfg.train)
     data = data.to(dev)
     x_fit, y_fit = _fit_set(data, role)
@@ -270,6 +274,8 @@ def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Pr
         schedule.step()
         row = _epoch_row(model.eval(), evaluator, epoch, lr)
         log.add(row)
+        if on_epoch is not None:
+            on_epoch(role, dict(row))
         loss0 = row["clean_loss"] if loss0 is None else loss0
         verdict = rule.verdict(epoch, row["clean_loss"], lr)
         if verdict is None or verdict[0] == "converged":
@@ -302,11 +308,11 @@ def _epoch_row(model: nn.Module, evaluator: _Evaluator, epoch: int, lr: float) -
 
 
 def train_pair(cfg: ExperimentConfig, progress: Progress = quiet, device: torch.device | str | None = None,
-               data: Dataset | None = None) -> PairResult:
+               data: Dataset | None = None, on_epoch: OnEpoch | None = None) -> PairResult:
     """The good minimum (clean data) and the bad one (clean + attack), at the same clean-loss target."""
     data = data if data is not None else load_experiment_data(cfg)
-    good = train(cfg, data, "good", scaled(progress, 0.0, 0.5), device)
-    bad = train(cfg, data, "bad", scaled(progress, 0.5, 1.0), device)
+    good = train(cfg, data, "good", scaled(progress, 0.0, 0.5), device, on_epoch=on_epoch)
+    bad = train(cfg, data, "bad", scaled(progress, 0.5, 1.0), device, on_epoch=on_epoch)
     return PairResult(config=cfg, good=good, bad=bad)
 
 

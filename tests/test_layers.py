@@ -12,8 +12,9 @@ from lossland import analyses
 from lossland.curvature import HessianOperator, exact_hessian
 from lossland.layer_charts import layer_chart
 from lossland.layers import BlockOperator, block_curvature, layer_curvature, parameter_blocks
-from lossland.pairs import ROLE_COLORS, ROLES
+from lossland.pairs import ROLE_COLORS, ROLES, run_ids
 from lossland.specs import LayerSpec
+from lossland.store import Store
 from lossland.train import loss_function
 
 LOSS = loss_function("cross_entropy")
@@ -111,7 +112,7 @@ def test_layer_spec_validates_and_names_its_field():
     assert LayerSpec().analysis_id("p") != LayerSpec(blocks="tensor").analysis_id("p")
 
 
-def test_layer_analysis_is_stored_per_spec_and_read_back(copied_store):
+def test_layer_analysis_is_stored_per_spec_read_back_and_carried_by_a_bundle(copied_store, tmp_path):
     store, ids = copied_store
     pair_id = ids[0]
     spec = LayerSpec(trace_samples=9, exact_max_params=200, tol=1e-8)
@@ -128,6 +129,10 @@ def test_layer_analysis_is_stored_per_spec_and_read_back(copied_store):
     cols = ["block", "n_params", "top_eigenvalue", "trace", "trace_stderr", "trace_method", "converged"]
     assert again.frame[cols].equals(frame[cols])
     assert analyses.stored(store, pair_id, "layers")[0] in (spec, other.spec)
+    moved = Store(tmp_path / "elsewhere.duckdb")  # a bundle carries it, and its import verifies it
+    moved.import_bundle(store.export(run_ids(pair_id), tmp_path / "layers.zip"))
+    carried = analyses.get(moved, pair_id, spec)
+    assert carried is not None and carried.frame[cols].equals(frame[cols])
     spec_chart = layer_chart(again.frame).to_dict()
     assert spec_chart["hconcat"][0]["encoding"]["color"]["scale"]["range"] == [ROLE_COLORS[r] for r in ROLES]
 

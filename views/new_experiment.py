@@ -1,7 +1,9 @@
-"""New experiment: every config field in a form, validated by the config itself, run in the background."""
+"""New experiment: every config field in a form, validated by the config itself, run in the background with
+its training curves drawn live."""
 
 import dataclasses
 
+import pandas as pd
 import streamlit as st
 
 import ui
@@ -20,6 +22,7 @@ from lossland.config import (
     ExperimentConfig,
 )
 from lossland.limits import check_experiment
+from lossland.live_charts import live_curves_chart
 
 store = ui.get_store()
 st.title("New experiment")
@@ -126,6 +129,21 @@ if submitted:
         st.page_link("views/overview.py", label=f"Open pair {pair_id} in the overview", icon="➡️",
                      query_params={"pair": pair_id})
 
+
+
+def live_curves(pair_id: str) -> None:
+    """The run's loss and accuracy per epoch so far, redrawn every second while it trains."""
+    job = ui.jobs().get(pair_id)
+    rows = job.curve_rows() if job is not None else []
+    if not rows:
+        return
+    st.altair_chart(live_curves_chart(pd.DataFrame(rows)), width="stretch")
+    latest = {r["role"]: r for r in rows}
+    st.caption("Per epoch, as it trains: " + "; ".join(
+        f"{role} epoch {r['epoch']}, clean loss {r['clean_loss']:.3g}, test accuracy {r['test_acc']:.1%}"
+        for role, r in latest.items()))
+
+
 last = st.session_state.get("ne-last")
 if last:
     job = ui.jobs().get(last)
@@ -134,3 +152,5 @@ if last:
         st.page_link("views/overview.py", label=f"Open pair {last}", icon="➡️", query_params={"pair": last})
     else:
         ui.job_progress(last, key="ne-job")
+    running = job is not None and job.state in ("queued", "running")
+    st.fragment(live_curves, run_every=1.0 if running else None)(last)
