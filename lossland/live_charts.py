@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import altair as alt
 import pandas as pd
 
@@ -10,13 +12,17 @@ from .pairs import METRICS, ROLE_COLORS, ROLES
 SETS = {"clean": "clean train", "attack": "attack", "test": "test"}
 
 
-def live_curves_chart(df: pd.DataFrame, title: str = "Training so far") -> alt.HConcatChart:
+def live_curves_chart(df: pd.DataFrame, title: str = "Training so far", max_epochs: int = 500) -> alt.HConcatChart:
     """Loss (log axis) and accuracy per epoch, a colour per role and a dash per set (clean train, attack,
     test). df: role, epoch and the metrics of pairs.METRICS, one row per run and epoch; NaN values (an empty
-    set) and non-positive losses are left out."""
+    set) and non-positive losses are left out. Above max_epochs epochs every k-th is drawn (and the last),
+    so a page that redraws it every second sends a bounded chart."""
     missing = [c for c in ("role", "epoch", *METRICS) if c not in df.columns]
     if missing:
         raise ValueError(f"live_curves_chart needs columns role, epoch, {', '.join(METRICS)}; missing {missing}")
+    step = max(1, math.ceil(df["epoch"].max() / max_epochs)) if len(df) else 1
+    last = df.groupby("role")["epoch"].transform("max")
+    df = df[(df["epoch"] % step == 0) | (df["epoch"] == last) | (df["epoch"] == 1)]
     long = df.melt(id_vars=["role", "epoch"], value_vars=list(METRICS), var_name="metric", value_name="value")
     long = long.dropna(subset=["value"])
     parts = long["metric"].str.rpartition("_")

@@ -98,3 +98,17 @@ def test_new_experiment_draws_the_curves_while_the_pair_trains(tmp_path, monkeyp
     finally:
         job.cancel = True
         assert wait_for_job(job, 30).state == "cancelled"
+
+
+def test_the_live_chart_thins_long_runs_but_keeps_the_first_and_last_epoch():
+    from lossland.live_charts import live_curves_chart
+    from lossland.pairs import METRICS
+
+    n = 1234
+    df = pd.DataFrame({"role": ["good"] * n + ["bad"] * 7, "epoch": [*range(1, n + 1), *range(1, 8)],
+                       **{m: np.linspace(0.9, 0.1, n + 7) for m in METRICS}})
+    data = [pd.DataFrame(v) for v in live_curves_chart(df, max_epochs=500).to_dict()["datasets"].values()]
+    epochs = data[0].groupby("role")["epoch"].agg(["min", "max", "nunique"])
+    assert epochs.loc["good"].tolist() == [1, n, 413] and epochs.loc["bad"].tolist() == [1, 7, 4]
+    few = [pd.DataFrame(v) for v in live_curves_chart(df[df["epoch"] <= 300]).to_dict()["datasets"].values()]
+    assert few[0].groupby("role")["epoch"].nunique().to_dict() == {"bad": 7, "good": 300}  # all kept
