@@ -57,6 +57,7 @@ def _payload(config: ExperimentConfig, role: str, model: nn.Module) -> dict:
 
 
 def save_checkpoint(path: str | Path, config: ExperimentConfig, role: str, model: nn.Module) -> Path:
+    """Write a trained run (its config, role and weights) to `path` atomically; returns the path."""
     payload = _payload(config, role, model)
     return write_atomic(path, lambda tmp: torch.save(payload, tmp), "checkpoint")
 
@@ -111,6 +112,8 @@ class Checkpoint:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint written by lossland (weights only: never unpickles code); the model rebuilt from its
+    config. CheckpointError names the file and what is wrong when it is not one."""
     path = Path(path)
     blob = read_checkpoint_file(path)
     try:

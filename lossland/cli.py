@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from . import __version__
 from . import terminal as term
 from .arguments import assignments, json_value, load_config, split_values
 from .checkpoint import CheckpointError, load_checkpoint, write_checkpoint_bytes
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lossland", description=(
         "lossland: train good and bad minima, measure their Hessian spectra, keep every run "
         "(after Wu, Zhu & E, arXiv 1706.10239)."))
+    parser.add_argument("--version", action="version", version=f"lossland {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_compute_commands, _store_compute_commands, _store_commands, _setup_commands):
         add(sub)

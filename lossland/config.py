@@ -382,6 +382,7 @@ DEFAULT_PRESET = "digits-mlp"
 
 
 def preset(name: str) -> ExperimentConfig:
+    """The named preset config (see PRESETS); ConfigError lists the names when it is not one."""
     if name not in PRESETS:
         raise ConfigError(f"preset = {name!r} is not allowed: one of {', '.join(PRESETS)}")
     return PRESETS[name]
