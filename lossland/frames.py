@@ -49,7 +49,6 @@ ROWS: tuple[Row, ...] = (
     Row("top_eigenvalues", "λ", "eigenvalues"),
     Row("trace", "trace", "number"),
     Row("frobenius", "Frobenius norm ‖H‖_F", "number"),
-    Row("frobenius_sq", "‖H‖_F²", "number"),
     Row("log_volume", "log-volume", "number", detail=" (k={log_volume_k}, ε={eps:g})"),
     Row("stop_reason", "stop reason", "text"),
 )

@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from .frames import CLI, CLI_STORED, comparison, records
+from .frames import CLI, CLI_STORED, comparison, missing, records
 from .pairs import ROLES, Progress
 
 
@@ -45,6 +45,16 @@ def fmt(v: float | None, spec: str = ".4g") -> str:
     return "—" if v is None else format(v, spec)
 
 
+def frobenius(sq: float | None, sq_stderr: float | None = None) -> tuple[float | None, float | None]:
+    """‖H‖_F and its standard error from the estimate of ‖H‖_F² = tr(H²) (the delta method: se/(2‖H‖_F)).
+    Every face shows ‖H‖_F; the store and JSON keep the squared estimate under the name frobenius_sq."""
+    if sq is None or missing(sq):
+        return None, None
+    norm = max(float(sq), 0.0) ** 0.5
+    se = None if sq_stderr is None or missing(sq_stderr) else (float(sq_stderr) / (2 * norm) if norm else 0.0)
+    return norm, se
+
+
 def pair_summary(pair, spectra: dict, checkpoints: dict) -> dict:
     rows = {}
     for r in (getattr(pair, role) for role in ROLES):
@@ -53,9 +63,10 @@ def pair_summary(pair, spectra: dict, checkpoints: dict) -> dict:
                "checkpoint": checkpoints.get(r.role)}
         s = spectra.get(r.role)
         if s is not None:
+            norm, norm_se = frobenius(s.frobenius_sq.value, s.frobenius_sq.stderr)
             row |= {"top_eigenvalues": list(s.top.eigenvalues[:5]), "trace": s.trace.value,
-                    "trace_stderr": s.trace.stderr, "frobenius_sq": s.frobenius_sq.value,
-                    "frobenius_sq_stderr": s.frobenius_sq.stderr,
+                    "trace_stderr": s.trace.stderr, "frobenius": norm, "frobenius_stderr": norm_se,
+                    "frobenius_sq": s.frobenius_sq.value, "frobenius_sq_stderr": s.frobenius_sq.stderr,
                     "log_volume": s.log_volume_k[-1], "log_volume_k": len(s.log_volume_k),
                     "eps": s.settings.eps, "spectrum_hvps": s.hvps, "spectrum_seconds": round(s.seconds, 3)}
         rows[r.role] = row
@@ -90,8 +101,9 @@ def format_spectrum(d: dict) -> str:
              f"Hessian of the clean training loss", table(rows, ("i", "eigenvalue", "residual")),
              f"trace        {d['trace']:.6g} ± {d['trace_stderr']:.2g}"
              + (f"   (exact {d['trace_exact']:.6g})" if d["trace_exact"] is not None else ""),
-             f"‖H‖_F²       {d['frobenius_sq']:.6g} ± {d['frobenius_sq_stderr']:.2g}"
-             + (f"   (exact {d['frobenius_sq_exact']:.6g})" if d["frobenius_sq_exact"] is not None else ""),
+             "‖H‖_F        {:.6g} ± {:.2g}".format(*frobenius(d["frobenius_sq"], d["frobenius_sq_stderr"]))
+             + (f"   (exact {frobenius(d['frobenius_sq_exact'])[0]:.6g})" if d["frobenius_sq_exact"] is not None
+                else ""),
              f"log-volume   {d['log_volume_k'][-1]:.6g} over the top {len(d['log_volume_k'])} (ε = {d['eps']:g})"
              + (f"; {d['log_volume_exact']:.6g} over all" if d["log_volume_exact"] is not None else ""),
              f"{d['hvps']} Hessian-vector products ({d['lanczos_hvps']} for Lanczos), {d['seconds']:.2f} s"]
@@ -103,7 +115,7 @@ def view_summary(view) -> dict:
             "top_eigenvalue", "trace", "frobenius_sq", "log_volume", "checkpoint", "created_at")
     out: dict = {"pair_id": view.pair_id}
     for role, rec in records(view.runs, keys).items():
-        out[role] = rec | {"created_at": str(rec["created_at"])}
+        out[role] = rec | {"created_at": str(rec["created_at"]), "frobenius": frobenius(rec["frobenius_sq"])[0]}
     return out
 
 

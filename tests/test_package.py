@@ -48,3 +48,12 @@ def test_the_public_names_import_from_outside_the_repository(installed, tmp_path
     assert Path(where) == installed, "the installed copy, not the repository's"
     count, documented = summary.split()
     assert int(count) == len(lossland.__all__) and documented == "True", "every public callable has a docstring"
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    """`lossland config --preset ... | head -0`: the pipe closes before the output is written."""
+    p = subprocess.Popen([sys.executable, "-m", "lossland", "config", "--preset", "fashion-cnn"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the first byte
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
