@@ -25,7 +25,12 @@ from .report import write_report
 from .reproduce import plan_for, reports_dir, reproduce
 from .store import Store, StoreError, default_store_path
 
-CHECKPOINT_DIR = Path("data/checkpoints")
+
+def checkpoint_dir(store: str | Path | None = None) -> Path:
+    """The one place checkpoints go: checkpoints/ beside the store (default $LOSSLAND_STORE or data/runs.duckdb)."""
+    return Path(store or default_store_path()).parent / "checkpoints"
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
@@ -46,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         computed = compute_pair(cfg, progress, with_spectra=not args.no_spectrum)
     finally:
         close()
-    out_dir = Path(args.checkpoints)
+    out_dir = Path(args.checkpoints) if args.checkpoints else checkpoint_dir()
     paths = {role: str(write_checkpoint_bytes(out_dir / f"{run_id(computed.pair_id, role)}.pt", blob))
              for role, blob in computed.checkpoints.items()}
     summary = term.pair_summary(computed.pair, computed.spectra, paths)
@@ -254,8 +259,8 @@ def _compute_commands(sub: argparse._SubParsersAction) -> None:
                        description="Train the good minimum (clean data) and the bad minimum (clean + attack set "
                                    "with random labels) to the same clean-loss target; print both.")
     _add_config_args(p)
-    p.add_argument("--checkpoints", default=str(CHECKPOINT_DIR), metavar="DIR",
-                   help=f"where the two checkpoints go (default {CHECKPOINT_DIR})")
+    p.add_argument("--checkpoints", metavar="DIR", help="where the two checkpoints go (default: checkpoints/ "
+                                                         "beside the store, where `run` puts them)")
     p.add_argument("--no-spectrum", action="store_true", help="skip the Hessian spectra")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
