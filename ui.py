@@ -123,6 +123,18 @@ def runs_frame(store: Store):
     return cached_runs(str(store.path), jobs().version)
 
 
+def attempt(edit, doing: str) -> bool:
+    """A store edit from a page (a tag, a note): True when it was made (cached run tables refresh), else False
+    with the library's error shown in the page."""
+    try:
+        edit()
+    except LIBRARY_ERRORS as e:
+        show_error(e, doing)
+        return False
+    cached_runs.clear()
+    return True
+
+
 def device_label() -> str:
     if torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name(0)}"

@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from . import __version__
+from . import __version__, cli_manage
 from . import terminal as term
 from .arguments import assignments, json_value, load_config, split_values
 from .checkpoint import CheckpointError, load_checkpoint, write_checkpoint_bytes
@@ -19,7 +19,8 @@ from .curvature import spectrum
 from .data import DatasetError, download
 from .executors import ExecutorError, make_executor
 from .experiments import grid_configs, run_pair, sweep, verify_pair
-from .pairs import is_run_id, pair_of, run_id, run_ids
+from .manage import grid_points
+from .pairs import is_run_id, run_id, run_ids
 from .pipeline import compute_pair
 from .report import write_report
 from .reproduce import plan_for, reports_dir, reproduce
@@ -135,7 +136,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 2
     finally:
         close()
-    rows = [term.view_summary(o.view) | {"from_store": o.from_store} for o in outcomes]
+    rows = [term.view_summary(o.view) | {"from_store": o.from_store, "grid": point}
+            for o, point in zip(outcomes, grid_points(grid), strict=True)]
     failed = [(o.pair_id, str(o.view.runs["error"].iloc[0])) for o in outcomes
               if (o.view.runs["status"] == "failed").any()]
     if args.json:
@@ -145,29 +147,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for pair_id, error in failed:
         print(f"failed {pair_id}: {error}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def cmd_runs(args: argparse.Namespace) -> int:
-    store = _store(args)
-    filters = {key: json_value(raw) for key, raw in assignments(
-        args.where, "--where", "column=value, e.g. dataset=digits").items()}
-    df = store.runs(**filters)
-    cols = ["run_id", "role", "status", "dataset", "model", "n_attack", "clean_acc", "test_acc",
-            "top_eigenvalue", "trace", "created_at"]
-    df = df[[c for c in cols if c in df.columns]].head(args.limit)
-    if args.json:
-        print(df.to_json(orient="records", date_format="iso", indent=2))
-    else:
-        print(df.to_string(index=False) if len(df) else f"no runs in {store.path}")
-    return 0
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    store = _store(args)
-    pair_id = pair_of(args.run_id)
-    d = term.view_summary(store.pair(pair_id))
-    print(term.dumps(d) if args.json else term.format_view(d))
-    return 0
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -250,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_compute_commands, _store_compute_commands, _store_commands, _setup_commands):
         add(sub)
+    cli_manage.add_commands(sub, _add_store_args, _store)
     return parser
 
 
@@ -351,18 +331,7 @@ def _setup_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _store_commands(sub: argparse._SubParsersAction) -> None:
-    """runs, show, query, export, import: read and share the store"""
-    p = sub.add_parser("runs", help="table of stored runs", description="List stored runs, newest first.")
-    p.add_argument("--where", action="append", metavar="COLUMN=VALUE", help="filter, e.g. --where dataset=digits")
-    p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
-    _add_store_args(p)
-    p.set_defaults(func=cmd_runs)
-
-    p = sub.add_parser("show", help="one stored pair", description="Numbers of a stored pair (or one of its runs).")
-    p.add_argument("run_id", help="pair id, or run id (<pair>-good / <pair>-bad)")
-    _add_store_args(p)
-    p.set_defaults(func=cmd_show)
-
+    """query, export, import, check: read, share and mend the store (runs and show: cli_manage)"""
     p = sub.add_parser("query", help="read-only SQL over the store",
                        description="Run one read-only SQL statement on a sandboxed connection (no writes, no files, "
                                    "no extensions), with a row cap and a time limit.")

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from . import leases
 from .checkpoint import write_checkpoint_bytes
 from .config import ConfigError, ExperimentConfig
 from .executors import Executor, PointResult, PointTask, make_executor
@@ -24,10 +25,6 @@ from .pipeline import ComputedPair, compute_pair
 from .store import PairView, Store
 from .store.rows import spectrum_run_facts
 from .train import OnEpoch
-
-SWEEP_FIELDS = ("train.seed", "model.seed", "data.seed", "attack.seed", "attack.n_attack", "model.widths",
-                "data.n_train", "train.lr", "train.batch_size", "train.loss_target")
-
 
 VERIFIED = ("epochs", "clean_loss", "clean_acc", "attack_acc", "test_acc", "top_eigenvalue", "trace",
             "frobenius_sq", "log_volume")  # what `verify_pair` compares
@@ -50,16 +47,23 @@ def run_pair(cfg: ExperimentConfig, store: Store, progress: Progress = quiet,
     says so (`PairOutcome.imported`; `verify_pair` recomputes it)."""
     pair_id = cfg.config_hash()
     if store.has_pair(pair_id):
-        outcome = PairOutcome(pair_id, True, store.pair(pair_id), _imported_from(store, pair_id))
-        origin = (f", imported from {outcome.imported_from}: verify_pair (lossland run --verify) recomputes it"
-                  if outcome.imported_from else "")
-        progress(1.0, f"pair {pair_id} answered from the store{origin}")
-        return outcome
-    computed = compute_pair(cfg, progress, device, on_epoch=on_epoch)
-    progress(0.99, "writing to the store")
-    store_computed(computed, store)
-    progress(1.0, f"pair {pair_id} stored")
-    return PairOutcome(pair_id, False, store.pair(pair_id))
+        return _answered(store, pair_id, progress)
+    with leases.claimed(store, lambda message: progress(0.0, message)) as claim:  # one job per pair, any process
+        for _ in claim.batches([pair_id]):
+            computed = compute_pair(cfg, progress, device, on_epoch=on_epoch)
+            progress(0.99, "writing to the store")
+            store_computed(computed, store)
+            progress(1.0, f"pair {pair_id} stored")
+            return PairOutcome(pair_id, False, store.pair(pair_id))
+    return _answered(store, pair_id, progress)  # another process stored it while this one waited
+
+
+def _answered(store: Store, pair_id: str, progress: Progress) -> PairOutcome:
+    outcome = PairOutcome(pair_id, True, store.pair(pair_id), _imported_from(store, pair_id))
+    origin = (f", imported from {outcome.imported_from}: verify_pair (lossland run --verify) recomputes it"
+              if outcome.imported_from else "")
+    progress(1.0, f"pair {pair_id} answered from the store{origin}")
+    return outcome
 
 
 def _imported_from(store: Store, pair_id: str) -> str | None:
@@ -132,10 +136,7 @@ def store_computed(computed: ComputedPair, store: Store) -> list[str]:
 def grid_configs(base: ExperimentConfig, grid: dict[str, Iterable[Any]],
                  max_points: int = 100_000) -> list[ExperimentConfig]:
     """Every combination of the grid's values applied to `base` (validated, in grid order)."""
-    for key in grid:
-        if key not in SWEEP_FIELDS:
-            raise ConfigError(f"sweep field {key!r} is not allowed: one of {', '.join(SWEEP_FIELDS)}")
-    keys = list(grid)
+    keys = list(grid)  # any config field: the first config below names a wrong one
     values = [list(grid[k]) for k in keys]
     total = math.prod(len(v) for v in values)
     if total > max_points:  # checked before building a single config: a huge grid must not exhaust memory
@@ -164,9 +165,15 @@ def sweep(base: ExperimentConfig, grid: dict[str, Iterable[Any]], store: Store, 
                   for pid, cfg in zip(ids, configs, strict=True) if pid not in stored}.values())
     tally = _SweepTally(tasks, len(stored), progress)
     tally.report()
-    for result in chosen.map(tasks, tally.point):
-        failed = store_point(result, store)
-        tally.finish(result, failed)
+    with leases.claimed(store, tally.report) as claim:  # points another process is training are waited for
+        for batch in claim.batches([t.pair_id for t in tasks]):
+            tally.tasks = [t for t in tasks if t.pair_id in batch]
+            for result in chosen.map(tally.tasks, tally.point):
+                failed = store_point(result, store)
+                claim.release([result.pair_id])
+                tally.finish(result, failed)
+            tally.stored = len(stored | claim.stored_elsewhere)
+        stored |= claim.stored_elsewhere
     return [PairOutcome(pid, pid in stored, store.pair(pid)) for pid in ids]
 
 

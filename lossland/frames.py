@@ -188,10 +188,12 @@ def _label(row: Row, style: Style, recs: Sequence[Mapping[str, Any]]) -> str:
     return label
 
 
-def comparison(records: Mapping[str, Mapping[str, Any]], style: Style = DASHBOARD) -> pd.DataFrame:
+def comparison(records: Mapping[str, Mapping[str, Any]], style: Style = DASHBOARD,
+               columns: Sequence[str] = ROLES) -> pd.DataFrame:
     """The good-vs-bad table: one row per quantity of `ROWS` that some role's record holds, in that
-    order; columns good and bad as text, "—" where a role or its number is missing."""
-    recs = [records.get(role) or {} for role in ROLES]
+    order; columns good and bad (or the given `columns` of records) as text, "—" where a role or its
+    number is missing."""
+    recs = [records.get(c) or {} for c in columns]
     held = set().union(*recs)
     labels, cells = [], []
     for row in (r for r in ROWS if r.key in held):
@@ -203,13 +205,40 @@ def comparison(records: Mapping[str, Mapping[str, Any]], style: Style = DASHBOAR
         else:
             labels.append(_label(row, style, recs))
             cells.append([_text(row, rec, style) for rec in recs])
-    return pd.DataFrame(cells, index=labels, columns=list(ROLES))
+    return pd.DataFrame(cells, index=labels, columns=list(columns))
 
 
 def pair_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The comparison as the dashboard and the HTML page show it, from the pair's two `runs` rows."""
     with_norm = runs.assign(frobenius=runs["frobenius_sq"].astype(float).clip(lower=0) ** 0.5)
     return comparison(records(with_norm, DASHBOARD_KEYS), DASHBOARD)
+
+
+def runs_comparison(runs: pd.DataFrame, style: Style = DASHBOARD) -> pd.DataFrame:
+    """Runs side by side, a column per run (its run id, in the order given): pair, role, tags and note, the
+    comparison's numbers (as `pair_table`), then every config field ("—" where a config lacks it). The
+    Runs page's comparison and `lossland compare` show this table; `differing` marks its rows that differ."""
+    runs = runs.drop_duplicates("run_id")
+    ids = list(runs["run_id"])
+    with_norm = runs.assign(frobenius=runs["frobenius_sq"].astype(float).clip(lower=0) ** 0.5)
+    recs = {r["run_id"]: {k: plain(r[k]) for k in DASHBOARD_KEYS} for _, r in with_norm.iterrows()}
+    about = [k for k in ("pair_id", "role", "tags", "note") if k in runs.columns]
+    head = pd.DataFrame([[_shown(v) if not missing(v) else "—" for v in runs[k]] for k in about],
+                        index=[k.removesuffix("_id") for k in about], columns=ids)
+    cfg = pd.DataFrame({r["run_id"]: config_fields(r["config_json"]) for _, r in runs.iterrows()}, columns=ids)
+    return pd.concat([head, comparison(recs, style, columns=ids), cfg.fillna("—")])
+
+
+def matching(runs: pd.DataFrame, text: str) -> pd.Series:
+    """True for the runs whose run id, pair id, tags or note hold `text` (ignoring case)."""
+    cols = [c for c in ("run_id", "pair_id", "tags", "note") if c in runs.columns]
+    hay = runs[cols].astype(object).fillna("").astype(str).agg(" ".join, axis=1).str.lower()
+    return hay.str.contains(text.strip().lower(), regex=False)
+
+
+def differing(table: pd.DataFrame) -> pd.Series:
+    """True for the rows of a side-by-side table whose cells are not all equal."""
+    return table.nunique(axis=1) > 1
 
 
 @dataclass(frozen=True)

@@ -125,12 +125,19 @@ def format_view(d: dict) -> str:
 
 
 def sweep_table(rows: list[dict]) -> str:
-    """One line per sweep point: its pair, whether it is new, stored or failed, and the headline numbers."""
+    """One line per sweep point: its pair, its grid values, whether it is new, stored or failed, and the headline
+    numbers."""
     state = lambda r: ("failed" if r["good"]["status"] == "failed"  # noqa: E731
                        else "stored" if r["from_store"] else "new")
-    lines = [(r["pair_id"], state(r), fmt(r["good"]["test_acc"], ".1%"), fmt(r["bad"]["test_acc"], ".1%"),
-              fmt(r["good"]["top_eigenvalue"]), fmt(r["bad"]["top_eigenvalue"])) for r in rows]
-    return table(lines, ("pair", "", "good test", "bad test", "good λ1", "bad λ1"))
+    keys = list(dict.fromkeys(k for r in rows for k in r.get("grid", {})))
+    lines = [(r["pair_id"], *(_grid_value(r.get("grid", {}).get(k)) for k in keys), state(r),
+              fmt(r["good"]["test_acc"], ".1%"), fmt(r["bad"]["test_acc"], ".1%"), fmt(r["good"]["top_eigenvalue"]),
+              fmt(r["bad"]["top_eigenvalue"])) for r in rows]
+    return table(lines, ("pair", *keys, "", "good test", "bad test", "good λ1", "bad λ1"))
+
+
+def _grid_value(v) -> str:
+    return json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
 
 
 def dumps(obj) -> str:

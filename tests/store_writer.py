@@ -5,6 +5,8 @@
     python tests/store_writer.py hang STORE SEED       commit pair SEED, then hang inside a re-save of it
     python tests/store_writer.py forever STORE         save big pairs 0, 1, 2, ... until killed
     python tests/store_writer.py hold STORE            open STORE read-write and wait until killed
+    python tests/store_writer.py lease STORE SEED GO   lease pair SEED, wait for file GO, store the pair (with
+                                                        checkpoints) and let go; prints "leased", then "stored"
 """
 
 from __future__ import annotations
@@ -144,6 +146,18 @@ def main(argv: list[str]) -> None:
             store.save_pair(pair, spectra)
             _say(f"saved {seed}")
             seed += 1
+    elif mode == "lease":
+        from lossland.leases import claimed
+
+        pair, spectra = make_pair(int(argv[2]))
+        go = Path(argv[3])
+        with claimed(store, _say, heartbeat_s=0.5) as claim:
+            for _ in claim.batches([pair.pair_id]):
+                _say("leased")
+                while not go.exists():
+                    time.sleep(0.05)
+                store.save_pair(pair, spectra, with_checkpoints(store, pair))
+        _say("stored")
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORE = {"data", "models", "train", "curvature", "lanczos", "landscape", "basins", "theory", "fitting", "layers"}
 ABOVE_CORE = {"store", "pipeline", "executors", "experiments", "analyses", "plan", "reproduce", "claims", "report",
-              "frames", "charts", "cli", "specs", "layer_charts", "live_charts"}
+              "frames", "charts", "cli", "specs", "layer_charts", "live_charts", "manage", "cli_manage", "leases"}
 UI = {"streamlit", "ui", "views", "app"}
 # module -> why it may be imported inside a function
 LAZY = {

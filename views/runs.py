@@ -1,4 +1,4 @@
-"""Runs: every stored run — filter, compare, query with SQL, export and import bundles."""
+"""Runs: every stored run — filter and search, compare, tag and annotate, query with SQL, export and import."""
 
 import tempfile
 from pathlib import Path
@@ -9,7 +9,7 @@ import streamlit as st
 import ui
 from lossland import charts
 from lossland.config import ConfigError
-from lossland.frames import config_fields
+from lossland.frames import differing, matching, runs_comparison
 from lossland.limits import check_upload
 from lossland.pairs import ROLES, pair_of, run_ids
 from lossland.store import EXAMPLE_QUERIES, StoreError, import_allowed
@@ -20,10 +20,10 @@ runs = ui.runs_frame(store)
 if runs is None or len(runs) == 0:
     st.info("No runs yet: start one on the Overview or New experiment page.")
 
-tab_table, tab_compare, tab_sql, tab_share = st.tabs(["Table", "Compare", "SQL", "Share"])
+tab_table, tab_compare, tab_labels, tab_sql, tab_share = st.tabs(["Table", "Compare", "Tags & notes", "SQL", "Share"])
 
-SHOWN = ["run_id", "pair_id", "role", "status", "imported", "dataset", "model", "widths", "n_params", "n_train",
-         "n_attack", "seed", "clean_loss", "clean_acc", "attack_acc", "test_acc", "top_eigenvalue", "trace",
+SHOWN = ["run_id", "pair_id", "role", "status", "tags", "note", "imported", "dataset", "model", "widths", "n_params",
+         "n_train", "n_attack", "seed", "clean_loss", "clean_acc", "attack_acc", "test_acc", "top_eigenvalue", "trace",
          "frobenius_sq", "log_volume", "epochs", "seconds", "device", "created_at"]
 
 with tab_table:
@@ -34,7 +34,8 @@ with tab_table:
         statuses = c3.multiselect("status", sorted(runs["status"].dropna().unique()), key="runs-status")
         sort = c4.selectbox("sort by", ["created_at", "test_acc", "top_eigenvalue", "trace", "n_attack"],
                             key="runs-sort")
-        view = runs
+        found = st.text_input("search run and pair ids, tags and notes", key="runs-search")
+        view = runs[matching(runs, found)] if found else runs
         for col, chosen in (("dataset", ds), ("role", roles), ("status", statuses)):
             if chosen:
                 view = view[view[col].isin(chosen)]
@@ -50,12 +51,12 @@ with tab_compare:
         chosen = st.multiselect("runs to compare (two or more)", ids, default=wanted, key="runs-compare")
         st.query_params["runs"] = ",".join(chosen)
         if len(chosen) >= 2:
-            sel = runs[runs["run_id"].isin(chosen)]
-            cfg = pd.DataFrame({r["run_id"]: config_fields(r["config_json"]) for _, r in sel.iterrows()}).fillna("—")
-            differs = cfg.nunique(axis=1) > 1
-            st.caption("Config fields that differ are highlighted.")
-            st.dataframe(cfg.style.apply(lambda row: ["background-color: #fff3b0" if differs[row.name] else ""
-                                                      for _ in row], axis=1), width="stretch")
+            sel = runs.set_index("run_id", drop=False).loc[chosen].reset_index(drop=True)
+            table = runs_comparison(sel)
+            differs = differing(table)
+            st.caption("Rows that differ are highlighted (`lossland compare` prints the same table).")
+            st.dataframe(table.style.apply(lambda row: ["background-color: #fff3b0" if differs[row.name] else ""
+                                                        for _ in row], axis=1), width="stretch")
             pairs = {pair_of(rid) for rid in chosen}
             views = [store.pair(p) for p in pairs]
             curves = pd.concat([v.curves for v in views])
@@ -70,6 +71,31 @@ with tab_compare:
             ui.chart_downloads(schart, "spectra", key="runs-spectra")
         else:
             st.caption("Pick two or more runs; the choice is kept in the URL for sharing.")
+
+with tab_labels:
+    if runs is not None and len(runs):
+        subjects = list(runs.drop_duplicates("pair_id")["pair_id"]) + list(runs["run_id"])
+        subject = st.selectbox("pair or run", subjects, key="runs-label-subject")
+        tags = store.tags([subject])
+        st.dataframe(tags[["key", "value", "created_at"]], hide_index=True)
+        note = store.notes([subject])
+        if ui.read_only():
+            st.text(note["note"].iloc[0] if len(note) else "(no note)")
+        else:
+            c1, c2, c3 = st.columns([2, 2, 1])
+            key = c1.text_input("tag", key="runs-tag-key", placeholder="owner")
+            value = c2.text_input("value", key="runs-tag-value", placeholder="ana")
+            if c3.button("Set tag", key="runs-tag-set") and key:
+                if ui.attempt(lambda: store.set_tags(subject, {key: value}), "Setting the tag"):
+                    st.rerun()
+            gone = st.multiselect("tags to remove", list(tags["key"]), key="runs-tag-remove")
+            if gone and st.button("Remove tags", key="runs-tag-remove-go"):
+                if ui.attempt(lambda: store.remove_tags(subject, gone), "Removing tags"):
+                    st.rerun()
+            text = st.text_area("note", note["note"].iloc[0] if len(note) else "", key=f"runs-note-{subject}")
+            if st.button("Save note", key="runs-note-save"):
+                if ui.attempt(lambda: store.set_note(subject, text), "Saving the note"):
+                    st.rerun()
 
 with tab_sql:
     left, right = st.columns([3, 1])

@@ -9,6 +9,7 @@
     bundles     export and import of run bundles (untrusted input: verified before anything is written)
     verify      the checks of a bundle's rows: ids re-derived from configs, types, ranges, keys, counts
     health      checkpoint files against rows: check() and repair()
+    manage      soft delete, restore, gc; tags and notes (labels); --where as parameterised SQL (search); leases
 
 A Store is cheap to create: nothing is opened until the first call, which creates or migrates the
 file. Connections are short-lived (open, work, close), so a dashboard and a CLI sweep can share one
@@ -37,9 +38,12 @@ from .bundles import BUNDLE_FORMAT, DEFAULT_MAX_BUNDLE_BYTES, ImportReport
 from .console import run_query
 from .errors import BundleError, QueryError, StoreError, StoreLockedError, UnknownPairError
 from .health import CheckReport, RepairReport
+from .leases import Leases
+from .manage import Management
 from .rows import git_commit, query_frame
 from .sandbox import EXAMPLE_QUERIES, QueryResult
 from .schema import CHILD_TABLES, LOCAL_TABLES, ORDER, SCHEMA_VERSION, TABLES, column_names
+from .search import LIVE, Condition
 from .verify import verify
 
 if TYPE_CHECKING:
@@ -48,7 +52,7 @@ if TYPE_CHECKING:
     from ..train import PairResult
 
 __all__ = ["BUNDLE_FORMAT", "EXAMPLE_QUERIES", "SCHEMA_VERSION", "TABLES", "BundleError", "CheckReport",
-           "ImportReport", "PairView", "QueryError", "QueryResult", "RepairReport", "Store", "StoreError",
+           "Condition", "ImportReport", "PairView", "QueryError", "QueryResult", "RepairReport", "Store", "StoreError",
            "StoreLockedError", "UnknownPairError", "default_store_path", "git_commit", "import_allowed"]
 
 _insert = rows.insert_rows  # every write's rows go through this name (tests fail it midway)
@@ -83,12 +87,7 @@ class PairView:
         return found.iloc[0]
 
 
-def _marks(values: list) -> str:
-    """Placeholders for `column IN (...)`; NULL for no values, so the test is never true."""
-    return ", ".join("?" * len(values)) or "NULL"
-
-
-class Store:
+class Store(Management, Leases):
     """One DuckDB file of runs. Cheap to create: nothing is opened until the first call."""
 
     def __init__(self, path: str | Path | None = None, lock_timeout: float = 10.0,
@@ -199,7 +198,7 @@ class Store:
         clauses, params = [], []
         if run_ids is not None:
             ids = list(run_ids)
-            clauses.append(f"run_id IN ({_marks(ids)})")
+            clauses.append(f"run_id IN ({rows.marks(ids)})")
             params += ids
         if kind is not None:
             clauses.append("kind = ?")
@@ -250,27 +249,28 @@ class Store:
     def estimates(self, run_ids: Iterable[str], names: Iterable[str] | None = None) -> pd.DataFrame:
         ids = list(run_ids)
         sql = (f"SELECT {', '.join(column_names(CHILD_TABLES['estimates']))} FROM estimates "
-               f"WHERE run_id IN ({_marks(ids)})")
+               f"WHERE run_id IN ({rows.marks(ids)})")
         params = list(ids)
         if names is not None:
             wanted = list(names)
-            sql += f" AND name IN ({_marks(wanted)})"
+            sql += f" AND name IN ({rows.marks(wanted)})"
             params += wanted
         return self._frame(sql + " ORDER BY run_id, name, k", params)
 
     # --- queries ------------------------------------------------------------------------
-    def runs(self, **filters: Any) -> pd.DataFrame:
-        """Runs, newest first, where every filter column equals its value (a list/tuple/set means
-        any of; None means NULL); each row also says whether it was `imported` (see provenance) and
-        whether its checkpoint was found missing (`checkpoint_missing`, see repair)."""
-        sql, params = rows.runs_query(filters)
+    def runs(self, where: Iterable[Condition] = (), deleted: bool | None = False, **filters: Any) -> pd.DataFrame:
+        """Runs, newest first, where every filter column equals its value (a list/tuple/set means any of;
+        None means NULL) and every condition holds (search.parse); deleted: False live runs, True soft-deleted
+        ones, None both. Each row also says whether it was `imported` (see provenance), whether its checkpoint
+        was found missing (`checkpoint_missing`, see repair), whether it is `deleted`, its tags and note."""
+        sql, params = rows.runs_query(filters, where, deleted)
         return self._frame(sql, params)
 
     def provenance(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Where imported runs came from: run_id, bundle (its file name), bundle_sha256, imported_at; runs
         computed here have no row. All imported runs when run_ids is None."""
         ids = None if run_ids is None else list(run_ids)
-        where = "" if ids is None else f" WHERE run_id IN ({_marks(ids)})"
+        where = "" if ids is None else f" WHERE run_id IN ({rows.marks(ids)})"
         return self._frame(f"SELECT {', '.join(column_names(LOCAL_TABLES['provenance']))} FROM provenance{where} "
                            f"ORDER BY run_id", ids)
 
@@ -281,26 +281,26 @@ class Store:
         with self._connect(read_only=True) as con:
             runs = query_frame(con, sql, params).sort_values("role", ascending=False, ignore_index=True)  # good first
             if runs.empty:
-                raise UnknownPairError(f"no pair {pair_id!r} in store {self.path}")
+                raise UnknownPairError(f"no pair {pair_id!r} in store {self.path} (or deleted: see `lossland restore`)")
             return PairView(pair_id=pair_id, runs=runs, **rows.pair_frames(con, ids))
 
     def has_pair(self, pair_id: str) -> bool:
-        """True when both runs are stored and neither failed."""
+        """True when both runs are stored, live, and neither failed."""
         with self._connect(read_only=True) as con:
-            (n,) = con.execute("SELECT count(*) FROM runs WHERE run_id IN (?, ?) AND status <> 'failed'",
+            (n,) = con.execute(f"SELECT count(*) FROM runs WHERE run_id IN (?, ?) AND status <> 'failed' AND {LIVE}",
                                pairs.run_ids(pair_id)).fetchone()
         return n == 2
 
     def latest_pair_id(self) -> str | None:
         """The pair written last (failed pairs left out), or None in an empty store."""
         with self._connect(read_only=True) as con:
-            row = con.execute("SELECT pair_id FROM runs WHERE status <> 'failed' "
+            row = con.execute(f"SELECT pair_id FROM runs WHERE status <> 'failed' AND {LIVE} "
                               "ORDER BY created_at DESC, pair_id LIMIT 1").fetchone()
         return row[0] if row else None
 
     def count_runs(self) -> int:
         with self._connect(read_only=True) as con:
-            return con.execute("SELECT count(*) FROM runs").fetchone()[0]
+            return con.execute(f"SELECT count(*) FROM runs WHERE {LIVE}").fetchone()[0]
 
     def checkpoint_path(self, run_id: str) -> Path | None:
         """The checkpoint file recorded for run_id (it may since have been deleted), or None."""

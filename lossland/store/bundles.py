@@ -1,7 +1,7 @@
 """Run bundles: runs with every row and checkpoint in one zip, to share a result with a collaborator.
 
     manifest.json               format and schema versions, run ids, row counts
-    tables/<table>.parquet      the runs' rows of each table
+    tables/<table>.parquet      the runs' rows of each table, and the tags and notes of the runs and their pairs
     checkpoints/<run_id>.pt     the trained weights, where the file exists
 
 A bundle is untrusted input. Before anything is written its member names are checked (no absolute
@@ -30,7 +30,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,8 +39,9 @@ import pyarrow as pa
 
 from .. import __version__, pairs
 from .errors import BundleError, first_line
+from .labels import export_labels, merge_labels
 from .rows import delete_runs, insert_rows, now
-from .schema import ORDER, RUN_COLUMNS, SCHEMA_VERSION, TABLES, column_names
+from .schema import LABEL_TABLES, ORDER, RUN_COLUMNS, SCHEMA_VERSION, TABLES, column_names
 from .verify import Verified
 
 BUNDLE_FORMAT = 1
@@ -70,6 +71,11 @@ def write_tables(con: duckdb.DuckDBPyConnection, run_ids: list[str], folder: Pat
     missing = [r for r in run_ids if r not in recorded]
     if missing:
         raise BundleError(f"run id(s) not in store {store}: {', '.join(missing)}")
+    deleted = [r[0] for r in con.execute("SELECT run_id FROM deleted_runs WHERE run_id IN (SELECT run_id FROM "
+                                         "_lossland_ids) ORDER BY run_id").fetchall()]
+    if deleted:
+        raise BundleError(f"run(s) {', '.join(deleted)} are deleted and deleted runs are not exported; "
+                          f"`lossland restore` brings them back")
     lone = [r for r in run_ids if pairs.is_run_id(r) and _partner(r) not in run_ids]
     if lone:
         raise BundleError(f"a bundle holds whole pairs: add {_partner(lone[0])} (the other run of {lone[0]})")
@@ -79,8 +85,8 @@ def write_tables(con: duckdb.DuckDBPyConnection, run_ids: list[str], folder: Pat
         select = (f"SELECT {', '.join(column_names(columns))} FROM {name} WHERE run_id IN "
                   f"(SELECT run_id FROM _lossland_ids) ORDER BY {ORDER[name]}")
         con.execute(f"COPY ({select}) TO '{target}' (FORMAT parquet)")
-        counts[name] = con.execute(f"SELECT count(*) FROM ({select})").fetchone()[0]
-    return recorded, counts
+        counts[name] = con.execute(f"SELECT count(*) FROM ({select})").fetchall()[0][0]
+    return recorded, counts | export_labels(con, run_ids, folder)
 
 
 def _partner(run_id: str) -> str:
@@ -101,7 +107,7 @@ def write_zip(path: Path, folder: Path, run_ids: list[str], counts: dict[str, in
     partial = path.with_name(path.name + ".partial")
     with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("manifest.json", json.dumps(manifest, indent=2))
-        for name in TABLES:
+        for name in (*TABLES, *LABEL_TABLES):
             zf.write(folder / "tables" / f"{name}.parquet", f"tables/{name}.parquet")
         for member, source in members.items():
             zf.write(source, member)
@@ -120,6 +126,7 @@ class Unpacked:
     run_ids: list[str]
     tables: dict[str, Path]  # table -> its Parquet file
     checkpoints: dict[str, Path]  # run id -> its checkpoint file
+    labels: dict[str, Path] = field(default_factory=dict)  # tags, notes -> its Parquet file (bundles of schema ≥ 6)
 
 
 @contextmanager
@@ -138,9 +145,12 @@ def unpacked(path: Path, max_bytes: int) -> Iterator[Unpacked]:
             budget -= _extract(zf, member, tmp, budget, path)
         run_ids = manifest["run_ids"]
         checkpoints = {r: tmp / "checkpoints" / f"{r}.pt" for r in run_ids if f"checkpoints/{r}.pt" in members}
-        tables = {name: tmp / "tables" / f"{name}.parquet" for name in TABLES if f"tables/{name}.parquet" in members}
+        tables, found = {}, {}
+        for name in (*TABLES, *LABEL_TABLES):
+            if f"tables/{name}.parquet" in members:
+                (tables if name in TABLES else found)[name] = tmp / "tables" / f"{name}.parquet"
         yield Unpacked(path=path, schema_version=manifest["schema_version"], run_ids=run_ids, tables=tables,
-                       checkpoints=checkpoints)
+                       checkpoints=checkpoints, labels=found)
 
 
 def _check_names(path: Path, infos: list[zipfile.ZipInfo]) -> None:
@@ -198,7 +208,7 @@ def _check_members(path: Path, zf: zipfile.ZipFile, max_bytes: int) -> tuple[dic
         raise BundleError(f"bundle {path} has no manifest.json; not a lossland run bundle")
     manifest = _read_manifest(path, zf)
     dropped = {f"tables/{t}.parquet" for t, last in _DROPPED_TABLES.items() if manifest["schema_version"] <= last}
-    expected = ({"manifest.json"} | {f"tables/{t}.parquet" for t in TABLES} | dropped
+    expected = ({"manifest.json"} | {f"tables/{t}.parquet" for t in (*TABLES, *LABEL_TABLES)} | dropped
                 | {f"checkpoints/{r}.pt" for r in manifest["run_ids"]})
     unexpected = [i.filename for i in infos if i.filename not in expected]
     if unexpected:
@@ -291,6 +301,7 @@ class Merge:
         restore = self._restorable(con, {r: c for r, c in stored.items() if r in self.bundle.checkpoints})
         if added:
             self._insert(con, added)
+            merge_labels(con, self.bundle.labels, added)
         for run_id in (*added, *restore):
             has = run_id in self.bundle.checkpoints
             target = self.target.stored_path(self.target.checkpoint_dir / f"{run_id}.pt") if has else None

@@ -13,6 +13,7 @@ import json
 import platform
 import re
 import subprocess
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from .schema import (
     Columns,
     column_names,
 )
+from .search import EXTRA_COLUMNS, LABEL_JOINS, LIVE, Condition, where_sql
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
@@ -212,6 +214,11 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> N
         con.unregister("_lossland_rows")
 
 
+def marks(values: list) -> str:
+    """Placeholders for `column IN (...)`; NULL for no values, so the test is never true."""
+    return ", ".join("?" * len(values)) or "NULL"
+
+
 def delete_runs(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> None:
     """Every row of these runs, in every table (this store's own facts of them too)."""
     marks = ", ".join("?" * len(run_ids))
@@ -219,9 +226,12 @@ def delete_runs(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> None:
         con.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", run_ids)
 
 
-def runs_query(filters: dict[str, Any]) -> tuple[str, list]:
+def runs_query(filters: dict[str, Any], conditions: Iterable[Condition] = (),
+               deleted: bool | None = False) -> tuple[str, list]:
     """The SELECT of Store.runs: runs where every filter column equals its value (a list/tuple/set means
-    any of; None means NULL), newest first, with the flags `imported` and `checkpoint_missing`."""
+    any of; None means NULL) and every search condition holds, newest first, with the columns of
+    EXTRA (imported, checkpoint_missing, deleted, tags, note). deleted: False the live runs, True the
+    soft-deleted ones, None both."""
     allowed = column_names(RUN_COLUMNS)
     unknown = [k for k in filters if k not in allowed]
     if unknown:
@@ -237,10 +247,13 @@ def runs_query(filters: dict[str, Any]) -> tuple[str, list]:
         else:
             where.append(f"r.{key} = ?")
             params.append(value)
+    terms, values = where_sql(conditions)
+    where += terms + ([] if deleted is None else [f"d.run_id IS {'NOT ' if deleted else ''}NULL"])
+    params += values
     clause = f" WHERE {' AND '.join(where)}" if where else ""
-    return (f"SELECT {', '.join(f'r.{c}' for c in allowed)}, p.run_id IS NOT NULL AS imported, "
-            f"m.run_id IS NOT NULL AS checkpoint_missing FROM runs r LEFT JOIN provenance p USING (run_id) "
-            f"LEFT JOIN missing_checkpoints m USING (run_id){clause} ORDER BY r.created_at DESC, r.run_id", params)
+    return (f"SELECT {', '.join(f'r.{c}' for c in allowed)}, {EXTRA_COLUMNS} FROM runs r "
+            f"LEFT JOIN provenance p USING (run_id) LEFT JOIN missing_checkpoints m USING (run_id)"
+            f"{LABEL_JOINS}{clause} ORDER BY r.created_at DESC, r.run_id", params)
 
 
 def analysis_row(run_id: str, analysis_id: str, kind: str, status: str, settings_json: str,
@@ -259,6 +272,7 @@ def pair_frames(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, pd.
     for name in ("curves", "spectra", "densities", "estimates"):
         cols = column_names(CHILD_TABLES[name])
         frames[name] = query_frame(con, f"SELECT {cols[0]}, {role}, {', '.join(cols[1:])} FROM {name} WHERE run_id IN "
-                                        f"(?, ?) ORDER BY role DESC, {ORDER[name].removeprefix('run_id, ')}",
+                                        f"(?, ?) AND {LIVE} ORDER BY role DESC, "
+                                        f"{ORDER[name].removeprefix('run_id, ')}",
                                    [ids[0], *ids])
     return frames

@@ -20,6 +20,13 @@ Facts of this store only, never exported (LOCAL_TABLES), keyed by run_id too:
 
   provenance           runs imported from a bundle: its file name, its sha256 digest, when
   missing_checkpoints  runs whose recorded checkpoint file was found missing (by `Store.repair`)
+  deleted_runs         runs soft-deleted (`lossland delete`): hidden everywhere until restored or collected
+
+Labels, keyed by `subject` (a run id or a pair id), carried by bundles (LABEL_TABLES):
+
+  tags          key = value per subject; notes  one free-text note per subject
+
+  leases        one row per pair being trained now: owner (pid, host, token), started_at, heartbeat_at
 
 NaN is stored as NULL (no value, e.g. attack metrics without an attack set). Timestamps are UTC.
 Schema changes are migrations in code: MIGRATIONS[i] takes version i to i + 1, all of them in the one
@@ -41,7 +48,7 @@ from ..pairs import METRICS, ROLES
 from .connection import in_transaction, open_connection
 from .errors import StoreError, advice, first_line
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 Columns = tuple[tuple[str, str], ...]
 _M = tuple((m, "DOUBLE") for m in METRICS)
@@ -101,14 +108,25 @@ LOCAL_TABLES: dict[str, Columns] = {
     "provenance": (("run_id", "VARCHAR"), ("bundle", "VARCHAR"), ("bundle_sha256", "VARCHAR"),
                    ("imported_at", "TIMESTAMP")),
     "missing_checkpoints": (("run_id", "VARCHAR"), ("checkpoint", "VARCHAR"), ("noticed_at", "TIMESTAMP")),
+    "deleted_runs": (("run_id", "VARCHAR"), ("deleted_at", "TIMESTAMP")),
 }
+# What a user wrote about a run or a pair (subject: its id); exported with it, kept when it is recomputed.
+LABEL_TABLES: dict[str, Columns] = {
+    "tags": (("subject", "VARCHAR"), ("key", "VARCHAR"), ("value", "VARCHAR"), ("created_at", "TIMESTAMP")),
+    "notes": (("subject", "VARCHAR"), ("note", "VARCHAR"), ("updated_at", "TIMESTAMP")),
+}
+LABEL_KEYS = {"tags": ("subject", "key"), "notes": ("subject",)}
+# Who is training a pair now (see lossland.leases): one row per pair, gone when its owner finishes.
+LEASE_COLUMNS: Columns = (("pair_id", "VARCHAR"), ("pid", "BIGINT"), ("host", "VARCHAR"), ("token", "VARCHAR"),
+                          ("started_at", "TIMESTAMP"), ("heartbeat_at", "TIMESTAMP"))
 
 # ORDER BY of each table when it is read whole or exported.
 ORDER = {"runs": "created_at DESC, run_id", "curves": "run_id, epoch", "spectra": "run_id, kind, idx",
          "densities": "run_id, vector, idx", "estimates": "run_id, name, k",
          "landscapes": "run_id, analysis_id, point, kind, direction_seed, alpha, beta",
          "basin_trials": "run_id, analysis_id, kind, radius, trial", "analyses": "run_id, created_at, analysis_id",
-         "provenance": "run_id", "missing_checkpoints": "run_id"}
+         "provenance": "run_id", "missing_checkpoints": "run_id", "deleted_runs": "run_id",
+         "tags": "subject, key", "notes": "subject", "leases": "pair_id"}
 
 ARROW_TYPES = {"VARCHAR": pa.string(), "BIGINT": pa.int64(), "INTEGER": pa.int32(), "DOUBLE": pa.float64(),
                "TIMESTAMP": pa.timestamp("us"), "BOOLEAN": pa.bool_()}
@@ -128,9 +146,10 @@ def create_table(con: duckdb.DuckDBPyConnection, name: str, columns: Columns) ->
     if name == "runs":
         body = ", ".join(f"{c} {t}{' NOT NULL' if c in _RUNS_NOT_NULL else ''}" for c, t in columns)
         con.execute(f"CREATE TABLE runs ({body}{_RUNS_CONSTRAINTS})")
-    elif name in LOCAL_TABLES:
+    elif name in LOCAL_TABLES or name in LABEL_TABLES or name == "leases":
         body = ", ".join(f"{c} {t} NOT NULL" for c, t in columns)
-        con.execute(f"CREATE TABLE {name} ({body}, PRIMARY KEY (run_id))")
+        key = ", ".join(LABEL_KEYS.get(name, ("pair_id",) if name == "leases" else ("run_id",)))
+        con.execute(f"CREATE TABLE {name} ({body}, PRIMARY KEY ({key}))")
     else:
         body = ", ".join(f"{c} {t}{' NOT NULL' if c == 'run_id' else ''}" for c, t in columns)
         con.execute(f"CREATE TABLE {name} ({body})")
@@ -177,13 +196,21 @@ def _v3_to_v4(con: duckdb.DuckDBPyConnection) -> None:
 
 def _v4_to_v5(con: duckdb.DuckDBPyConnection) -> None:
     """Imported runs learn where they came from; a missing checkpoint can be recorded (no rows yet in either)."""
-    for name, columns in LOCAL_TABLES.items():
+    for name in ("provenance", "missing_checkpoints"):
+        create_table(con, name, LOCAL_TABLES[name])
+
+
+def _v5_to_v6(con: duckdb.DuckDBPyConnection) -> None:
+    """Run management: soft-deleted runs, tags and notes on runs and pairs, leases on pairs being trained."""
+    create_table(con, "deleted_runs", LOCAL_TABLES["deleted_runs"])
+    for name, columns in LABEL_TABLES.items():
         create_table(con, name, columns)
+    create_table(con, "leases", LEASE_COLUMNS)
 
 
 # MIGRATIONS[i] takes a store from schema version i to i + 1 (0: an empty file).
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [create_v1_schema, _v1_to_v2, _v2_to_v3, _v3_to_v4,
-                                                                  _v4_to_v5]
+                                                                  _v4_to_v5, _v5_to_v6]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -10,6 +10,7 @@
     counts        what the config can produce: curves ≤ train.max_epochs per run, Lanczos eigenvalues
                   ≤ spectrum.k, exact ones ≤ n_params (none above spectrum.exact_max_params), densities
                   ≤ slq_vectors × slq_steps, estimates ≤ MAX_ESTIMATE_NAMES names (+ k log-volumes)
+    labels        tags and notes of the bundle's runs and pairs only, well-formed keys, bounded text (labels.verify)
     analyses      each id recomputed from its kind, settings and pair (specs.Spec.analysis_id); its rows
                   of runs of that pair only, landscape points ≤ the spec's grid, basin trials ≤ its count
 
@@ -33,6 +34,7 @@ from .. import pairs
 from ..config import ConfigError, ExperimentConfig
 from ..specs import from_stored
 from .errors import BundleError, first_line
+from .labels import verify_labels
 from .rows import config_facts, now
 from .schema import SCHEMA_VERSION, TABLES, column_names
 
@@ -117,6 +119,7 @@ def verify(bundle: Unpacked, caps: Any = None) -> Verified:
             check.table(table, sum(_run_bound(table, configs[r], sizes[r]) for r in configs))
         check.analyses(configs)
         left_out = {table: check.table(table, check.analysis_rows(table)) for table in _BY_ANALYSIS}
+        verify_labels(con, bundle.path, bundle.run_ids, bundle.labels)
         return Verified(configs, sizes, check.kept, {t: n for t, n in left_out.items() if n})
 
 
