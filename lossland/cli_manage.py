@@ -137,18 +137,18 @@ def _cell(value) -> str:
 def add_commands(sub: argparse._SubParsersAction, add_store_args: StoreArgs,
                  open_store: Callable[[argparse.Namespace], Store]) -> None:
     """runs (list), show, delete, restore, gc, tag, untag, note, compare, landscape, escape, random-init, radius"""
-    def parser(name: str, func, help: str, description: str, json_flag: bool = False,
-               aliases: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=description, aliases=list(aliases))
+    def parser(name: str, func, help: str, description: str, json_flag: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description)
         p.set_defaults(func=func, open_store=open_store)
         add_store_args(p, json_flag=json_flag)
         return p
 
-    p = parser("runs", cmd_runs, "table of stored runs", "List stored runs, newest first (soft-deleted ones left "
-               "out).", True, aliases=("list",))
-    p.add_argument("--where", action="append", metavar="COLUMN OP VALUE", help=WHERE_HELP)
-    p.add_argument("--deleted", action="store_true", help="list the soft-deleted runs instead")
-    p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
+    for name in ("runs", "list"):
+        p = parser(name, cmd_runs, "table of stored runs" + (" (the same as runs)" if name == "list" else ""),
+                   "List stored runs, newest first (soft-deleted ones left out).", True)
+        p.add_argument("--where", action="append", metavar="COLUMN OP VALUE", help=WHERE_HELP)
+        p.add_argument("--deleted", action="store_true", help="list the soft-deleted runs instead")
+        p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     p = parser("show", cmd_show, "one stored pair", "Numbers of a stored pair (or one of its runs), or of the pairs "
                "whose runs match --where.", True)
     p.add_argument("run_id", nargs="?", help="pair id, or run id (<pair>-good / <pair>-bad)")

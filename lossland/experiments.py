@@ -172,8 +172,10 @@ def sweep(base: ExperimentConfig, grid: dict[str, Iterable[Any]], store: Store, 
                 failed = store_point(result, store)
                 claim.release([result.pair_id])
                 tally.finish(result, failed)
-            tally.stored = len(stored | claim.stored_elsewhere)
-        stored |= claim.stored_elsewhere
+        if claim.stored_elsewhere:
+            stored |= claim.stored_elsewhere
+            tally.stored = len(stored)
+            tally.report(f"{len(claim.stored_elsewhere)} stored by another process while this one waited")
     return [PairOutcome(pid, pid in stored, store.pair(pid)) for pid in ids]
 
 

@@ -149,11 +149,14 @@ def main(argv: list[str]) -> None:
     elif mode == "lease":
         from lossland.leases import claimed
 
-        pair, spectra = make_pair(int(argv[2]))
+        from lossland.config import ExperimentConfig
+
         go = Path(argv[3])
+        pair_id = ExperimentConfig().with_changes(**{"model.seed": int(argv[2])}).config_hash()  # make_pair's
         with claimed(store, _say, heartbeat_s=0.5) as claim:
-            for _ in claim.batches([pair.pair_id]):
-                _say("leased")
+            for _ in claim.batches([pair_id]):
+                _say("leased")  # before torch is imported: the test goes on at once
+                pair, spectra = make_pair(int(argv[2]))
                 while not go.exists():
                     time.sleep(0.05)
                 store.save_pair(pair, spectra, with_checkpoints(store, pair))

@@ -17,6 +17,8 @@ from conftest import wait_for_job
 from store_writer import make_pair
 
 from background import JobRunner
+from lossland.config import ExperimentConfig
+from lossland.experiments import sweep
 from lossland.leases import claimed
 from lossland.store import Store
 from lossland.store.rows import now
@@ -50,7 +52,7 @@ def _until(condition, timeout: float = 90.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_cli_run_and_a_dashboard_job_wait_for_the_process_training_the_pair_then_read_its_result(tmp_path):
+def test_a_cli_run_a_dashboard_job_and_a_sweep_wait_for_the_process_training_the_pair_then_read_it(tmp_path):
     path, go = tmp_path / "runs.duckdb", tmp_path / "go"
     cfg = make_pair(7)[0].config
     holder = _holder(path, 7, go)
@@ -61,8 +63,12 @@ def test_a_cli_run_and_a_dashboard_job_wait_for_the_process_training_the_pair_th
     threading.Thread(target=lambda: [err.extend(c) for c in iter(lambda: cli.stderr.read1(4096), b"")],
                      daemon=True).start()
     job = JobRunner(Store(path)).submit(cfg)  # a dashboard job of the same config, in this process
+    swept, said = [], []  # and a sweep over it, in a thread of its own
+    point = threading.Thread(target=lambda: swept.extend(sweep(ExperimentConfig(), {"model.seed": [7]}, Store(path),
+                                                               lambda f, m: said.append(m))))
+    point.start()
     waiting = f"pair {cfg.config_hash()} is being trained by pid {holder.pid} on host {socket.gethostname()} since "
-    _until(lambda: waiting.encode() in err and waiting in job.message)
+    _until(lambda: waiting.encode() in err and waiting in job.message and any(waiting in m for m in said))
     assert "; waiting" in job.message and job.state == "running"
     assert not Store(path).has_pair(cfg.config_hash())
     go.touch()  # the holder stores the pair and lets go
@@ -70,6 +76,8 @@ def test_a_cli_run_and_a_dashboard_job_wait_for_the_process_training_the_pair_th
     assert cli.wait(timeout=60) == 0, err.decode()[-2000:]
     assert "answered from the store" in out and "computed" not in out
     assert wait_for_job(job, 60).state == "done" and job.from_store
+    point.join(60)
+    assert [o.from_store for o in swept] == [True] and "0 new, 1 from the store" in said[-1]
     assert "stored" in holder.stdout.read() and holder.wait(timeout=30) == 0
     store = Store(path)
     assert store.leases() == {} and store.count_runs() == 2

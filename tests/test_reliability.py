@@ -309,8 +309,8 @@ def test_cli_config_input_is_bounded_and_every_error_names_the_file(tmp_path, ca
     assert "--set train.lr: JSON nested 100,000 levels" in _cli_error(capsys, "config", "--set", f"train.lr={deep}")
     assert "--set model.widths: JSON nested 17 levels" in _cli_error(
         capsys, "config", "--set", "model.widths=" + "[" * 17 + "]" * 17)
-    assert "nested 100,000 levels" in _cli_error(capsys, "runs", "--store", str(tmp_path / "s.duckdb"), "--where",
-                                                  f"dataset={deep}")
+    assert "the value is 100,000 characters, at most 1,000" in _cli_error(
+        capsys, "runs", "--store", str(tmp_path / "s.duckdb"), "--where", f"dataset={deep}")
     assert "nested 100,000 levels" in _cli_error(capsys, "sweep", "--store", str(tmp_path / "s.duckdb"), "--grid",
                                                   f"train.seed={deep}")
     from lossland.cli import main

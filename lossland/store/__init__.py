@@ -42,7 +42,7 @@ from .leases import Leases
 from .manage import Management
 from .rows import git_commit, query_frame
 from .sandbox import EXAMPLE_QUERIES, QueryResult
-from .schema import CHILD_TABLES, LOCAL_TABLES, ORDER, SCHEMA_VERSION, TABLES, column_names
+from .schema import CHILD_TABLES, LABEL_TABLES, LOCAL_TABLES, ORDER, SCHEMA_VERSION, TABLES, column_names
 from .search import LIVE, Condition
 from .verify import verify
 
@@ -322,10 +322,10 @@ class Store(Management, Leases):
 
     def table(self, name: str) -> pd.DataFrame:
         """A whole table (runs, curves, spectra, densities, estimates, landscapes, basin_trials,
-        analyses, provenance, missing_checkpoints, meta)."""
+        analyses, provenance, missing_checkpoints, deleted_runs, tags, notes, meta)."""
         if name == "meta":
             return self._frame("SELECT key, value FROM meta ORDER BY key")
-        known = TABLES | LOCAL_TABLES
+        known = TABLES | LOCAL_TABLES | LABEL_TABLES
         if name not in known:
             raise StoreError(f"unknown table {name!r}; allowed: {', '.join([*known, 'meta'])}")
         return self._frame(f"SELECT {', '.join(column_names(known[name]))} FROM {name} ORDER BY {ORDER[name]}")

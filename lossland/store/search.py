@@ -21,6 +21,7 @@ from typing import Any
 from .errors import StoreError
 from .schema import RUN_COLUMNS, column_names
 
+VALUE_MAX = 1_000  # characters of a value to search for
 OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "~")
 _SQL = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 TAG_KEY = r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}"
@@ -69,6 +70,9 @@ def parse(text: str) -> Condition:
         raise StoreError(f"--where {text!r}: expected COLUMN OP VALUE with OP one of {operators_help()}, "
                          f"e.g. dataset=digits, test_acc>=0.9, tag.owner=ana, note~baseline")
     cond = Condition(m["column"], m["op"], m["value"].strip())
+    if len(cond.value) > VALUE_MAX:
+        raise StoreError(f"--where {cond.column}{cond.op}…: the value is {len(cond.value):,} characters, at most "
+                         f"{VALUE_MAX:,}")
     _check_column(cond)
     return cond
 
