@@ -15,13 +15,14 @@ import streamlit as st
 import torch
 
 from background import JobRunner
-from lossland import analyses
+from lossland import analyses, factories
 from lossland import limits as operator
 from lossland.charts import to_png, to_svg
 from lossland.checkpoint import CheckpointError, read_checkpoint_file
 from lossland.config import ConfigError, ExperimentConfig
 from lossland.data import DatasetError
-from lossland.frames import when
+from lossland.external import is_external
+from lossland.frames import stored_json, when
 from lossland.limits import Limits, check_analysis, check_experiment, limits
 from lossland.pairs import run_ids
 from lossland.specs import Spec
@@ -203,6 +204,8 @@ def job_progress(pair_id: str, key: str) -> None:
 # --- pickers and downloads -----------------------------------------------------------------
 
 def pair_label(row) -> str:
+    if is_external(row["pair_id"]):
+        return f"{row['pair_id']} · external · {row['dataset']}/{row['model']} · {when(row['created_at'])}"
     return (f"{row['pair_id']} · {row['dataset']}/{row['model']} · attack {row['n_attack']} · "
             f"{when(row['created_at'])}" + (" · imported" if str(row.get("imported")) == "True" else ""))
 
@@ -247,7 +250,14 @@ def _checkpoint_problem(path: str, mtime: float, size: int) -> str | None:
 
 
 def checkpoint_problem(store: Store, pair_id: str) -> str | None:
-    """Why the pair's minima can't be loaded for an analysis (a checkpoint missing or corrupt), or None."""
+    """Why the pair's minima can't be loaded for an analysis (a checkpoint missing or corrupt, a factory of its
+    config not importable here or edited since), or None."""
+    try:
+        found = factories.unavailable(ExperimentConfig.from_json(store.pair(pair_id).runs["config_json"].iloc[0]))
+    except ConfigError as e:
+        found = str(e)
+    if found:
+        return f"its model or data can't be rebuilt here: {found}"
     for rid in run_ids(pair_id):
         path = store.checkpoint_path(rid)
         if path is None:
@@ -360,13 +370,36 @@ def sweep_executor() -> str:
     return "ray" if os.environ.get("LOSSLAND_RAY_ADDRESS") else "local"
 
 
-def page_pair(title: str, key: str, hint: str = "") -> tuple[Store, str]:
+def page_pair(title: str, key: str, hint: str = "", whole: bool = True) -> tuple[Store, str]:
     """The common head of a pair page: title, the pair picker (deep-linked), and a stop with a hint
-    when the store holds no pair yet."""
+    when the store holds no pair yet, or — for a page that needs a whole pair (`whole`) — when an
+    external run (one model, no partner) is picked."""
     store = get_store()
     st.title(title)
     pair_id = pair_picker(store, key=key)
     if pair_id is None:
         st.info("No runs yet: start one on the Overview or New experiment page." + (f" {hint}" if hint else ""))
         st.stop()
+    if whole and is_external(pair_id):
+        st.info("This is an external run (a model analysed with lossland.analyze, without a partner or a "
+                "checkpoint): this page's analyses need a lossland pair. Its spectrum is on the Overview and "
+                "Spectrum pages.")
+        st.stop()
     return store, pair_id
+
+
+def factory_sources(runs) -> None:
+    """The source text of the factories a pair's config names (stored with its runs, carried by bundles),
+    shown as code for review: never imported or run by the dashboard."""
+    extra = stored_json(runs["extra_json"].iloc[0]) if len(runs) and "extra_json" in runs else None
+    found = extra.get("factory_sources") if isinstance(extra, dict) else None
+    if not isinstance(found, dict) or not found:
+        return
+    st.subheader("Model and data code")
+    st.caption("The researcher's own factories this pair was made with, as stored with its runs (for review: "
+               "the dashboard never imports code it is shown).")
+    for section, s in found.items():
+        if isinstance(s, dict):
+            with st.expander(text(f"{section}: {s.get('factory')} — module {s.get('module')}, sha256 "
+                                  f"{str(s.get('sha256'))[:16]}…")):
+                st.code(str(s.get("source", "")), language="python")

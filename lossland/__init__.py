@@ -9,8 +9,9 @@ import importlib
 
 __version__ = "0.1.0"
 
-_EXPORTS = {"Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
-            "PRESETS": "config", "ConfigError": "config", "ExperimentConfig": "config", "preset": "config",
+_EXPORTS = {"analyze": "external", "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
+            "save_checkpoint": "checkpoint", "PRESETS": "config", "ConfigError": "config",
+            "ExperimentConfig": "config", "preset": "config",
             "run_pair": "experiments", "sweep": "experiments", "Store": "store", "spectrum": "curvature",
             "SpectrumResult": "curvature", "InterpolationSpec": "specs", "SliceSpec": "specs", "SurfaceSpec": "specs",
             "EscapeSpec": "specs", "RandomInitSpec": "specs", "RadiusSpec": "specs"}

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ConfigError, ExperimentConfig
+from .config import CUSTOM, ConfigError, ExperimentConfig
 from .data import Dataset, load_experiment_data
 from .limits import _IN_SHAPES, limits
 from .models import build_model, n_params
@@ -140,11 +140,20 @@ def meta_model(config: ExperimentConfig) -> nn.Module:
         return build_model(config.model, in_shape, config.data.n_classes())
 
 
-def model_size(config: ExperimentConfig, max_params: int | None = None) -> int:
-    """Parameters of config's model (counted on the meta device); CheckpointError when they exceed
-    max_params (default: the operator's cap, LOSSLAND_MAX_PARAMS)."""
+def from_factory(config: ExperimentConfig) -> bool:
+    """True when config's model or data come from a researcher's factory: code a bundle's checks never run."""
+    return CUSTOM in (config.data.name, config.model.name)
+
+
+def model_size(config: ExperimentConfig, max_params: int | None = None, declared: int | None = None) -> int:
+    """Parameters of config's model (counted on the meta device; for a factory's model, whose code is not
+    run, the `declared` count of its run); CheckpointError when they exceed max_params (default: the
+    operator's cap, LOSSLAND_MAX_PARAMS)."""
     cap = limits().max_params if max_params is None else max_params
-    count = n_params(meta_model(config))
+    if from_factory(config) and declared is None:
+        raise CheckpointError("its model comes from a factory, whose code is never run to count it; its run "
+                              "must state n_params")
+    count = int(declared) if from_factory(config) else n_params(meta_model(config))
     if count > cap:
         raise CheckpointError(f"its config's model ({config.model.name}, widths {list(config.model.widths)}, "
                               f"channels {list(config.model.channels)}) has {count:,} parameters, over the cap "
@@ -159,8 +168,8 @@ def verify_checkpoint(path: str | Path, config: ExperimentConfig, role: str, max
     the model (names, shapes, dtypes), each contiguous and backed by real bytes (no tensor declares more
     elements than its storage holds). Returns the parameter count; CheckpointError says what is wrong."""
     path = Path(path)
-    count = model_size(config, max_params)
     blob = read_checkpoint_file(path)
+    count = model_size(config, max_params, _elements(path, blob.get("state_dict")) if from_factory(config) else None)
     unknown = sorted(map(str, set(blob) - _KEYS))
     if unknown:
         raise CheckpointError(f"checkpoint {path} holds unknown entries {unknown[:5]}")
@@ -173,8 +182,18 @@ def verify_checkpoint(path: str | Path, config: ExperimentConfig, role: str, max
     if theirs.config_hash() != config.config_hash():
         raise CheckpointError(f"checkpoint {path} is of another config (pair {theirs.config_hash()}, its run's "
                               f"is {config.config_hash()})")
-    _check_state(path, blob["state_dict"], meta_model(config).state_dict())
+    if not from_factory(config):  # a factory's model is never built here: its tensors are checked as they are
+        _check_state(path, blob["state_dict"], meta_model(config).state_dict())
     return count
+
+
+def _elements(path: Path, state: object) -> int:
+    """Elements of every tensor of a factory model's checkpoint (bounded by the parameter cap as a whole),
+    each checked contiguous and backed by its storage."""
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"checkpoint {path}: its state_dict is not a mapping of names to tensors")
+    _check_state(path, state, {name: torch.empty(t.shape, dtype=t.dtype, device="meta") for name, t in state.items()})
+    return sum(t.numel() for t in state.values())
 
 
 def _check_state(path: Path, state: object, expected: dict[str, torch.Tensor]) -> None:

@@ -19,6 +19,7 @@ from .curvature import spectrum
 from .data import DatasetError, download
 from .executors import ExecutorError, make_executor
 from .experiments import grid_configs, run_pair, sweep, verify_pair
+from .external import add_analyze_command
 from .manage import grid_points
 from .pairs import is_run_id, run_id, run_ids
 from .pipeline import compute_pair
@@ -227,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(after Wu, Zhu & E, arXiv 1706.10239)."))
     parser.add_argument("--version", action="version", version=f"lossland {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_compute_commands, _store_compute_commands, _store_commands, _setup_commands):
+    for add in (_compute_commands, add_analyze_command, _store_compute_commands, _store_commands, _setup_commands):
         add(sub)
     cli_manage.add_commands(sub, _add_store_args, _store)
     return parser

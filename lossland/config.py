@@ -13,6 +13,9 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from . import factory_spec
+from .factory_spec import CUSTOM
+
 # Bumped whenever stored results would change for the same config (new metric, fixed bug).
 RESULT_FORMAT_VERSION = 1
 
@@ -26,7 +29,7 @@ DATASET_SIZES: dict[str, tuple[int, int]] = {
     "cifar10": (50000, 10000),
 }
 IMAGE_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
-MODELS = ("mlp", "cnn", "two_layer", "resnet")
+MODELS = ("mlp", "cnn", "two_layer", "resnet", CUSTOM)  # custom: model.factory builds it
 ACTIVATIONS = ("relu", "tanh", "gelu", "softplus")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
@@ -82,6 +85,17 @@ def _choice(path: str, v: Any, allowed: tuple[str, ...]) -> None:
         _fail(path, v, "one of " + ", ".join(allowed))
 
 
+def _check_factory(section: Any, p: str) -> None:
+    kwargs, found = factory_spec.problem(section, p)
+    if found:
+        _fail(*found)
+    object.__setattr__(section, "factory_kwargs", kwargs)  # plain JSON data: lists, not tuples
+
+
+def _loaded(cfg: DataConfig, what: str) -> ConfigError:
+    return ConfigError(f"data.name = {CUSTOM!r}: the {what} of {cfg.factory} is known once its data are loaded")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"
@@ -94,22 +108,32 @@ class DataConfig:
     teacher_classes: int = 2
     teacher_pool: int = 4000
     teacher_test: int = 1000
+    factory: str | None = None  # name "custom": "package.module:function" returning the data (lossland.factories)
+    factory_kwargs: dict = field(default_factory=dict, hash=False)
+    factory_sha256: str | None = None  # of the factory's module source, set by factories.pinned
 
     def pool_size(self) -> int:
+        if self.name == CUSTOM:
+            raise _loaded(self, "pool size")
         return self.teacher_pool if self.name == "teacher" else DATASET_SIZES[self.name][0]
 
-    def test_size(self) -> int:
+    def test_size(self) -> int | None:
+        if self.name == CUSTOM:
+            return self.n_test  # None: all of the factory's test split
         full = self.teacher_test if self.name == "teacher" else DATASET_SIZES[self.name][1]
         return full if self.n_test is None else self.n_test
 
     def n_classes(self) -> int:
+        if self.name == CUSTOM:
+            raise _loaded(self, "number of classes")
         return self.teacher_classes if self.name == "teacher" else 10
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self, p: str = "data") -> None:
-        _choice(f"{p}.name", self.name, tuple(DATASET_SIZES))
+        _choice(f"{p}.name", self.name, (*DATASET_SIZES, CUSTOM))
+        _check_factory(self, p)
         _int(f"{p}.seed", self.seed, 0, 2**31 - 1)
         # teacher_* are checked whatever the dataset: a stray NaN or string must not slip into the hash
         _int(f"{p}.teacher_dim", self.teacher_dim, 1, 100_000)
@@ -117,9 +141,10 @@ class DataConfig:
         _int(f"{p}.teacher_classes", self.teacher_classes, 2, 1000)
         _int(f"{p}.teacher_pool", self.teacher_pool, 2, 10_000_000)
         _int(f"{p}.teacher_test", self.teacher_test, 1, 10_000_000)
-        pool = self.pool_size()
+        pool = 10**8 if self.name == CUSTOM else self.pool_size()  # a factory's sizes are checked at loading
         _int(f"{p}.n_train", self.n_train, 1, pool)
-        full_test = self.teacher_test if self.name == "teacher" else DATASET_SIZES[self.name][1]
+        full_test = (pool if self.name == CUSTOM else self.teacher_test if self.name == "teacher"
+                     else DATASET_SIZES[self.name][1])
         if self.n_test is not None:
             _int(f"{p}.n_test", self.n_test, 1, full_test)
         if self.root is not None and (not isinstance(self.root, str) or not self.root.strip()):
@@ -149,12 +174,16 @@ class ModelConfig:
     activation: str = "relu"
     batchnorm: bool = False  # resnet only
     seed: int = 0  # initialisation
+    factory: str | None = None  # name "custom": "package.module:function" returning an nn.Module
+    factory_kwargs: dict = field(default_factory=dict, hash=False)
+    factory_sha256: str | None = None  # of the factory's module source, set by factories.pinned
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self, p: str = "model") -> None:
         _choice(f"{p}.name", self.name, MODELS)
+        _check_factory(self, p)
         _choice(f"{p}.activation", self.activation, ACTIVATIONS)
         for key, most in (("widths", MAX_LAYERS), ("channels", MAX_CONV_STAGES)):
             vals = getattr(self, key)
@@ -247,12 +276,12 @@ class ExperimentConfig:
             if not isinstance(getattr(self, name), kind):
                 _fail(name, getattr(self, name), f"a {kind.__name__}")
             getattr(self, name).validate(name)
-        free = self.data.pool_size() - self.data.n_train
+        free = math.inf if self.data.name == CUSTOM else self.data.pool_size() - self.data.n_train
         if self.attack.n_attack > free:
             _fail("attack.n_attack", self.attack.n_attack,
                   f"at most {free}: the held-out pool of {self.data.name} has "
                   f"{self.data.pool_size()} samples and data.n_train takes {self.data.n_train}")
-        if self.model.name in ("cnn", "resnet") and self.data.name not in IMAGE_DATASETS:
+        if self.model.name in ("cnn", "resnet") and self.data.name not in (*IMAGE_DATASETS, CUSTOM):
             _fail("model.name", self.model.name,
                   f"mlp or two_layer for the vector dataset {self.data.name!r}; "
                   f"cnn and resnet need one of {', '.join(IMAGE_DATASETS)}")
@@ -261,7 +290,13 @@ class ExperimentConfig:
 
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain data; a section without a factory leaves its factory fields out (so ids made before they
+        existed stay the same)."""
+        d = dataclasses.asdict(self)
+        for name in ("data", "model"):
+            if d[name]["factory"] is None:
+                d[name] = {k: v for k, v in d[name].items() if not k.startswith("factory")}
+        return d
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=indent)
@@ -288,7 +323,10 @@ class ExperimentConfig:
         return cls.from_dict(d)
 
     def config_hash(self) -> str:
-        """16 hex digits of sha256 over canonical JSON and the result format: the pair id."""
+        """16 hex digits of sha256 over canonical JSON and the result format: the pair id (a factory's
+        source hash must be pinned first: see lossland.factories.pinned)."""
+        if (why := factory_spec.unpinned({"data": self.data, "model": self.model})) is not None:
+            raise ConfigError(why)
         payload = json.dumps({"v": RESULT_FORMAT_VERSION, "config": self.to_dict()},
                              sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import IMAGE_DATASETS, AttackConfig, DataConfig, ExperimentConfig
+from . import factories
+from .config import CUSTOM, IMAGE_DATASETS, AttackConfig, DataConfig, ExperimentConfig
 
 DATASETS_DIR = Path("data/datasets")
 # Where an operating-system package installs a dataset's original files, searched after DATASETS_DIR.
@@ -273,14 +274,30 @@ def _split(data: DataConfig, attack: AttackConfig, n_pool: int) -> tuple[np.ndar
     return np.sort(order[: data.n_train]), np.sort(attack_idx)
 
 
+def _source(data: DataConfig, attack: AttackConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """(x_pool, y_pool, x_test, y_test, n_classes): a built-in dataset's, or data.factory's (its sizes checked
+    against data.n_train, attack.n_attack and data.n_test, naming the field)."""
+    if data.name != CUSTOM:
+        return (*_load_source(_source_key(data)), data.n_classes())
+    a = factories.load_data(data)
+    pool, n_test = len(a.y_pool), len(a.y_test)
+    for field, value, most in (("data.n_train", data.n_train, pool - 1 if attack.n_attack else pool),
+                               ("attack.n_attack", attack.n_attack, pool - data.n_train),
+                               ("data.n_test", data.n_test or 0, n_test)):
+        if value > most:
+            raise DatasetError(f"{field} = {value:,} is not allowed for data.factory = {data.factory!r}: at most "
+                               f"{max(most, 0):,} (its train part holds {pool:,} samples, its test part {n_test:,}; "
+                               f"clean-train and attack samples are drawn from the train part without overlap)")
+    return a.x_pool, a.y_pool, a.x_test, a.y_test, a.n_classes
+
+
 def load_dataset(data: DataConfig, attack: AttackConfig | None = None) -> Dataset:
     attack = attack or AttackConfig(n_attack=0)
-    x_pool, y_pool, x_test, y_test = _load_source(_source_key(data))
+    x_pool, y_pool, x_test, y_test, n_classes = _source(data, attack)
     train_idx, attack_idx = _split(data, attack, len(y_pool))
-    n_classes = data.n_classes()
     y_att_true = y_pool[attack_idx]
     y_att = attack_labels(y_att_true, n_classes, attack.labels, attack.seed)
-    n_test = data.test_size()
+    n_test = data.test_size() or len(y_test)
     t = lambda a, dtype=torch.float32: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
     return Dataset(
         name=data.name,

@@ -20,6 +20,7 @@ from . import leases
 from .checkpoint import write_checkpoint_bytes
 from .config import ConfigError, ExperimentConfig
 from .executors import Executor, PointResult, PointTask, make_executor
+from .factories import pinned
 from .pairs import ROLES, Progress, quiet, run_id, run_ids
 from .pipeline import ComputedPair, compute_pair
 from .store import PairView, Store
@@ -44,7 +45,9 @@ def run_pair(cfg: ExperimentConfig, store: Store, progress: Progress = quiet,
              device: torch.device | str | None = None, on_epoch: OnEpoch | None = None) -> PairOutcome:
     """The stored pair for `cfg`, computing and storing it first when it is not there yet (`on_epoch` sees
     each epoch's curve row while it trains). A pair that was imported from a bundle is answered too, and
-    says so (`PairOutcome.imported`; `verify_pair` recomputes it)."""
+    says so (`PairOutcome.imported`; `verify_pair` recomputes it).
+    A config naming factories is pinned first (lossland.factories.pinned): its id covers their source."""
+    cfg = pinned(cfg)
     pair_id = cfg.config_hash()
     if store.has_pair(pair_id):
         return _answered(store, pair_id, progress)
@@ -101,6 +104,7 @@ def verify_pair(cfg: ExperimentConfig, store: Store, progress: Progress = quiet,
                 device: torch.device | str | None = None) -> Verification:
     """Recompute the pair of `cfg` (nothing is written) and compare it with what the store holds for it:
     the way to trust, or expose, a pair that came from someone else's bundle."""
+    cfg = pinned(cfg)
     pair_id = cfg.config_hash()
     stored = store.pair(pair_id).runs.set_index("role")
     computed = compute_pair(cfg, progress, device)
@@ -127,10 +131,11 @@ def _run_numbers(computed: ComputedPair, role: str) -> dict[str, float | None]:
 
 def store_computed(computed: ComputedPair, store: Store) -> list[str]:
     """Write a computed pair: both checkpoints (atomically, beside the store), then its rows in one
-    transaction. Returns the run ids."""
+    transaction, with the factories' source text (extra_json "factory_sources") for review. Returns the run ids."""
     paths = {role: str(write_checkpoint_bytes(store.checkpoint_dir / f"{run_id(computed.pair_id, role)}.pt", blob))
              for role, blob in computed.checkpoints.items()}
-    return store.save_pair(computed.pair, computed.spectra, paths)
+    extra = {"factory_sources": computed.sources} if computed.sources else None
+    return store.save_pair(computed.pair, computed.spectra, paths, extra)
 
 
 def grid_configs(base: ExperimentConfig, grid: dict[str, Iterable[Any]],
@@ -156,7 +161,7 @@ def sweep(base: ExperimentConfig, grid: dict[str, Iterable[Any]], store: Store, 
     as failed (its outcome's runs say why) and the others go on. Every point runs with `threads`
     torch threads (default: this process's), whatever the executor: the thread count changes the
     floating-point results, so both executors store the same numbers."""
-    configs = grid_configs(base, grid)
+    configs = [pinned(c) for c in grid_configs(base, grid)]
     ids = [c.config_hash() for c in configs]
     chosen = make_executor(executor)
     stored = {pid for pid in dict.fromkeys(ids) if store.has_pair(pid)}

@@ -241,6 +241,29 @@ def differing(table: pd.DataFrame) -> pd.Series:
     return table.nunique(axis=1) > 1
 
 
+EXTERNAL = "external"  # the column of an external run (lossland.external) beside a pair's good and bad
+
+
+def beside(external: pd.DataFrame, pair: pd.DataFrame | None = None) -> pd.DataFrame:
+    """An external run's comparison table (from its one runs row), with a lossland pair's good and bad
+    runs beside it when given."""
+    rows = {EXTERNAL: external.assign(role=EXTERNAL)}
+    if pair is not None:
+        rows["pair"] = pair
+    both = pd.concat(rows.values(), ignore_index=True)
+    both = both.assign(frobenius=both["frobenius_sq"].astype(float).clip(lower=0) ** 0.5)
+    r = both.drop_duplicates("role").set_index("role")
+    columns = [c for c in (EXTERNAL, *ROLES) if c in r.index]
+    recs = {c: {k: plain(r.loc[c, k]) for k in DASHBOARD_KEYS} for c in columns}
+    return comparison(recs, DASHBOARD, columns)
+
+
+def labelled(frame: pd.DataFrame, runs: pd.DataFrame, label: str | None = None) -> pd.DataFrame:
+    """A per-run frame with a `run` column: `label` for every row (an external run), else each row's role."""
+    f = with_roles(frame, runs)
+    return f.assign(run=label if label is not None else f["role"])
+
+
 @dataclass(frozen=True)
 class Headline:
     """One number above the comparison (a metric tile): its text, and its change from the good run."""

@@ -7,7 +7,8 @@ import math
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from . import factories
+from .config import CUSTOM, ModelConfig
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "softplus": nn.Softplus}
 
@@ -116,6 +117,8 @@ def build_model(cfg: ModelConfig, in_shape: tuple[int, ...], n_classes: int) -> 
             model = LeNet(_image_shape(in_shape), cfg.channels, cfg.widths, n_classes, cfg.activation)
         elif cfg.name == "resnet":
             model = ResNet(_image_shape(in_shape), cfg.channels, n_classes, cfg.batchnorm, cfg.activation)
+        elif cfg.name == CUSTOM:
+            model = factories.build_model(cfg, in_shape, n_classes)
         else:
             raise ValueError(f"model.name = {cfg.name!r} is not allowed: one of mlp, cnn, two_layer, resnet")
     return model

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import factories
 from .checkpoint import checkpoint_bytes
 from .config import ExperimentConfig
 from .curvature import SpectrumResult, spectrum
@@ -23,11 +24,13 @@ from .train import OnEpoch, PairResult, loss_function, resolve_device, train_pai
 @dataclass(frozen=True)
 class ComputedPair:
     """A trained pair (its models on `pair.good.model` / `pair.bad.model`), the spectra of the minima
-    that did not diverge, and both checkpoint files as bytes, keyed by role."""
+    that did not diverge, both checkpoint files as bytes, keyed by role, and the source of any factory
+    the config names (lossland.factories.sources)."""
 
     pair: PairResult
     spectra: dict[str, SpectrumResult] = field(default_factory=dict)
     checkpoints: dict[str, bytes] = field(default_factory=dict, repr=False)
+    sources: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
 
     @property
     def pair_id(self) -> str:
@@ -53,8 +56,9 @@ def compute_pair(cfg: ExperimentConfig, progress: Progress = quiet, device: torc
     `with_spectra` is False) and serialise both checkpoints; `on_epoch` sees every epoch's curve row."""
     dev = torch.device(device) if device is not None else resolve_device(cfg.train.device)
     progress(0.0, "loading data")
+    sources = factories.sources(cfg)  # the code this run is made of, before it runs
     data = load_experiment_data(cfg)
     pair = train_pair(cfg, scaled(progress, 0.0, 0.7), dev, data=data, on_epoch=on_epoch)
     spectra = pair_spectra(pair, data, scaled(progress, 0.7, 0.98)) if with_spectra else {}
     checkpoints = {r.role: checkpoint_bytes(cfg, r.role, r.model) for r in (pair.good, pair.bad)}
-    return ComputedPair(pair, spectra, checkpoints)
+    return ComputedPair(pair, spectra, checkpoints, sources)

@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from .frames import CLI, CLI_STORED, comparison, missing, records
+from .frames import CLI, CLI_STORED, comparison, missing, records, stored_json
 from .pairs import ROLES, Progress
 
 
@@ -116,12 +116,21 @@ def view_summary(view) -> dict:
     out: dict = {"pair_id": view.pair_id}
     for role, rec in records(view.runs, keys).items():
         out[role] = rec | {"created_at": str(rec["created_at"]), "frobenius": frobenius(rec["frobenius_sq"])[0]}
+    extra = stored_json(view.runs["extra_json"].iloc[0]) if len(view.runs) else None
+    if isinstance(extra, dict) and isinstance(extra.get("factory_sources"), dict):
+        out["factory_sources"] = extra["factory_sources"]
     return out
 
 
 def format_view(d: dict) -> str:
     rows = comparison({role: d.get(role, {}) for role in ROLES}, CLI_STORED)
-    return f"pair {d['pair_id']}\n" + table(list(rows.itertuples(name=None)), ("", *ROLES))
+    text = f"pair {d['pair_id']}\n" + table(list(rows.itertuples(name=None)), ("", *ROLES))
+    for section, s in (d.get("factory_sources") or {}).items():  # stored text, shown for review, never run
+        if isinstance(s, dict):
+            text += (f"\n\n{section}.factory {s.get('factory')}: module {s.get('module')}, sha256 {s.get('sha256')}, "
+                     f"source as stored with the runs:\n" + "\n".join(f"  | {line}" for line in
+                                                                      str(s.get("source", "")).splitlines()))
+    return text
 
 
 def sweep_table(rows: list[dict]) -> str:

@@ -1,12 +1,14 @@
 """Overview: the selected pair side by side — does the bad minimum sit in a sharper valley?"""
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 import ui
 from lossland import charts, frames, report
 from lossland.config import DEFAULT_PRESET, IMAGE_DATASETS, ExperimentConfig, preset
 from lossland.data import AttackSamples, DatasetError, attack_samples
+from lossland.external import is_external
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -47,6 +49,26 @@ def attack_strip(cfg: ExperimentConfig) -> None:
     attack.image(enlarged(s.attack_images), caption=[f"{names[g]} (is {names[t]})" for g, t in labels], width=SIZE,
                  alt=[f"attack sample labelled {names[g]}, truly {names[t]}" for g, t in labels])
 
+def external_overview(view) -> None:
+    """An external run (lossland.analyze) with its numbers and spectrum, beside a lossland pair when one is picked."""
+    runs = view.runs
+    r = runs.iloc[0]
+    st.write(ui.text(f"External run: {r['model']} on {r['dataset']} ({r['n_params']} parameters, {r['n_train']} "
+                     f"samples), analysed by lossland.analyze; it was trained outside lossland, so it has no bad "
+                     f"partner and no training curve. Pick a lossland pair to compare it with."))
+    others = [p for p in dict.fromkeys(ui.runs_frame(store)["pair_id"]) if not is_external(p)]
+    other = st.selectbox("beside the lossland pair", [None, *others], key="overview-beside",
+                         format_func=lambda p: "none" if p is None else p)
+    pair = store.pair(other) if other else None
+    st.dataframe(frames.beside(runs, pair.runs if pair else None), width="stretch")
+    parts = [frames.labelled(frames.spectrum_frame(view.spectra, runs), runs, frames.EXTERNAL)]
+    if pair is not None:
+        parts.append(frames.labelled(frames.spectrum_frame(pair.spectra, pair.runs), pair.runs))
+    spec = charts.spectrum_chart(pd.concat(parts, ignore_index=True), color="run")
+    st.altair_chart(spec, width="stretch")
+    ui.chart_downloads(spec, f"spectrum-{view.pair_id}", key="overview-ext-spec")
+
+
 store = ui.get_store()
 st.title("Good vs bad minimum")
 
@@ -69,6 +91,9 @@ if pair_id is None:
 
 view = store.pair(pair_id)
 runs = view.runs
+if is_external(pair_id):
+    external_overview(view)
+    st.stop()
 st.write(frames.pair_sentence(runs))
 for _, r in runs.iterrows():
     if r["status"] == "diverged":
@@ -97,6 +122,7 @@ st.altair_chart(acc, width="stretch")
 ui.chart_downloads(acc, f"accuracy-{pair_id}", key="overview-acc")
 
 attack_strip(ExperimentConfig.from_json(runs.iloc[0]["config_json"]))
+ui.factory_sources(runs)
 
 st.download_button("Download this comparison as HTML", lambda: report.pair_html(runs, view.spectra, f"pair {pair_id}"),
                    f"lossland-{pair_id}.html", "text/html", key="overview-html")

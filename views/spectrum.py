@@ -4,12 +4,16 @@ import streamlit as st
 
 import ui
 from lossland import charts, frames
+from lossland.external import is_external
 from lossland.layer_charts import layer_chart
 from lossland.specs import LayerSpec
 
-store, pair_id = ui.page_pair("Hessian spectra", key="spectrum-pair")
+store, pair_id = ui.page_pair("Hessian spectra", key="spectrum-pair", whole=False)
 view = store.pair(pair_id)
 runs = view.runs
+if is_external(pair_id):
+    st.caption("An external run (lossland.analyze): one model, drawn in the good run's colour; the Overview "
+               "compares it with a lossland pair.")
 
 st.subheader("Top eigenvalues (Lanczos)")
 top = charts.spectrum_chart(frames.spectrum_frame(view.spectra, runs))

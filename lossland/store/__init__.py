@@ -140,8 +140,7 @@ class Store(Management, Leases):
 
     def save_pairs(self, results: Iterable[tuple[PairResult, dict[str, SpectrumResult] | None]],
                    extra: dict | None = None) -> list[str]:
-        """Write many (pair, spectra by role) in one transaction, each as save_pair would (a bulk load:
-        one commit instead of one per pair). Returns the run ids, in order."""
+        """Write many (pair, spectra by role) in one transaction, each as save_pair would; returns the run ids."""
         items = [(pair, spectra or {}, {}) for pair, spectra in results]
         return self._save(items, extra, f"saving {len(items)} pairs")
 
@@ -157,14 +156,16 @@ class Store(Management, Leases):
             for name, parts in rows.pair_tables(pair, spectra, stored, extra_json, rows.now()).items():
                 tables[name] += parts
             run_ids += pairs.run_ids(pair.pair_id)
-        self._write(lambda con: self._replace(con, run_ids, tables), what)
-        return run_ids
+        return self.save_runs(run_ids, tables, what)
 
     def save_failed(self, cfg: ExperimentConfig, error: str) -> list[str]:
         """Record both runs of cfg's pair as 'failed' with the error (replacing earlier rows)."""
-        run_ids = pairs.run_ids(cfg.config_hash())
-        tables = rows.failed_tables(cfg, error, rows.now())
-        self._write(lambda con: self._replace(con, run_ids, tables), f"recording failed pair {cfg.config_hash()}")
+        return self.save_runs(pairs.run_ids(cfg.config_hash()), rows.failed_tables(cfg, error, rows.now()),
+                              f"recording failed pair {cfg.config_hash()}")
+
+    def save_runs(self, run_ids: list[str], tables: dict[str, list[pa.Table]], what: str) -> list[str]:
+        """Rows shaped by lossland.store.rows replacing these runs' rows, in one transaction (an external run)."""
+        self._write(lambda con: self._replace(con, run_ids, tables), what)
         return run_ids
 
     @staticmethod

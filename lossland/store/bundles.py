@@ -76,6 +76,10 @@ def write_tables(con: duckdb.DuckDBPyConnection, run_ids: list[str], folder: Pat
     if deleted:
         raise BundleError(f"run(s) {', '.join(deleted)} are deleted and deleted runs are not exported; "
                           f"`lossland restore` brings them back")
+    external = [r for r in run_ids if r.startswith("ext-")]
+    if external:
+        raise BundleError(f"{external[0]} is an external run (lossland.analyze): bundles hold lossland pairs, whose "
+                          f"ids a receiving store re-derives from their configs; an external run has no such config")
     lone = [r for r in run_ids if pairs.is_run_id(r) and _partner(r) not in run_ids]
     if lone:
         raise BundleError(f"a bundle holds whole pairs: add {_partner(lone[0])} (the other run of {lone[0]})")
@@ -255,7 +259,9 @@ def digest(path: Path, max_bytes: int) -> str:
 
 
 def verify_checkpoints(bundle: Unpacked, verified: Verified, max_params: int | None) -> None:
-    """Every checkpoint of the bundle checked against its run's config and role (see verify_checkpoint)."""
+    """Every checkpoint of the bundle checked against its run's config and role (see verify_checkpoint), and
+    the factories' source text its runs carry (see verify_sources)."""
+    verify_sources(bundle, verified)
     # imported here: checking checkpoints needs torch, which only importing a bundle should pay for
     from ..checkpoint import CheckpointError, verify_checkpoint
 
@@ -265,6 +271,30 @@ def verify_checkpoints(bundle: Unpacked, verified: Verified, max_params: int | N
         except CheckpointError as e:
             raise BundleError(f"bundle {bundle.path}: checkpoints/{run_id}.pt is not a checkpoint of run {run_id} "
                               f"that loads safely ({first_line(e)}); refused") from None
+
+
+def verify_sources(bundle: Unpacked, verified: Verified) -> None:
+    """The source text of a factory that a run carries (extra_json "factory_sources", shown for review) hashes
+    to the sha256 its config was pinned to, so a reviewer reads the code the run was made with. The text is
+    only hashed and stored: nothing of it is imported or run."""
+    with duckdb.connect(":memory:") as con:
+        found = con.execute("SELECT run_id, extra_json FROM read_parquet(?)",
+                            [bundle.tables["runs"].as_posix()]).fetchall()
+    for run_id, extra in found:
+        try:
+            carried = (json.loads(extra) if extra else {}).get("factory_sources") or {}
+        except (ValueError, RecursionError, AttributeError):
+            raise BundleError(f"bundle {bundle.path}: run {run_id}: extra_json is not a JSON object; refused") from None
+        cfg = verified.configs[run_id]
+        for name in ("data", "model"):
+            section, s = getattr(cfg, name), carried.get(name) if isinstance(carried, dict) else None
+            if s is None and name not in (carried or {}):
+                continue  # a run that carries no source (e.g. failed before it ran)
+            text = s.get("source") if isinstance(s, dict) else None
+            if section.factory is None or not isinstance(text, str) or (
+                    hashlib.sha256(text.encode("utf-8")).hexdigest() != section.factory_sha256):
+                raise BundleError(f"bundle {bundle.path}: run {run_id} carries source text for {name}.factory that is "
+                                  f"not the code its config was made with (sha256 {section.factory_sha256}); refused")
 
 
 # --- import: merge into the store ----------------------------------------------------------------

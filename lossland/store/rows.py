@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .. import __version__, pairs
+from ..factory_spec import describe
 from .errors import StoreError
 from .schema import (
     ARROW_TYPES,
@@ -104,8 +105,9 @@ def frame_arrow(table: str, df: pd.DataFrame) -> pa.Table:
 
 def config_facts(cfg: ExperimentConfig) -> dict[str, Any]:
     """The runs columns that restate cfg (filters and the console read them), and its pair id."""
-    return dict(pair_id=cfg.config_hash(), dataset=cfg.data.name, model=cfg.model.name,
-                widths=",".join(map(str, cfg.model.widths)), seed=cfg.model.seed, data_seed=cfg.data.seed,
+    return dict(pair_id=cfg.config_hash(), dataset=describe(cfg.data), model=describe(cfg.model),
+                widths="" if cfg.model.factory else ",".join(map(str, cfg.model.widths)), seed=cfg.model.seed,
+                data_seed=cfg.data.seed,
                 train_seed=cfg.train.seed, n_train=cfg.data.n_train, n_attack=cfg.attack.n_attack,
                 attack_labels=cfg.attack.labels, optimizer=cfg.train.optimizer, lr=cfg.train.lr,
                 batch_size=cfg.train.batch_size, loss_target=cfg.train.loss_target)
@@ -184,6 +186,17 @@ def pair_tables(pair: PairResult, spectra: dict[str, SpectrumResult], checkpoint
                 tables[name].append(t)
         tables["runs"].append(columnar(RUN_COLUMNS, [row]))
         tables["curves"].append(curve_table(row["run_id"], result))
+    return tables
+
+
+def external_tables(facts: dict[str, Any], s: SpectrumResult, created_at: datetime) -> dict[str, list[pa.Table]]:
+    """The rows of an external run (lossland.external): its runs row from `facts` (run_id, pair_id, role,
+    config_json, metrics …) with its headline curvature and the versions, and its spectrum's rows."""
+    row = dict.fromkeys(column_names(RUN_COLUMNS)) | versions() | facts | spectrum_run_facts(s) | {
+        "created_at": created_at}
+    tables: dict[str, list[pa.Table]] = {"runs": [columnar(RUN_COLUMNS, [row])]}
+    for name, t in spectrum_tables(row["run_id"], s).items():
+        tables[name] = [t]
     return tables
 
 

@@ -45,7 +45,7 @@ MAX_RUNS = 10_000
 MAX_ANALYSES_PER_RUN = 1_000
 MAX_ESTIMATE_NAMES = 100
 EARLIEST = datetime(2000, 1, 1)
-TEXT_MAX = {"config_json": 100_000, "extra_json": 100_000, "settings_json": 100_000, "error": 100_000}
+TEXT_MAX = {"config_json": 100_000, "extra_json": 2_000_000, "settings_json": 100_000, "error": 100_000}
 TEXT_DEFAULT_MAX = 1_000
 
 KEYS = {"runs": ("run_id",), "curves": ("run_id", "epoch"), "spectra": ("run_id", "kind", "idx"),
@@ -279,11 +279,12 @@ class _Check:
         cap = self.caps.max_params if self.caps is not None else None
         by_pair: dict[str, int] = {}
         out = {}
+        stated = dict(self.con.execute("SELECT run_id, n_params FROM runs").fetchall())  # a factory model's count
         for rid, cfg in configs.items():
             pair_id = cfg.config_hash()
             if pair_id not in by_pair:
                 try:
-                    by_pair[pair_id] = model_size(cfg, cap)
+                    by_pair[pair_id] = model_size(cfg, cap, stated.get(rid))
                 except (CheckpointError, ConfigError) as e:
                     self.fail("runs", f"run {rid}: {e}")
             out[rid] = by_pair[pair_id]
