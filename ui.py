@@ -22,7 +22,7 @@ from lossland.checkpoint import CheckpointError, read_checkpoint_file
 from lossland.config import ConfigError, ExperimentConfig
 from lossland.data import DatasetError
 from lossland.external import is_external
-from lossland.frames import stored_json, when
+from lossland.frames import when
 from lossland.limits import Limits, check_analysis, check_experiment, limits
 from lossland.pairs import run_ids
 from lossland.specs import Spec
@@ -249,15 +249,28 @@ def _checkpoint_problem(path: str, mtime: float, size: int) -> str | None:
     return None
 
 
+def require_runnable(store: Store, pair_id: str | None, cfg: ExperimentConfig) -> None:
+    """ConfigError when running cfg here would run code the dashboard must not: a factory named by a pair that
+    came from a bundle (its code is shown for review, never run by the dashboard), or one from a module outside
+    the dashboard's folder; or a factory that is not importable here, or edited since the pair was made."""
+    if not factories.named(cfg):
+        return
+    if pair_id is not None and not store.provenance(run_ids(pair_id)).empty:
+        raise ConfigError("this pair was imported from a bundle and its config names code (a model or data factory): "
+                          "the dashboard never runs code that came with a bundle. Review its source on the Overview, "
+                          "and run it yourself from the command line if you trust it")
+    factories.require_local(cfg, Path.cwd())
+    if (why := factories.unavailable(cfg)) is not None:
+        raise ConfigError(why)
+
+
 def checkpoint_problem(store: Store, pair_id: str) -> str | None:
-    """Why the pair's minima can't be loaded for an analysis (a checkpoint missing or corrupt, a factory of its
-    config not importable here or edited since), or None."""
+    """Why the pair's minima can't be loaded for an analysis here (a checkpoint missing or corrupt, code the
+    dashboard must not or can't run: see require_runnable), or None."""
     try:
-        found = factories.unavailable(ExperimentConfig.from_json(store.pair(pair_id).runs["config_json"].iloc[0]))
+        require_runnable(store, pair_id, ExperimentConfig.from_json(store.pair(pair_id).runs["config_json"].iloc[0]))
     except ConfigError as e:
-        found = str(e)
-    if found:
-        return f"its model or data can't be rebuilt here: {found}"
+        return f"its model or data can't be rebuilt here: {e}"
     for rid in run_ids(pair_id):
         path = store.checkpoint_path(rid)
         if path is None:
@@ -387,19 +400,3 @@ def page_pair(title: str, key: str, hint: str = "", whole: bool = True) -> tuple
         st.stop()
     return store, pair_id
 
-
-def factory_sources(runs) -> None:
-    """The source text of the factories a pair's config names (stored with its runs, carried by bundles),
-    shown as code for review: never imported or run by the dashboard."""
-    extra = stored_json(runs["extra_json"].iloc[0]) if len(runs) and "extra_json" in runs else None
-    found = extra.get("factory_sources") if isinstance(extra, dict) else None
-    if not isinstance(found, dict) or not found:
-        return
-    st.subheader("Model and data code")
-    st.caption("The researcher's own factories this pair was made with, as stored with its runs (for review: "
-               "the dashboard never imports code it is shown).")
-    for section, s in found.items():
-        if isinstance(s, dict):
-            with st.expander(text(f"{section}: {s.get('factory')} — module {s.get('module')}, sha256 "
-                                  f"{str(s.get('sha256'))[:16]}…")):
-                st.code(str(s.get("source", "")), language="python")

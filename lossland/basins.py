@@ -288,6 +288,6 @@ def attack_size_grid(cfg: ExperimentConfig, max_factor: float = 2.0, n_points: i
     (pool − n_train) and deduplicated, ascending."""
     if n_points < 1 or not (math.isfinite(max_factor) and max_factor >= 0):
         raise ValueError(f"n_points = {n_points} must be ≥ 1 and max_factor = {max_factor} a finite number ≥ 0")
-    free = cfg.data.pool_size() - cfg.data.n_train
+    free = math.inf if cfg.data.factory else cfg.data.pool_size() - cfg.data.n_train  # a factory's: checked at loading
     sizes = np.rint(np.linspace(0.0, max_factor * cfg.data.n_train, n_points)).astype(int)
     return sorted({int(min(s, free)) for s in sizes})

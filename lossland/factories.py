@@ -28,9 +28,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,7 +91,8 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _sections(cfg: ExperimentConfig) -> dict[str, DataConfig | ModelConfig]:
+def named(cfg: ExperimentConfig) -> dict[str, DataConfig | ModelConfig]:
+    """The sections of cfg that name a factory, by name."""
     return {name: getattr(cfg, name) for name in ("data", "model") if getattr(cfg, name).factory is not None}
 
 
@@ -97,7 +100,7 @@ def pinned(cfg: ExperimentConfig) -> ExperimentConfig:
     """cfg with each factory's source hash set from its module here (the id then covers the code). A
     config without factories comes back as it is."""
     changes = {f"{name}.factory_sha256": sha256(module_source(s.factory, f"{name}.factory")[1])
-               for name, s in _sections(cfg).items()}
+               for name, s in named(cfg).items()}
     return cfg.with_changes(**changes) if changes else cfg
 
 
@@ -105,7 +108,7 @@ def sources(cfg: ExperimentConfig) -> dict[str, dict[str, str]]:
     """Each factory's import path, module, sha256 and source text, by section: stored with the runs (and so
     carried by bundles) for review. Empty for a config without factories."""
     out = {}
-    for name, s in _sections(cfg).items():
+    for name, s in named(cfg).items():
         module, text = module_source(s.factory, f"{name}.factory")
         out[name] = {"factory": s.factory, "module": module, "sha256": sha256(text), "source": text}
     return out
@@ -124,11 +127,28 @@ def unavailable(cfg: ExperimentConfig) -> str | None:
     """Why this config's model or data can't be rebuilt here (a factory not importable, or its source edited
     since), or None: for pages that load a stored run's model."""
     try:
-        for name, s in _sections(cfg).items():
+        for name, s in named(cfg).items():
             _current(s, f"{name}.factory")
     except FactoryError as e:
         return str(e)
     return None
+
+
+def require_local(cfg: ExperimentConfig, root: Path) -> None:
+    """Refuse factories whose module file does not lie under `root` (found without importing that module): a
+    dashboard runs only its own folder's code, never `os:system` typed into a form."""
+    for name, s in named(cfg).items():
+        module_name = s.factory.partition(":")[0]
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except Exception:  # noqa: BLE001 - a parent package that fails to import, a malformed name
+            spec = None
+        located = spec is not None and spec.has_location and spec.origin and Path(spec.origin).is_file()
+        origin = Path(spec.origin).resolve() if located else None  # frozen and built-in modules have no file
+        if origin is None or not origin.is_relative_to(root.resolve()):
+            raise FactoryError(f"{name}.factory = {s.factory!r}: the dashboard runs factories only from modules in its "
+                               f"folder {root.resolve()} (this one is {origin or 'not found'}); run it from the "
+                               f"command line or Python instead")
 
 
 def _call(fn, field: str, path: str, kwargs: dict):

@@ -30,7 +30,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .config import ConfigError, ExperimentConfig
+from . import factories
+from .config import CUSTOM, ConfigError, ExperimentConfig
 from .models import build_model, n_params
 from .specs import Spec
 
@@ -127,10 +128,18 @@ def _over(field: str, value: int, cap: int, name: str, what: str) -> None:
 
 
 def model_params(cfg: ExperimentConfig) -> int:
-    """Parameters of cfg's model, counted on the meta device: no memory, no data loaded."""
-    in_shape = (cfg.data.teacher_dim,) if cfg.data.name == "teacher" else _IN_SHAPES[cfg.data.name]
+    """Parameters of cfg's model, counted on the meta device: no memory, no data loaded. A factory's data are
+    loaded for their shape, and a factory's model is built for real (its code may not run on the meta device)."""
+    if cfg.data.name == CUSTOM:
+        a = factories.load_data(cfg.data)
+        in_shape, n_classes = tuple(a.x_pool.shape[1:]), a.n_classes
+    else:
+        in_shape = (cfg.data.teacher_dim,) if cfg.data.name == "teacher" else _IN_SHAPES[cfg.data.name]
+        n_classes = cfg.data.n_classes()
+    if cfg.model.name == CUSTOM:
+        return n_params(build_model(cfg.model, in_shape, n_classes))
     with torch.device("meta"):
-        return n_params(build_model(cfg.model, in_shape, cfg.data.n_classes()))
+        return n_params(build_model(cfg.model, in_shape, n_classes))
 
 
 # Input shapes of the datasets, known without loading them (teacher: (teacher_dim,)).

@@ -94,7 +94,8 @@ def test_editing_the_model_file_makes_a_new_run_and_refuses_the_old_checkpoint(t
         base.config_hash()  # an id is never made without the source hash
 
 
-def test_a_bundle_carries_the_source_and_imports_where_the_module_is_not_importable(tmp_path, monkeypatch, capsys):
+def test_a_bundle_carries_the_source_and_imports_where_the_module_is_not_importable(tmp_path, monkeypatch, capsys,
+                                                                                  dashboard):
     code = tmp_path / "code"
     code.mkdir()
     monkeypatch.syspath_prepend(str(code))
@@ -112,6 +113,14 @@ def test_a_bundle_carries_the_source_and_imports_where_the_module_is_not_importa
     assert "def make(in_shape, n_classes, width=4)" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="importing module byo_net_bundle failed"):
         load_checkpoint(other.checkpoint_path(f"{pair_id}-good"))
+    _module(code, "byo_net_bundle", NET)  # even where the code is there, the dashboard won't run a bundle's code
+    dashboard(other.path)
+    at = open_app(query={"pair": pair_id})
+    assert NET.strip() in [c.value.strip() for c in at.code]  # the model's source, shown as code for review
+    assert "Model and data code" in [h.value for h in at.subheader]
+    at = open_app("views/landscape.py", query={"pair": pair_id})
+    assert "never runs code that came with a bundle" in page_texts(at)
+    assert not at.button  # nothing offered to compute
 
 
 def data_factory_module(folder: Path) -> None:
@@ -249,7 +258,7 @@ def test_analyze_matches_the_dense_hessian_for_tensors_a_dataset_and_a_dataloade
     assert results[0].top.eigenvalues == results[1].top.eigenvalues == results[2].top.eigenvalues
 
 
-def test_a_stored_external_run_shows_on_the_overview_beside_a_lossland_pair(tmp_path, dashboard, capsys):
+def test_the_pages_show_an_external_run_beside_a_factory_pair_and_run_only_local_factories(tmp_path, dashboard):
     model, x, y = _tiny()
     store = Store(tmp_path / "runs.duckdb")
     pair_id = run_pair(example_config(), store).pair_id
@@ -264,9 +273,16 @@ def test_a_stored_external_run_shows_on_the_overview_beside_a_lossland_pair(tmp_
     at.selectbox(key="overview-beside").select(pair_id).run()
     assert not at.exception
     assert list(at.dataframe[0].value.columns) == ["external", "good", "bad"]
-    for page in ("views/spectrum.py", "views/landscape.py", "views/runs.py"):
-        at.switch_page(page).run()
-        assert not at.exception, page
+    at.switch_page("views/landscape.py").run()
+    assert "This is an external run" in page_texts(at)
+    for page in ("views/spectrum.py", "views/landscape.py", "views/theory.py", "views/runs.py"):
+        at = open_app(page, query={"pair": pair_id})  # the factory pair: its model rebuilt through the factory
+        assert "can't be rebuilt" not in page_texts(at), page
+    at = open_app("views/new_experiment.py")
+    at.text_input(key="ne-digits-mlp-dfac").input("os:system")
+    at.text_input(key="ne-digits-mlp-dkw").input('{"command": "echo hi"}')
+    at.button[0].click().run()
+    assert "runs factories only from modules in its folder" in page_texts(at)
 
 
 def test_the_analyze_command_reads_a_saved_module_and_explains_bad_files(tmp_path, monkeypatch, capsys):

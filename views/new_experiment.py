@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
+from lossland.arguments import json_value
 from lossland.config import (
     ACTIVATIONS,
     ATTACK_LABELS,
@@ -21,6 +22,7 @@ from lossland.config import (
     ConfigError,
     ExperimentConfig,
 )
+from lossland.factories import pinned
 from lossland.limits import check_experiment
 from lossland.live_charts import live_curves_chart
 
@@ -95,6 +97,12 @@ with st.form(f"{k}-form"):
         slq_steps = st.number_input("SLQ steps", value=s.slq_steps, step=10, key=f"{k}-slqm")
         trace_samples = st.number_input("trace samples", value=s.trace_samples, step=10, key=f"{k}-ts")
         spec_seed = st.number_input("spectrum seed", value=s.seed, step=1, key=f"{k}-sseed")
+    with st.expander("Your own model and data (factories by import path; see the README)"):
+        f1, f2 = st.columns(2)
+        data_factory = f1.text_input("data.factory, e.g. my_pkg.data:load", key=f"{k}-dfac")
+        data_kwargs = f1.text_input("data.factory_kwargs (JSON)", "{}", key=f"{k}-dkw")
+        model_factory = f2.text_input("model.factory, e.g. my_pkg.nets:make_net", key=f"{k}-mfac")
+        model_kwargs = f2.text_input("model.factory_kwargs (JSON)", "{}", key=f"{k}-mkw")
     submitted = st.form_submit_button("Run", type="primary")
 
 if submitted:
@@ -114,7 +122,14 @@ if submitted:
                                                          "trace_samples": int(trace_samples), "seed": int(spec_seed)},
     }
     try:
+        own = {"data": (data_factory, data_kwargs), "model": (model_factory, model_kwargs)}
+        for section, (factory, kwargs) in own.items():
+            if factory.strip():
+                raw[section] |= {"name": "custom", "factory": factory.strip(),
+                                 "factory_kwargs": json_value(kwargs or "{}", f"{section}.factory_kwargs")}
         cfg = ExperimentConfig.from_dict(raw)
+        ui.require_runnable(store, None, cfg)  # factories only from this dashboard's folder
+        cfg = pinned(cfg)  # a factory's source hash goes into the id
         check_experiment(cfg, ui.caps())  # the operator's caps on parameters and epochs
     except ConfigError as e:
         ui.show_config_error(e)

@@ -9,6 +9,7 @@ from lossland import charts, frames, report
 from lossland.config import DEFAULT_PRESET, IMAGE_DATASETS, ExperimentConfig, preset
 from lossland.data import AttackSamples, DatasetError, attack_samples
 from lossland.external import is_external
+from lossland.frames import stored_json
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -69,6 +70,23 @@ def external_overview(view) -> None:
     ui.chart_downloads(spec, f"spectrum-{view.pair_id}", key="overview-ext-spec")
 
 
+def factory_sources(runs) -> None:
+    """The source text of the factories a pair's config names (stored with its runs, carried by bundles),
+    shown as code for review: never imported or run by the dashboard."""
+    extra = stored_json(runs["extra_json"].iloc[0]) if len(runs) and "extra_json" in runs else None
+    found = extra.get("factory_sources") if isinstance(extra, dict) else None
+    if not isinstance(found, dict) or not found:
+        return
+    st.subheader("Model and data code")
+    st.caption("The researcher's own factories this pair was made with, as stored with its runs (for review: "
+               "the dashboard never imports code it is shown).")
+    for section, s in found.items():
+        if isinstance(s, dict):
+            with st.expander(ui.text(f"{section}: {s.get('factory')} — module {s.get('module')}, sha256 "
+                                     f"{str(s.get('sha256'))[:16]}…")):
+                st.code(str(s.get("source", "")), language="python")
+
+
 store = ui.get_store()
 st.title("Good vs bad minimum")
 
@@ -122,7 +140,7 @@ st.altair_chart(acc, width="stretch")
 ui.chart_downloads(acc, f"accuracy-{pair_id}", key="overview-acc")
 
 attack_strip(ExperimentConfig.from_json(runs.iloc[0]["config_json"]))
-ui.factory_sources(runs)
+factory_sources(runs)
 
 st.download_button("Download this comparison as HTML", lambda: report.pair_html(runs, view.spectra, f"pair {pair_id}"),
                    f"lossland-{pair_id}.html", "text/html", key="overview-html")

@@ -55,6 +55,7 @@ if stored < n_points and not ui.read_only():
     try:  # the operator's caps: sweep points, and each point's model and epochs
         capped = ui.caps()
         check_grid(n_points, "attack sweep: points", capped)
+        ui.require_runnable(store, pair_id, cfg)
         check_experiment(cfg, capped)
     except ConfigError as e:
         over_cap = e
