@@ -96,11 +96,12 @@ def named(cfg: ExperimentConfig) -> dict[str, DataConfig | ModelConfig]:
     return {name: getattr(cfg, name) for name in ("data", "model") if getattr(cfg, name).factory is not None}
 
 
-def pinned(cfg: ExperimentConfig) -> ExperimentConfig:
-    """cfg with each factory's source hash set from its module here (the id then covers the code). A
+def pinned(cfg: ExperimentConfig, missing_only: bool = False) -> ExperimentConfig:
+    """cfg with each factory's source hash set from its module here (the id then covers the code); with
+    `missing_only`, only where none is set (a worker keeps the driver's, and building refuses other code). A
     config without factories comes back as it is."""
     changes = {f"{name}.factory_sha256": sha256(module_source(s.factory, f"{name}.factory")[1])
-               for name, s in named(cfg).items()}
+               for name, s in named(cfg).items() if not (missing_only and s.factory_sha256)}
     return cfg.with_changes(**changes) if changes else cfg
 
 

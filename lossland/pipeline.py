@@ -55,6 +55,7 @@ def compute_pair(cfg: ExperimentConfig, progress: Progress = quiet, device: torc
     """Train the good and the bad minimum to the same clean-loss target, measure their spectra (unless
     `with_spectra` is False) and serialise both checkpoints; `on_epoch` sees every epoch's curve row."""
     dev = torch.device(device) if device is not None else resolve_device(cfg.train.device)
+    cfg = factories.pinned(cfg, missing_only=True)  # a factory's source hash is part of the pair id
     progress(0.0, "loading data")
     sources = factories.sources(cfg)  # the code this run is made of, before it runs
     data = load_experiment_data(cfg)

@@ -62,6 +62,9 @@ def test_the_example_runs_through_the_cli_into_a_store_and_reads_back(tmp_path, 
     assert len(view.spectra) > 0 and view.runs["test_acc"].notna().all()
     assert main(["show", first["pair_id"], "--store", str(store_path)]) == 0
     assert "def make_net(in_shape, n_classes" in capsys.readouterr().out  # shown for review
+    assert main(["train", "--config", str(EXAMPLE / "config.json"), *TINY, "--no-spectrum", "--checkpoints",
+                 str(tmp_path / "ck"), "--json", "--quiet"]) == 0  # train too: the same pair id, not stored
+    assert json.loads(capsys.readouterr().out)["pair_id"] == first["pair_id"]
     ck = load_checkpoint(Store(store_path).checkpoint_path(f"{first['pair_id']}-bad"))  # rebuilt by the factory
     x, y = ck.clean_train()
     assert type(ck.model).__name__ == "ResidualMLP" and x.shape == (60, 8)

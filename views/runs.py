@@ -9,6 +9,7 @@ import streamlit as st
 import ui
 from lossland import charts
 from lossland.config import ConfigError
+from lossland.external import is_external
 from lossland.frames import differing, matching, runs_comparison
 from lossland.limits import check_upload
 from lossland.pairs import ROLES, pair_of, run_ids
@@ -124,7 +125,7 @@ with tab_sql:
 with tab_share:
     st.subheader("Export")
     if runs is not None and len(runs):
-        pairs = list(runs.drop_duplicates("pair_id")["pair_id"])
+        pairs = [p for p in runs.drop_duplicates("pair_id")["pair_id"] if not is_external(p)]  # pairs, by config
         to_export = st.multiselect("pairs to export", pairs, key="runs-export")
         if to_export:
             stored = set(runs["run_id"])
