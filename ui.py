@@ -267,6 +267,8 @@ def require_runnable(store: Store, pair_id: str | None, cfg: ExperimentConfig) -
 def checkpoint_problem(store: Store, pair_id: str) -> str | None:
     """Why the pair's minima can't be loaded for an analysis here (a checkpoint missing or corrupt, code the
     dashboard must not or can't run: see require_runnable), or None."""
+    if is_external(pair_id):
+        return "it is an external run (lossland.analyze), kept without its weights; analyses need a lossland pair"
     try:
         require_runnable(store, pair_id, ExperimentConfig.from_json(store.pair(pair_id).runs["config_json"].iloc[0]))
     except ConfigError as e:
