@@ -85,17 +85,6 @@ def _choice(path: str, v: Any, allowed: tuple[str, ...]) -> None:
         _fail(path, v, "one of " + ", ".join(allowed))
 
 
-def _check_factory(section: Any, p: str) -> None:
-    kwargs, found = factory_spec.problem(section, p)
-    if found:
-        _fail(*found)
-    object.__setattr__(section, "factory_kwargs", kwargs)  # plain JSON data: lists, not tuples
-
-
-def _loaded(cfg: DataConfig, what: str) -> ConfigError:
-    return ConfigError(f"data.name = {CUSTOM!r}: the {what} of {cfg.factory} is known once its data are loaded")
-
-
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"
@@ -114,7 +103,7 @@ class DataConfig:
 
     def pool_size(self) -> int:
         if self.name == CUSTOM:
-            raise _loaded(self, "pool size")
+            raise ConfigError(factory_spec.unloaded(self, "pool size"))
         return self.teacher_pool if self.name == "teacher" else DATASET_SIZES[self.name][0]
 
     def test_size(self) -> int | None:
@@ -125,7 +114,7 @@ class DataConfig:
 
     def n_classes(self) -> int:
         if self.name == CUSTOM:
-            raise _loaded(self, "number of classes")
+            raise ConfigError(factory_spec.unloaded(self, "number of classes"))
         return self.teacher_classes if self.name == "teacher" else 10
 
     def __post_init__(self) -> None:
@@ -133,7 +122,7 @@ class DataConfig:
 
     def validate(self, p: str = "data") -> None:
         _choice(f"{p}.name", self.name, (*DATASET_SIZES, CUSTOM))
-        _check_factory(self, p)
+        factory_spec.check(self, p, _fail)
         _int(f"{p}.seed", self.seed, 0, 2**31 - 1)
         # teacher_* are checked whatever the dataset: a stray NaN or string must not slip into the hash
         _int(f"{p}.teacher_dim", self.teacher_dim, 1, 100_000)
@@ -183,7 +172,7 @@ class ModelConfig:
 
     def validate(self, p: str = "model") -> None:
         _choice(f"{p}.name", self.name, MODELS)
-        _check_factory(self, p)
+        factory_spec.check(self, p, _fail)
         _choice(f"{p}.activation", self.activation, ACTIVATIONS)
         for key, most in (("widths", MAX_LAYERS), ("channels", MAX_CONV_STAGES)):
             vals = getattr(self, key)
@@ -290,13 +279,7 @@ class ExperimentConfig:
 
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict:
-        """Plain data; a section without a factory leaves its factory fields out (so ids made before they
-        existed stay the same)."""
-        d = dataclasses.asdict(self)
-        for name in ("data", "model"):
-            if d[name]["factory"] is None:
-                d[name] = {k: v for k, v in d[name].items() if not k.startswith("factory")}
-        return d
+        return factory_spec.without_unused(dataclasses.asdict(self))  # ids made before factories stay the same
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=indent)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 CUSTOM = "custom"  # data.name / model.name of a dataset or model built by a factory
@@ -67,6 +68,27 @@ def problem(section: Any, p: str) -> tuple[Any, Problem | None]:
     if sha is not None and (not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha)):
         return kwargs, (f"{p}.factory_sha256", sha, "64 hex digits (set by lossland.factories.pinned), or null")
     return kwargs, None
+
+
+def check(section: Any, p: str, fail: Callable[[str, Any, str], None]) -> None:
+    """fail(field, value, allowed) on the first problem of the section's factory fields; else its
+    factory_kwargs become plain JSON data (lists, not tuples)."""
+    kwargs, found = problem(section, p)
+    if found:
+        fail(*found)
+    object.__setattr__(section, "factory_kwargs", kwargs)
+
+
+def unloaded(data: Any, what: str) -> str:
+    return f"data.name = {CUSTOM!r}: the {what} of {data.factory} is known once its data are loaded"
+
+
+def without_unused(config: dict) -> dict:
+    """A config's plain data with the factory fields left out of the sections that name no factory."""
+    for name in ("data", "model"):
+        if config[name].get("factory") is None:
+            config[name] = {k: v for k, v in config[name].items() if not k.startswith("factory")}
+    return config
 
 
 def unpinned(sections: dict[str, Any]) -> str | None:
