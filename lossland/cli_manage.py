@@ -45,7 +45,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise ConfigError("show: give a pair or run id, or --where conditions (the pairs of the runs that match)")
     ids = ([pair_of(args.run_id)] if args.run_id else
            list(dict.fromkeys(store.runs(where=conditions(args))["pair_id"]))[:args.limit])
-    views = [term.view_summary(store.pair(pair_id)) for pair_id in ids]
+    views = [term.view_summary(store.pair(pair_id), sources=bool(args.run_id)) for pair_id in ids]  # one: its code
     if args.json:
         print(term.dumps(views if args.where else views[0]))
     else:

@@ -69,12 +69,9 @@ def analyze(model: nn.Module, data: Any, loss_fn: Callable, spec: SpectrumConfig
 def external_id(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_name: str, spec: SpectrumConfig) -> str:
     """`ext-<16 hex>`: the hash of the weights, the data, the loss and the spectrum settings."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    for t in (x, y):
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for name, t in [*sorted(model.state_dict().items()), ("x", x), ("y", y)]:
+        h.update(f"{name} {tuple(t.shape)} {t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype's bytes
     h.update(json.dumps({"loss": loss_name, "spectrum": spec.__dict__}, sort_keys=True).encode())
     return PREFIX + h.hexdigest()[:16]
 

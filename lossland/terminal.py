@@ -110,13 +110,14 @@ def format_spectrum(d: dict) -> str:
     return "\n".join(lines)
 
 
-def view_summary(view) -> dict:
+def view_summary(view, sources: bool = False) -> dict:
+    """A stored pair's numbers by role; with `sources`, the factories' source text stored with its runs."""
     keys = ("run_id", "status", "epochs", "seconds", "clean_loss", "clean_acc", "attack_acc", "test_acc",
             "top_eigenvalue", "trace", "frobenius_sq", "log_volume", "checkpoint", "created_at")
     out: dict = {"pair_id": view.pair_id}
     for role, rec in records(view.runs, keys).items():
         out[role] = rec | {"created_at": str(rec["created_at"]), "frobenius": frobenius(rec["frobenius_sq"])[0]}
-    extra = stored_json(view.runs["extra_json"].iloc[0]) if len(view.runs) else None
+    extra = stored_json(view.runs["extra_json"].iloc[0]) if sources and len(view.runs) else None
     if isinstance(extra, dict) and isinstance(extra.get("factory_sources"), dict):
         out["factory_sources"] = extra["factory_sources"]
     return out

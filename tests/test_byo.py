@@ -21,7 +21,7 @@ from lossland.checkpoint import load_checkpoint
 from lossland.cli import main
 from lossland.config import ConfigError, ExperimentConfig, SpectrumConfig
 from lossland.data import DatasetError, load_experiment_data
-from lossland.experiments import run_pair
+from lossland.experiments import run_pair, sweep
 from lossland.external import is_external, load_module_file
 from lossland.store import Store
 from lossland.train import cross_entropy
@@ -87,6 +87,8 @@ def test_editing_the_model_file_makes_a_new_run_and_refuses_the_old_checkpoint(t
     first = run_pair(base, store)
     assert not first.from_store
     assert factories.pinned(base).config_hash() == first.pair_id  # same source, same id
+    points = sweep(base, {"train.seed": [0, 1]}, store)  # a sweep pins each point the same way
+    assert [p.from_store for p in points] == [True, False] and points[0].pair_id == first.pair_id
     assert factories.pinned(base.with_changes(**{"model.factory_kwargs": {"width": 5}})).config_hash() != first.pair_id
     _module(tmp_path, "byo_net_edit", NET.replace("nn.Tanh()", "nn.ReLU()"))
     edited = factories.pinned(base)
