@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import basins, fitting, landscape
+from . import basins, fitting, landscape, path_analyses
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import ConfigError, ExperimentConfig
 from .curvature import adaptive_sharpness
@@ -33,6 +33,7 @@ from .specs import (
     CURVE_FIT,
     BoundSpec,
     CurveFitSpec,
+    EscapeSearchSpec,
     EscapeSpec,
     InterpolationSpec,
     LayerSpec,
@@ -42,6 +43,7 @@ from .specs import (
     SliceSpec,
     Spec,
     SurfaceSpec,
+    TrajectorySpec,
     TwoLayerSpec,
     from_stored,
 )
@@ -210,11 +212,7 @@ def _escape(store: Store, pair_id: str, spec: EscapeSpec, progress: Progress) ->
         res = basins.escape_trials(c.config, c.dataset(), c.model, list(spec.radii), spec.n_trials, spec.seed,
                                    retrain_epochs=spec.retrain_epochs, role=role, escape_margin=spec.margin,
                                    progress=scaled(progress, i / len(ROLES), (i + 1) / len(ROLES), f"{role}: "))
-        df = res.to_frame()
-        frames.append(pd.DataFrame({
-            "run_id": run_id(pair_id, role), "kind": spec.kind, "radius": df["radius"], "trial": df["trial"],
-            "seed": df["seed"], **{m: df[m] for m in landscape.METRICS}, "escaped": df["escaped"].astype(bool),
-            "distance": df["distance_from_minimum"], "settings_json": spec.to_json()}))
+        frames.append(path_analyses.trial_rows(res, run_id(pair_id, role), spec))
     return _save(store, pair_id, spec, time.perf_counter() - start, trials=pd.concat(frames, ignore_index=True))
 
 
@@ -408,6 +406,33 @@ def _layers_frame(store: Store, pair_id: str, aid: str) -> pd.DataFrame | None:
 
 _READERS[LayerSpec.kind] = _layers_frame
 _COMPUTE[LayerSpec.kind] = _layers
+
+
+# --- optimizer trajectories and the escape transition (lossland.path_analyses) -----------------------
+
+def _trajectory(store: Store, pair_id: str, spec: TrajectorySpec, progress: Progress) -> Analysis:
+    """The loss on the plane of each minimum's training path and the path on it (path_analyses.trajectory_rows)."""
+    start = time.perf_counter()
+    rows = path_analyses.trajectory_rows(checkpoints(store, pair_id), pair_id, spec, progress)
+    return _save(store, pair_id, spec, time.perf_counter() - start, landscapes=rows)
+
+
+def _escape_search(store: Store, pair_id: str, spec: EscapeSearchSpec, progress: Progress) -> Analysis:
+    """The 50% escape radius of each minimum (path_analyses.escape_search); each radius's trials land in the
+    store as they finish, so a stopped search resumes with the radii it already has."""
+    aid, ck, start = spec.analysis_id(pair_id), checkpoints(store, pair_id), time.perf_counter()
+    store.begin_analysis(run_id(pair_id, "good"), aid, spec.kind, spec.to_json())
+    path_analyses.escape_search(ck, pair_id, spec, store.basin_trials(aid), lambda rows: store.append_trials(aid, rows),
+                                progress)
+    store.save_analysis(run_id(pair_id, "good"), aid, spec.kind, spec.to_json(), time.perf_counter() - start)
+    return Analysis(spec, aid, False, _with_role(store.basin_trials(aid)), time.perf_counter() - start)
+
+
+_READERS[TrajectorySpec.kind] = lambda store, pair_id, aid: path_analyses.trajectory_frame(
+    _with_role(store.landscape(aid)))
+_READERS[EscapeSearchSpec.kind] = lambda store, pair_id, aid: _with_role(store.basin_trials(aid))
+_COMPUTE[TrajectorySpec.kind] = _trajectory
+_COMPUTE[EscapeSearchSpec.kind] = _escape_search
 
 
 # --- the attack-size sweep ---------------------------------------------------------------------

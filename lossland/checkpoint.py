@@ -21,9 +21,10 @@ from .data import Dataset, load_experiment_data
 from .limits import _IN_SHAPES, limits
 from .models import build_model, n_params
 from .train import loss_function
+from .trajectory import Trajectory, check_payload
 
 FORMAT = 1
-_KEYS = {"format", "config_json", "role", "state_dict"}  # what a checkpoint holds (see _payload)
+_KEYS = {"format", "config_json", "role", "state_dict", "trajectory"}  # what a checkpoint may hold (see _payload)
 
 
 class CheckpointError(RuntimeError):
@@ -51,21 +52,25 @@ def write_atomic(path: str | Path, write, what: str = "file") -> Path:
     return path
 
 
-def _payload(config: ExperimentConfig, role: str, model: nn.Module) -> dict:
+def _payload(config: ExperimentConfig, role: str, model: nn.Module, trajectory: Trajectory | None = None) -> dict:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"format": FORMAT, "config_json": config.to_json(), "role": role, "state_dict": state}
+    return {"format": FORMAT, "config_json": config.to_json(), "role": role, "state_dict": state,
+            **({"trajectory": trajectory.payload()} if trajectory is not None else {})}
 
 
-def save_checkpoint(path: str | Path, config: ExperimentConfig, role: str, model: nn.Module) -> Path:
-    """Write a trained run (its config, role and weights) to `path` atomically; returns the path."""
-    payload = _payload(config, role, model)
+def save_checkpoint(path: str | Path, config: ExperimentConfig, role: str, model: nn.Module,
+                    trajectory: Trajectory | None = None) -> Path:
+    """Write a trained run (its config, role, weights and, when recorded, its optimizer trajectory) to
+    `path` atomically; returns the path."""
+    payload = _payload(config, role, model, trajectory)
     return write_atomic(path, lambda tmp: torch.save(payload, tmp), "checkpoint")
 
 
-def checkpoint_bytes(config: ExperimentConfig, role: str, model: nn.Module) -> bytes:
+def checkpoint_bytes(config: ExperimentConfig, role: str, model: nn.Module,
+                     trajectory: Trajectory | None = None) -> bytes:
     """The file `save_checkpoint` writes, as bytes (for a worker that returns results to a driver)."""
     buffer = io.BytesIO()
-    torch.save(_payload(config, role, model), buffer)
+    torch.save(_payload(config, role, model, trajectory), buffer)
     return buffer.getvalue()
 
 
@@ -95,6 +100,7 @@ class Checkpoint:
     config: ExperimentConfig
     role: str
     model: nn.Module = field(repr=False)  # eval mode, CPU
+    trajectory: Trajectory | None = field(default=None, repr=False)  # the optimizer's path, when recorded
     _data: list = field(default_factory=list, repr=False, compare=False)
 
     @property
@@ -128,7 +134,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not match its config's model: {e}") from None
     model.eval()
-    return Checkpoint(path=path, config=config, role=role, model=model, _data=[d])
+    trajectory = None
+    if "trajectory" in blob:
+        try:
+            trajectory = Trajectory.from_payload(blob["trajectory"], n_params(model))
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {path} holds a broken trajectory: {e}") from None
+    return Checkpoint(path=path, config=config, role=role, model=model, trajectory=trajectory, _data=[d])
 
 
 # --- checkpoints from strangers ---------------------------------------------------------------------
@@ -184,6 +196,11 @@ def verify_checkpoint(path: str | Path, config: ExperimentConfig, role: str, max
                               f"is {config.config_hash()})")
     if not from_factory(config):  # a factory's model is never built here: its tensors are checked as they are
         _check_state(path, blob["state_dict"], meta_model(config).state_dict())
+    if "trajectory" in blob:
+        try:
+            check_payload(blob["trajectory"], count)
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {path} holds a broken trajectory: {e}") from None
     return count
 
 

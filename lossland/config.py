@@ -38,6 +38,7 @@ DEVICES = ("auto", "cpu", "cuda")
 ATTACK_LABELS = ("random", "wrong")
 MAX_LAYERS = 64  # hidden widths of a model: deeper is a typo or an attack, not an experiment here
 MAX_CONV_STAGES = 16
+MAX_TRAJECTORY_POINTS = 200  # snapshots of an optimizer trajectory (record.trajectory_points)
 
 
 class ConfigError(ValueError):
@@ -253,12 +254,28 @@ class SpectrumConfig:
 
 
 @dataclass(frozen=True)
+class RecordConfig:
+    """What training records beside the minimum; it never changes the minimum, so it is not in the run id."""
+
+    trajectory_points: int = 40  # parameter snapshots kept for the optimizer trajectory (0: none)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, p: str = "record") -> None:
+        _int(f"{p}.trajectory_points", self.trajectory_points, 0, MAX_TRAJECTORY_POINTS)
+        if self.trajectory_points in (1, 2):
+            _fail(f"{p}.trajectory_points", self.trajectory_points, "0 (none) or at least 3: a plane needs 3 points")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     spectrum: SpectrumConfig = field(default_factory=SpectrumConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
 
     def __post_init__(self) -> None:
         for name, kind in _SECTIONS.items():
@@ -310,7 +327,8 @@ class ExperimentConfig:
         source hash must be pinned first: see lossland.factories.pinned)."""
         if (why := factory_spec.unpinned({"data": self.data, "model": self.model})) is not None:
             raise ConfigError(why)
-        payload = json.dumps({"v": RESULT_FORMAT_VERSION, "config": self.to_dict()},
+        hashed = {k: v for k, v in self.to_dict().items() if k not in UNHASHED_SECTIONS}
+        payload = json.dumps({"v": RESULT_FORMAT_VERSION, "config": hashed},
                              sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -330,7 +348,8 @@ class ExperimentConfig:
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
-             "attack": AttackConfig, "spectrum": SpectrumConfig}
+             "attack": AttackConfig, "spectrum": SpectrumConfig, "record": RecordConfig}
+UNHASHED_SECTIONS = ("record",)  # sections that do not change the minimum: left out of the pair id
 
 
 def _section_from_dict(name: str, kind: type, d: Any):

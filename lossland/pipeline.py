@@ -61,5 +61,5 @@ def compute_pair(cfg: ExperimentConfig, progress: Progress = quiet, device: torc
     data = load_experiment_data(cfg)
     pair = train_pair(cfg, scaled(progress, 0.0, 0.7), dev, data=data, on_epoch=on_epoch)
     spectra = pair_spectra(pair, data, scaled(progress, 0.7, 0.98)) if with_spectra else {}
-    checkpoints = {r.role: checkpoint_bytes(cfg, r.role, r.model) for r in (pair.good, pair.bad)}
+    checkpoints = {r.role: checkpoint_bytes(cfg, r.role, r.model, r.trajectory) for r in (pair.good, pair.bad)}
     return ComputedPair(pair, spectra, checkpoints, sources)

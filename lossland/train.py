@@ -14,7 +14,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 import torch
@@ -26,6 +26,7 @@ from .config import ExperimentConfig, TrainConfig
 from .data import Dataset, load_experiment_data
 from .models import build_model, n_params
 from .pairs import CURVE_COLUMNS, METRICS, Progress, Throttled, check_role, quiet, scaled
+from .trajectory import Recorder, Trajectory
 
 # on_epoch(role, row): one run's curve row (epoch, lr, the six metrics) as soon as the epoch is logged
 OnEpoch = Callable[[str, dict[str, float]], None]
@@ -99,6 +100,7 @@ class TrainResult:
     test_acc: float
     curves: Curves
     model: nn.Module = field(repr=False, compare=False)  # eval mode, on `device`
+    trajectory: Trajectory | None = field(default=None, repr=False, compare=False)  # see lossland.trajectory
 
     def metrics(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in METRICS}
@@ -247,10 +249,11 @@ def _step_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, x: torch.
 
 def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Progress = quiet,
           device: torch.device | str | None = None, init: dict[str, torch.Tensor] | None = None,
-          on_epoch: OnEpoch | None = None) -> TrainResult:
+          on_epoch: OnEpoch | None = None, trajectory_points: int = 0) -> TrainResult:
     """Train one model: on clean train ("good") or clean + attack ("bad"); from `init` (parameters by
     name, e.g. a perturbed minimum) instead of the seeded initialisation when given. `on_epoch(role, row)`
-    sees each epoch's curve row (epoch, lr and the metrics) as it is logged, e.g. to draw live curves."""
+    sees each epoch's curve row (epoch, lr and the metrics) as it is logged, e.g. to draw live curves. With
+    trajectory_points ≥ 3 the result carries the thinned optimizer trajectory (lossland.trajectory)."""
     tc, dev = cfg.train, _device(device, cfg.train)
     data = data.to(dev)
     x_fit, y_fit = _fit_set(data, role)
@@ -265,7 +268,11 @@ def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Pr
     opt = _make_optimizer(model.parameters(), tc)
     schedule = _make_schedule(opt, tc)
     gen = torch.Generator().manual_seed(tc.seed)
-    rule = StopRule.for_run(tc, float(evaluator(model.eval())["clean_loss"]), untrained)
+    start_loss = float(evaluator(model.eval())["clean_loss"])
+    rule = StopRule.for_run(tc, start_loss, untrained)
+    recorder = Recorder(trajectory_points) if trajectory_points else None
+    if recorder is not None:
+        recorder.record(0, model, start_loss)
     log, verdict, loss0, epoch = _Log(), None, None, 0
     start = time.perf_counter()
     for epoch in range(1, tc.max_epochs + 1):
@@ -276,6 +283,8 @@ def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Pr
         log.add(row)
         if on_epoch is not None:
             on_epoch(role, dict(row))
+        if recorder is not None:
+            recorder.record(epoch, model, row["clean_loss"])
         loss0 = row["clean_loss"] if loss0 is None else loss0
         verdict = rule.verdict(epoch, row["clean_loss"], lr)
         if verdict is None or verdict[0] == "converged":
@@ -287,7 +296,10 @@ def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Pr
     seconds = time.perf_counter() - start
     progress(1.0 if verdict[0] == "converged" else progress.best, f"{role}: {verdict[0]} after {epoch} epochs",
              force=True)
-    return log.result(role, verdict, epoch, seconds, dev, model.eval())
+    result = log.result(role, verdict, epoch, seconds, dev, model.eval())
+    if recorder is not None and verdict[0] != "diverged":
+        result = replace(result, trajectory=recorder.finish(epoch, model, result.clean_loss))
+    return result
 
 
 def load_params(model: nn.Module, params: dict[str, torch.Tensor]) -> None:
@@ -311,8 +323,9 @@ def train_pair(cfg: ExperimentConfig, progress: Progress = quiet, device: torch.
                data: Dataset | None = None, on_epoch: OnEpoch | None = None) -> PairResult:
     """The good minimum (clean data) and the bad one (clean + attack), at the same clean-loss target."""
     data = data if data is not None else load_experiment_data(cfg)
-    good = train(cfg, data, "good", scaled(progress, 0.0, 0.5), device, on_epoch=on_epoch)
-    bad = train(cfg, data, "bad", scaled(progress, 0.5, 1.0), device, on_epoch=on_epoch)
+    points = cfg.record.trajectory_points
+    good = train(cfg, data, "good", scaled(progress, 0.0, 0.5), device, on_epoch=on_epoch, trajectory_points=points)
+    bad = train(cfg, data, "bad", scaled(progress, 0.5, 1.0), device, on_epoch=on_epoch, trajectory_points=points)
     return PairResult(config=cfg, good=good, bad=bad)
 
 

@@ -221,6 +221,11 @@ class Store(Management, Leases):
         self._write(lambda con: _insert(con, "landscapes", rows.frame_arrow("landscapes", points.assign(
             analysis_id=analysis_id))), f"storing {len(points)} landscape points of {analysis_id}")
 
+    def append_trials(self, analysis_id: str, trials: pd.DataFrame) -> None:
+        """Add basin trials of a running analysis in one transaction (a stopped search keeps them)."""
+        self._write(lambda con: _insert(con, "basin_trials", rows.frame_arrow("basin_trials", trials.assign(
+            analysis_id=analysis_id))), f"storing {len(trials)} trials of {analysis_id}")
+
     def save_analysis(self, run_id: str, analysis_id: str, kind: str, settings_json: str, seconds: float,
                       landscapes: pd.DataFrame | None = None, trials: pd.DataFrame | None = None,
                       estimates: pd.DataFrame | None = None) -> None:

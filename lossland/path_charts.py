@@ -1,0 +1,137 @@
+"""Charts of paths: the optimizer's trajectory on its PCA plane, and the escape probability against the
+radius with its 50% crossing. Pure functions of DataFrames (as `charts`), shared by the pages and the report.
+
+The trajectory is drawn over the loss of its own plane (one colour scale per call, `domain` to share it
+between minima), from the initialisation (epoch 0) to the minimum at the origin, in the order of the
+epochs; its axes name the share of the path's variance each direction explains. The escape chart draws
+each radius's fraction of escaped trials with its exact (Clopper–Pearson) 95% interval and marks the
+estimated 50% radius of each minimum.
+"""
+
+from __future__ import annotations
+
+import math
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from .charts import CURVE_METRICS, ROLE_SCALE, _require
+from .pairs import ROLE_COLORS
+from .stats import CONFIDENCE, clopper_pearson
+
+LOSS_FLOOR = 1e-12
+_PLANE = alt.Scale(nice=False, zero=False)
+
+
+def explained_title(axis: int, ratio: float) -> str:
+    """'PC1 (87.3%)': a PCA axis with the share of the path's variance it explains."""
+    return f"PC{axis} ({ratio:.1%})"
+
+
+def _background(grid: pd.DataFrame, metric: str, domain: tuple[float, float] | None, x_title: str,
+                y_title: str) -> alt.Chart:
+    """log₁₀ of the metric on the plane's grid as cells around the points (alpha, beta) (x, y: the axes)."""
+    a, b = np.unique(grid["alpha"]), np.unique(grid["beta"])
+    da = (a[1] - a[0]) / 2 if len(a) > 1 else 0.5
+    db = (b[1] - b[0]) / 2 if len(b) > 1 else 0.5
+    level = np.log10(grid[metric].astype(float).clip(lower=LOSS_FLOOR))
+    d = pd.DataFrame({"a0": grid["alpha"] - da, "a1": grid["alpha"] + da, "b0": grid["beta"] - db,
+                      "b1": grid["beta"] + db, "level": level, metric: grid[metric]})
+    lo, hi = domain or (float(level.min()), float(level.max()))
+    return alt.Chart(d).mark_rect().encode(
+        x=alt.X("a0:Q", title=x_title, scale=_PLANE), x2="a1:Q", y=alt.Y("b0:Q", title=y_title, scale=_PLANE),
+        y2="b1:Q",
+        color=alt.Color("level:Q", title=f"log₁₀ {CURVE_METRICS.get(metric, metric)}",
+                        scale=alt.Scale(scheme="viridis", domain=[lo, hi], clamp=True)),
+        tooltip=[alt.Tooltip(f"{metric}:Q", format=".4g")])
+
+
+def trajectory_chart(frame: pd.DataFrame, role: str, metric: str = "clean_loss",
+                     domain: tuple[float, float] | None = None, title: str | None = None) -> alt.LayerChart:
+    """The path of `role`'s run from its initialisation to the minimum on its PCA plane over the loss there
+    (frame: role, part 'pca'/'path', alpha, beta, metric, epoch, explained_1, explained_2, as
+    analyses.get(TrajectorySpec) returns it); `domain` the log₁₀ colour range (default: this plane's)."""
+    _require(frame, ["role", "part", "alpha", "beta", metric, "epoch", "explained_1", "explained_2"],
+             "trajectory_chart")
+    mine = frame[frame["role"] == role]
+    grid, path = mine[mine["part"] == "pca"], mine[mine["part"] == "path"].sort_values("epoch")
+    if not len(grid) or not len(path):
+        raise ValueError(f"trajectory_chart: no trajectory of the {role} minimum in the frame")
+    e1, e2 = float(path["explained_1"].iloc[0]), float(path["explained_2"].iloc[0])
+    x = alt.X("alpha:Q", title=explained_title(1, e1), scale=_PLANE)
+    y = alt.Y("beta:Q", title=explained_title(2, e2), scale=_PLANE)
+    p = path.assign(epoch=path["epoch"].astype(int), order=np.arange(len(path)),
+                    loss=path["clean_loss"].astype(float))
+    tips = [alt.Tooltip("epoch:Q"), alt.Tooltip("loss:Q", title="clean loss", format=".3g"),
+            alt.Tooltip("alpha:Q", format=".3g"), alt.Tooltip("beta:Q", format=".3g")]
+    base = alt.Chart(p).encode(x=x, y=y, order=alt.Order("order:Q"))
+    halo = base.mark_line(color="white", strokeWidth=4, opacity=0.8)
+    line = base.mark_line(color=ROLE_COLORS[role], strokeWidth=2).encode(tooltip=tips)
+    dots = base.mark_circle(color=ROLE_COLORS[role], size=30, opacity=1, stroke="white", strokeWidth=0.5).encode(
+        tooltip=tips)
+    ends = pd.DataFrame({"alpha": [float(p["alpha"].iloc[0]), 0.0], "beta": [float(p["beta"].iloc[0]), 0.0],
+                         "label": ["init", "minimum"], "shape": ["circle", "cross"]})
+    marks = alt.Chart(ends).mark_point(filled=True, size=120, color="white", stroke="black").encode(
+        x=x, y=y, shape=alt.Shape("shape:N", legend=None, scale=None), tooltip=["label:N"])
+    labels = alt.Chart(ends).mark_text(dy=-12, fontWeight="bold", color="white").encode(x=x, y=y, text="label:N")
+    back = _background(grid, metric, domain, explained_title(1, e1), explained_title(2, e2))
+    return alt.layer(back, halo, line, dots, marks, labels, title=title or f"{role} minimum: optimizer trajectory"
+                     ).properties(width=300, height=300)
+
+
+def loss_domain(frame: pd.DataFrame, metric: str = "clean_loss") -> tuple[float, float]:
+    """The log₁₀ range of the metric over every plane of a trajectory frame: one colour scale for both minima."""
+    grid = frame[frame["part"] == "pca"][metric].astype(float).clip(lower=LOSS_FLOOR)
+    levels = np.log10(grid)
+    return float(levels.min()), float(levels.max())
+
+
+# --- the escape transition -------------------------------------------------------------------------
+
+def escape_points(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per role and radius: escaped k of n trials, p = k/n and its Clopper–Pearson interval (lo, hi)."""
+    _require(trials, ["role", "radius", "escaped"], "escape_points")
+    g = trials.assign(escaped=trials["escaped"].astype(bool)).groupby(["role", "radius"], as_index=False).agg(
+        k=("escaped", "sum"), n=("escaped", "size"))
+    bounds = [clopper_pearson(int(k), int(n)) for k, n in zip(g["k"], g["n"], strict=True)]
+    return g.assign(p=g["k"] / g["n"], lo=[b[0] for b in bounds], hi=[b[1] for b in bounds])
+
+
+def _r50_text(row) -> str:
+    if bool(row["bracketed"]):
+        return f"{row['role']}: r₅₀ ≈ {row['r50']:.3g}"
+    if math.isfinite(row["hi"]):
+        return f"{row['role']}: r₅₀ < {row['hi']:.3g}"
+    return f"{row['role']}: r₅₀ > {row['lo']:.3g}"
+
+
+def escape_transition_chart(trials: pd.DataFrame, transitions: pd.DataFrame,
+                            title: str = "Where escape becomes likely") -> alt.LayerChart:
+    """Escape probability against the relative radius (log) per role, with exact binomial intervals, the
+    50% line, and each role's estimated 50% radius as a dashed rule (transitions: role, lo, hi, r50,
+    bracketed, as path_analyses.escape_transitions gives; an unbracketed role's rule stands at the bound
+    its search reached, and its label says which side the crossing lies)."""
+    _require(transitions, ["role", "lo", "hi", "r50", "bracketed"], "escape_transition_chart")
+    pts = escape_points(trials)
+    x = alt.X("radius:Q", title="relative perturbation radius r (log)", scale=alt.Scale(type="log"))
+    color = alt.Color("role:N", scale=ROLE_SCALE, title="role")
+    tips = ["role", alt.Tooltip("radius:Q", format=".4g"), "k", "n", alt.Tooltip("p:Q", format=".0%"),
+            alt.Tooltip("lo:Q", format=".0%", title=f"{CONFIDENCE:.0%} low"),
+            alt.Tooltip("hi:Q", format=".0%", title=f"{CONFIDENCE:.0%} high")]
+    base = alt.Chart(pts).encode(x=x, color=color)
+    bars = base.mark_rule(strokeWidth=2, opacity=0.5).encode(y=alt.Y("lo:Q"), y2="hi:Q")
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("p:Q", title=f"escape probability ({CONFIDENCE:.0%} Clopper–Pearson)",
+                scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")), order="radius:Q", tooltip=tips)
+    half = alt.Chart(pd.DataFrame({"p": [0.5]})).mark_rule(strokeDash=[2, 2], color="gray").encode(y="p:Q")
+    t = transitions.assign(at=[r["r50"] if r["bracketed"] else (r["hi"] if math.isfinite(r["hi"]) else r["lo"])
+                               for _, r in transitions.iterrows()])
+    t = t[np.isfinite(t["at"].astype(float))]
+    t = t.assign(label=[_r50_text(r) for _, r in t.iterrows()],
+                 y=[0.95 - 0.08 * i for i in range(len(t))])
+    rules = alt.Chart(t).mark_rule(strokeDash=[6, 3], strokeWidth=2).encode(
+        x=alt.X("at:Q"), color=color, tooltip=["label:N"])
+    text = alt.Chart(t).mark_text(align="left", dx=4, fontSize=11).encode(
+        x=alt.X("at:Q"), y=alt.Y("y:Q"), text="label:N", color=color)
+    return alt.layer(bars, line, half, rules, text, title=title).properties(width=420, height=260)
