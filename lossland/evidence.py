@@ -11,7 +11,7 @@ trained on the clean set only), relabelled "good" and "bad" and paired seed by s
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,6 +45,8 @@ class DatasetResults:
     density: pd.DataFrame  # first seed's pair: x, density, role
     interpolation: pd.DataFrame  # first seed's pair
     surfaces: pd.DataFrame  # first seed's pair, both roles: role, alpha, beta, clean_loss
+    escape_search: pd.DataFrame = field(default_factory=pd.DataFrame)  # first seed's pair: its trials
+    trajectory: pd.DataFrame = field(default_factory=pd.DataFrame)  # first seed's pair: path_analyses' frame
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,7 +206,9 @@ def collect_dataset(plan: Plan, store: Store, name: str, base: ExperimentConfig)
         interpolation = _stored(store, first, plan.interpolation)
     return DatasetResults(name, mains[0], tuple(c.config_hash() for c in mains),
                           tuple(c.config_hash() for c in controls), evidence, _cat(spectra), density, interpolation,
-                          _cat([_stored(store, first, spec) for spec in plan.surfaces]))
+                          _cat([_stored(store, first, spec) for spec in plan.surfaces]),
+                          **{k: _stored(store, first, spec) for k, spec in (("escape_search", plan.escape_search),
+                                                                           ("trajectory", plan.trajectory)) if spec})
 
 
 # --- the optimizer grid, the two_layer networks ---------------------------------------------------

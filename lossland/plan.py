@@ -14,6 +14,7 @@ from .pairs import ROLES
 from .specs import (
     BoundSpec,
     CurveFitSpec,
+    EscapeSearchSpec,
     EscapeSpec,
     InterpolationSpec,
     RandomInitSpec,
@@ -21,6 +22,7 @@ from .specs import (
     SliceSpec,
     Spec,
     SurfaceSpec,
+    TrajectorySpec,
     TwoLayerSpec,
 )
 
@@ -100,6 +102,8 @@ class Plan:
     two_layer_seeds: int = 3
     two_layer_spec: TwoLayerSpec = TwoLayerSpec()
     curve_fit: CurveFitSpec | None = CurveFitSpec()
+    escape_search: EscapeSearchSpec | None = EscapeSearchSpec()  # the first main pair's 50% escape radii
+    trajectory: TrajectorySpec | None = TrajectorySpec()  # the first main pair's optimizer trajectories
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES and self.scale != "custom":
@@ -176,7 +180,8 @@ class Plan:
         """Every analysis spec of the plan (for the operator's caps)."""
         return [self.interpolation, *self.slices, *self.surfaces, self.escape, self.random_init, self.sharpness] + (
             [self.two_layer_spec, BoundSpec()] if self.two_layer is not None else []) + (
-            [self.curve_fit] if self.curve_fit is not None else [])
+            [self.curve_fit] if self.curve_fit is not None else []) + [
+            s for s in (self.escape_search, self.trajectory) if s is not None]
 
     def to_dict(self) -> dict:
         return {"scale": self.scale, "datasets": [d for d, _ in self.bases], "seeds": self.seeds,
@@ -190,7 +195,9 @@ class Plan:
                 "two_layer": self.two_layer.config_hash() if self.two_layer else None,
                 "two_layer_widths": list(self.two_layer_widths), "two_layer_factors": list(self.two_layer_factors),
                 "two_layer_seeds": self.two_layer_seeds,
-                "curve_fit": self.curve_fit.settings() if self.curve_fit else None}
+                "curve_fit": self.curve_fit.settings() if self.curve_fit else None,
+                "escape_search": self.escape_search.settings() if self.escape_search else None,
+                "trajectory": self.trajectory.settings() if self.trajectory else None}
 
 
 def dataset_problem(cfg: ExperimentConfig) -> str | None:
@@ -252,7 +259,8 @@ def plan_for(scale: str = "small", datasets: list[str] | None = None, seeds: int
         plan = Plan("small", tuple((d, c.with_changes(**lean)) for d, c in bases), seeds=5 if seeds is None else seeds,
                     surfaces=surface_specs(n=21), escape=EscapeSpec(radii=(0.4,), n_trials=4, retrain_epochs=200),
                     random_init=RandomInitSpec(n_seeds=16), robustness_seeds=3, robustness_fraction=0.2,
-                    robustness_datasets=("mnist1d",), two_layer=two_layer, two_layer_seeds=2)
+                    robustness_datasets=("mnist1d",), two_layer=two_layer, two_layer_seeds=2,
+                    escape_search=EscapeSearchSpec(retrain_epochs=200))
     else:
         n = 8 if seeds is None else seeds
         few = n < 5  # a few-seed version of the plan: fewer of everything, the same experiments

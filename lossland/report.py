@@ -21,7 +21,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from . import charts, fitting
+from . import charts, fitting, path_analyses, path_charts
 from .frames import pair_sentence, pair_table, spectrum_frame
 from .pairs import ROLES
 from .robustness import robustness_frame
@@ -181,9 +181,24 @@ def _dataset_figures(rep: Reproduction, r: DatasetResults, add) -> None:
     if len(e.escape):
         add(f"{d}-escape.png", f"{d}: escape probability vs radius", d,
             lambda: charts.escape_chart(e.escape, f"{d}: escape probability vs radius"))
+    _path_figures(rep, r, add)
     if len(e.random_init) and len(e.pairs):
         add(f"{d}-random-init.png", f"{d}: random-init test accuracy vs the pairs' minima", d,
             lambda: charts.random_init_chart(e.random_init, e.pairs[["role", "test_acc"]]))
+
+
+def _path_figures(rep: Reproduction, r: DatasetResults, add) -> None:
+    """Where each minimum's escape probability crosses 50%, and the optimizer trajectories (path_charts)."""
+    d, s, t = r.dataset, r.escape_search, r.trajectory
+    if len(s) and rep.plan.escape_search is not None:
+        found = path_analyses.escape_transitions(s, rep.plan.escape_search)
+        add(f"{d}-escape-transition.png", f"{d}: where the escape probability crosses 50%", d,
+            lambda: path_charts.escape_transition_chart(s, found, f"{d}: where escape becomes likely (first seed)"))
+    if len(t) and set(t["role"]) >= set(ROLES):
+        domain = path_charts.loss_domain(t)
+        add(f"{d}-trajectories.png", f"{d}: optimizer trajectories on their PCA planes", d,
+            lambda: alt.hconcat(*[path_charts.trajectory_chart(t, role, domain=domain,
+                                                               title=f"{d}: {role} minimum") for role in ROLES]))
 
 
 def figures(rep: Reproduction) -> list[Figure]:

@@ -26,6 +26,7 @@ from .evidence import Reproduction, collect
 from .experiments import sweep
 from .machine import describe
 from .pairs import Progress, quiet
+from .path_analyses import NoTrajectory
 from .plan import (
     DATASET_MODELS,
     DATASET_PRESETS,
@@ -117,6 +118,10 @@ def steps(plan: Plan, store: Store, device=None, executor=None) -> list[Step]:
         out.append((0.2, f"{tag}: interpolation", analysis(first, plan.interpolation)))
         out += [(0.5, f"{tag}: 2-D surface of the {s.role} minimum", analysis(first, s)) for s in plan.surfaces]
         out.append((3.0, f"{name}: {plan.random_init.n_seeds} random inits", analysis(first, plan.random_init)))
+        if plan.escape_search is not None:
+            out.append((2.0, f"{tag}: 50% escape radii", analysis(first, plan.escape_search)))
+        if plan.trajectory is not None:
+            out.append((0.3, f"{tag}: optimizer trajectories", _unless_unrecorded(analysis(first, plan.trajectory))))
         for cfg in mains + plan.control_configs(base):
             out += _per_minimum(plan, analysis, f"{name} seed {cfg.model.seed} attack {cfg.attack.n_attack}", cfg)
         for cfg in (c for cs in plan.robustness_configs(base).values() for c in cs):
@@ -131,6 +136,17 @@ def steps(plan: Plan, store: Store, device=None, executor=None) -> list[Step]:
         spec = plan.curve_fit
         out.append((1.0, "Figure 1: curve fits", lambda p: not analyses.compute_curve_fit(store, spec, p).from_store))
     return out
+
+
+def _unless_unrecorded(work: Callable[[Progress], bool]) -> Callable[[Progress], bool]:
+    """A trajectory step that skips, saying why, a pair trained without recording its trajectory."""
+    def step(progress: Progress) -> bool:
+        try:
+            return work(progress)
+        except NoTrajectory as e:
+            progress(1.0, f"skipped: {e}")
+            return False
+    return step
 
 
 def run(plan: Plan, store: Store, progress: Progress = quiet, device: torch.device | str | None = None,

@@ -4,9 +4,9 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from lossland import charts
+from lossland import charts, path_analyses, path_charts
 from lossland.frames import missing, records, with_roles
-from lossland.specs import EscapeSpec, RadiusSpec, RandomInitSpec
+from lossland.specs import EscapeSearchSpec, EscapeSpec, RadiusSpec, RandomInitSpec
 
 store, pair_id = ui.page_pair("Basins of attraction", key="basins-pair")
 view = store.pair(pair_id)
@@ -42,6 +42,19 @@ if e is not None:
     c1, c2 = st.columns(2)
     c1.altair_chart(charts.escape_chart(e.frame), width="stretch")
     c2.altair_chart(charts.retrain_chart(e.frame), width="stretch")
+
+st.subheader("Where escape becomes likely")
+spec = ui.analysis_settings(store, pair_id, EscapeSearchSpec(), key="basins-escape-search")
+if spec is not None:
+    st.caption(f"The same perturb-and-retrain rule, {spec.n_trials} trials per radius, at radii chosen per minimum to "
+               "bracket the radius where half the trials escape (a coarse scan in log r, then bisection); bars are "
+               "exact (Clopper–Pearson) 95% intervals, dashed lines each minimum's estimated 50% radius.")
+s50 = ui.analysis_block(store, pair_id, spec, key=f"escape-search:{pair_id}")
+if s50 is not None:
+    found = path_analyses.escape_transitions(s50.frame, s50.spec)
+    chart = path_charts.escape_transition_chart(s50.frame, found)
+    st.altair_chart(chart, width="stretch")
+    ui.chart_downloads(chart, f"escape-transition-{pair_id}", key="basins-escape-search")
 
 st.subheader("Basin size")
 c1, c2 = st.columns(2)

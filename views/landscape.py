@@ -4,9 +4,9 @@ import numpy as np
 import streamlit as st
 
 import ui
-from lossland import charts
+from lossland import charts, path_charts
 from lossland.pairs import ROLES
-from lossland.specs import InterpolationSpec, SliceSpec, SurfaceSpec
+from lossland.specs import InterpolationSpec, SliceSpec, SurfaceSpec, TrajectorySpec
 
 store, pair_id = ui.page_pair("Loss landscape", key="landscape-pair")
 
@@ -53,3 +53,18 @@ if frames:
                 chart = charts.surface_chart(frames[role], "clean_loss", title=f"{role} minimum", domain=domain)
                 st.altair_chart(chart)
                 ui.chart_downloads(chart, f"surface-{role}-{pair_id}", key=f"landscape-surface-{role}")
+
+st.subheader("Optimizer trajectory")
+st.caption("The path from the initialisation to each minimum, projected on the plane of the top two principal "
+           "directions of its recorded parameter snapshots (Li et al. 2018, §7), over the clean-train loss of that "
+           "plane; each axis says how much of the path's variance it explains. Recorded when the pair was trained "
+           "(record.trajectory_points).")
+spec = ui.analysis_settings(store, pair_id, TrajectorySpec(), key="landscape-trajectory")
+t = ui.analysis_block(store, pair_id, spec, key=f"trajectory:{pair_id}")
+if t is not None:
+    domain = path_charts.loss_domain(t.frame)
+    for col, role in zip(st.columns(len(ROLES)), ROLES, strict=True):
+        with col:
+            chart = path_charts.trajectory_chart(t.frame, role, domain=domain)
+            st.altair_chart(chart)
+            ui.chart_downloads(chart, f"trajectory-{role}-{pair_id}", key=f"landscape-trajectory-{role}")
