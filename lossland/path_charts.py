@@ -76,8 +76,10 @@ def trajectory_chart(frame: pd.DataFrame, role: str, metric: str = "clean_loss",
         x=x, y=y, shape=alt.Shape("shape:N", legend=None, scale=None), tooltip=["label:N"])
     labels = alt.Chart(ends).mark_text(dy=-12, fontWeight="bold", color="white").encode(x=x, y=y, text="label:N")
     back = _background(grid, metric, domain, explained_title(1, e1), explained_title(2, e2))
-    return alt.layer(back, halo, line, dots, marks, labels, title=title or f"{role} minimum: optimizer trajectory"
-                     ).properties(width=300, height=300)
+    about = (f"optimizer trajectory of the {role} minimum on its PCA plane: {explained_title(1, e1)}, "
+             f"{explained_title(2, e2)}")
+    return alt.layer(back, halo, line, dots, marks, labels, title=title or f"{role} minimum: optimizer trajectory",
+                     description=about).properties(width=300, height=300)
 
 
 def loss_domain(frame: pd.DataFrame, metric: str = "clean_loss") -> tuple[float, float]:

@@ -199,3 +199,34 @@ def test_stored_and_linked_markdown_reaches_the_page_as_plain_text(planted_store
         page.goto(f"{url}/runs?runs={pair_id}-good,{pair_id}-bad", timeout=60_000)
         _settled(page)
         assert page.locator(evil).count() == 0
+
+
+def test_the_landscape_page_in_chromium_draws_a_stored_surface_and_both_trajectories(filled_store, tmp_path):
+    """A copy of the filled store with a 2-D surface and the trajectories of one pair, served read-only: the
+    Landscape page renders, its trajectory charts are there (their Vega description names the PCA axes)."""
+    from lossland import analyses
+    from lossland.specs import SurfaceSpec, TrajectorySpec
+    from lossland.store import Store
+
+    src, ids = filled_store
+    shutil.copytree(src.path.parent, tmp_path / "copy", ignore=shutil.ignore_patterns("*.wal", "*.log"))
+    store = Store(tmp_path / "copy" / src.path.name)
+    pair_id = ids[0]
+    for role in ("good", "bad"):
+        analyses.compute(store, pair_id, SurfaceSpec(role=role, n=9))
+    analyses.compute(store, pair_id, TrajectorySpec(n=9))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with _serve(store.path, LOSSLAND_READONLY="1") as (url, _), _chromium(1400, 1400) as page:
+        page.goto(f"{url}/landscape?pair={pair_id}", timeout=60_000)
+        _settled(page)
+        page.wait_for_selector("text=Optimizer trajectory", timeout=30_000)
+        trajectories = page.locator('[aria-label^="optimizer trajectory of the"]')
+        trajectories.first.wait_for(timeout=30_000)
+        labels = [trajectories.nth(i).get_attribute("aria-label") for i in range(trajectories.count())]
+        assert any("good minimum" in t for t in labels) and any("bad minimum" in t for t in labels), labels
+        assert all("PC1 (" in t and "PC2 (" in t for t in labels)
+        assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 4, "surfaces and trajectories"
+        trajectories.first.scroll_into_view_if_needed()
+        page.wait_for_timeout(1500)  # let the charts draw before the screenshot
+        page.screenshot(path=str(ARTIFACTS / "landscape-trajectory.png"), full_page=True)
+    assert (ARTIFACTS / "landscape-trajectory.png").stat().st_size > 10_000
