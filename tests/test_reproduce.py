@@ -28,7 +28,16 @@ from lossland.reproduce import (
     slice_specs,
     surface_specs,
 )
-from lossland.specs import CurveFitSpec, EscapeSpec, InterpolationSpec, RandomInitSpec, SliceSpec, SurfaceSpec
+from lossland.specs import (
+    CurveFitSpec,
+    EscapeSearchSpec,
+    EscapeSpec,
+    InterpolationSpec,
+    RandomInitSpec,
+    SliceSpec,
+    SurfaceSpec,
+    TrajectorySpec,
+)
 from lossland.store import Store
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -42,7 +51,9 @@ def tiny_plan(**changes) -> Plan:
                     surfaces=surface_specs(n=5), escape=EscapeSpec(radii=(0.2,), n_trials=2, retrain_epochs=50),
                     random_init=RandomInitSpec(n_seeds=3), optimizers=(OPTIMIZER_GRID[2],), robustness_seeds=2,
                     two_layer=two_layer, two_layer_widths=(8, 16), two_layer_factors=(0.5, 1.0), two_layer_seeds=2,
-                    curve_fit=CurveFitSpec(ns=(5,), n_seeds=1, steps=100, n_grid=41))
+                    curve_fit=CurveFitSpec(ns=(5,), n_seeds=1, steps=100, n_grid=41),
+                    escape_search=EscapeSearchSpec(n_trials=2, scan=2, steps=1, expand=1, retrain_epochs=30),
+                    trajectory=TrajectorySpec(n=5))
     return Plan("custom", (("digits", tiny_config()),), **(settings | changes))
 
 
@@ -65,7 +76,7 @@ def test_report_folder_holds_markdown_html_claims_and_png_figures(tiny_report):
     assert all(ch["control"] is not None for c in data["claims"] for ch in c["checks"])
     figures = {f["file"] for f in data["figures"]}
     for kind in ("attack-accuracy", "attack-sharpness", "spectra", "density", "interpolation", "contours",
-                 "escape", "random-init"):
+                 "escape", "random-init", "escape-transition", "trajectories"):
         assert f"digits-{kind}.png" in figures
     assert {"log-volume-gap.png", "two-layer.png", "robustness.png", "identity-check.png", "figure-1.png"} <= figures
     for f in figures:
