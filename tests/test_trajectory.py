@@ -175,3 +175,15 @@ def test_the_trajectory_layer_runs_from_init_to_the_minimum_with_the_explained_v
     assert json.dumps(spec).count("PC1 (") >= 2, "the background's axis carries the same title"
     with pytest.raises(ValueError, match="no trajectory"):
         path_charts.trajectory_chart(frame[frame["role"] == "good"], "bad")
+
+
+def test_a_bundle_carries_the_trajectory_in_its_checkpoints_and_the_analysis_in_its_rows(stored, tmp_path):
+    store, pair_id, a = stored
+    bundle = store.export([f"{pair_id}-good", f"{pair_id}-bad"], tmp_path / "pair.zip")
+    other = Store(tmp_path / "other" / "runs.duckdb")
+    other.import_bundle(bundle)
+    again = analyses.get(other, pair_id, TrajectorySpec(n=7))
+    assert again is not None and len(again.frame) == len(a.frame)
+    for role in ("good", "bad"):
+        theirs, ours = (analyses.checkpoints(s, pair_id)[role].trajectory for s in (other, store))
+        assert np.array_equal(theirs.coords, ours.coords) and torch.equal(theirs.directions, ours.directions)
