@@ -116,7 +116,9 @@ def escape_transition_chart(trials: pd.DataFrame, transitions: pd.DataFrame,
     its search reached, and its label says which side the crossing lies)."""
     _require(transitions, ["role", "lo", "hi", "r50", "bracketed"], "escape_transition_chart")
     pts = escape_points(trials)
-    x = alt.X("radius:Q", title="relative perturbation radius r (log)", scale=alt.Scale(type="log"))
+    # the roles' bars side by side at a shared radius: 3% apart on the log axis
+    pts = pts.assign(at=pts["radius"] * np.where(pts["role"] == "good", 0.985, 1.015))
+    x = alt.X("at:Q", title="relative perturbation radius r (log)", scale=alt.Scale(type="log"))
     color = alt.Color("role:N", scale=ROLE_SCALE, title="role")
     tips = ["role", alt.Tooltip("radius:Q", format=".4g"), "k", "n", alt.Tooltip("p:Q", format=".0%"),
             alt.Tooltip("lo:Q", format=".0%", title=f"{CONFIDENCE:.0%} low"),
@@ -133,7 +135,7 @@ def escape_transition_chart(trials: pd.DataFrame, transitions: pd.DataFrame,
     t = t.assign(label=[_r50_text(r) for _, r in t.iterrows()],
                  y=[0.95 - 0.08 * i for i in range(len(t))])
     rules = alt.Chart(t).mark_rule(strokeDash=[6, 3], strokeWidth=2).encode(
-        x=alt.X("at:Q"), color=color, tooltip=["label:N"])
+        x=alt.X("at:Q"), color=color, tooltip=["label:N"])  # `at`: the 50% radius, on the points' axis
     text = alt.Chart(t).mark_text(align="left", dx=4, fontSize=11).encode(
         x=alt.X("at:Q"), y=alt.Y("y:Q"), text="label:N", color=color)
     return alt.layer(bars, line, half, rules, text, title=title).properties(width=420, height=260)
