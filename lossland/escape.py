@@ -29,8 +29,9 @@ Oracle = Callable[[float], tuple[int, int]]  # radius -> (trials that escaped, t
 class EscapeTransition:
     """The radii one search probed (in order) with their counts, and the final bracket of the 50% point:
     p(lo) < 0.5 ≤ p(hi) (k ≥ n/2 counts as half). Unbracketed, lo is nan when even the smallest radius
-    escaped half the time (the crossing lies below hi), hi is nan when the largest radius still did not
-    (it lies above lo)."""
+    escaped half the time (the crossing lies below hi; r = 0 is then probed too, the control that says
+    whether retraining alone, unperturbed, already escapes), hi is nan when the largest radius still did
+    not (it lies above lo)."""
 
     radii: tuple[float, ...]
     escaped: tuple[int, ...]
@@ -52,6 +53,11 @@ class EscapeTransition:
         t = (0.5 - p_lo) / (p_hi - p_lo)
         return float(math.exp(math.log(self.lo) + t * (math.log(self.hi) - math.log(self.lo))))
 
+    @property
+    def at_zero(self) -> tuple[int, int] | None:
+        """(escaped, trials) of the unperturbed control r = 0, when the search probed it."""
+        return next(((k, n) for r, k, n in zip(self.radii, self.escaped, self.trials, strict=True) if r == 0), None)
+
 
 def _radius(r: float) -> float:
     return float(f"{r:.4g}")  # 4 significant digits: readable, and the same float when read back
@@ -62,7 +68,8 @@ def bisect_escape(oracle: Oracle, r_lo: float, r_hi: float, steps: int, expand: 
     """Bracket the smallest radius where the escape probability crosses 50%: probe `scan` radii evenly in
     log r from r_lo to r_hi; the first that escapes half the time or more and the one before it are the
     bracket. Where r_lo already does, probe r_lo / factor (then / factor², ...), where none does r_hi ×
-    factor (...), at most `expand` times; then halve the bracket `steps` times at its geometric mean.
+    factor (...), at most `expand` times (and where even the smallest does, r = 0: the unperturbed
+    control); then halve the bracket `steps` times at its geometric mean.
     Pure: every count comes from `oracle`, so stored counts replay a search exactly (and a stopped one
     resumes)."""
     if not (0 < r_lo < r_hi and steps >= 0 and expand >= 0 and factor > 1 and scan >= 2):
@@ -87,6 +94,8 @@ def bisect_escape(oracle: Oracle, r_lo: float, r_hi: float, steps: int, expand: 
                 lo = r
                 break
             hi = r
+        if math.isnan(lo):
+            half(0.0)
     elif any(hits):
         j = hits.index(True)
         lo, hi = grid[j - 1], grid[j]

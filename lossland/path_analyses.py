@@ -93,9 +93,15 @@ def escape_search(ck: dict[str, Checkpoint], pair_id: str, spec: EscapeSearchSpe
 
 def escape_transitions(frame: pd.DataFrame, spec: EscapeSearchSpec) -> pd.DataFrame:
     """One row per minimum of a stored escape search (frame: role, radius, escaped): role, lo, hi, r50,
-    bracketed, replayed from its trials."""
+    bracketed and the unperturbed control's counts zero_k of zero_n (0 of 0 where not probed), replayed
+    from its trials; a role whose trials do not replay (a search left unfinished) is left out."""
     rows = []
     for role, trials in frame.groupby("role", sort=False):
-        t = escape.replay_transition(trials, **search_settings(spec))
-        rows.append({"role": role, "lo": t.lo, "hi": t.hi, "r50": t.r50, "bracketed": t.bracketed})
-    return pd.DataFrame(rows, columns=["role", "lo", "hi", "r50", "bracketed"])
+        try:
+            t = escape.replay_transition(trials, **search_settings(spec))
+        except KeyError:
+            continue
+        k, n = t.at_zero or (0, 0)
+        rows.append({"role": role, "lo": t.lo, "hi": t.hi, "r50": t.r50, "bracketed": t.bracketed, "zero_k": k,
+                     "zero_n": n})
+    return pd.DataFrame(rows, columns=["role", "lo", "hi", "r50", "bracketed", "zero_k", "zero_n"])

@@ -104,7 +104,9 @@ def _r50_text(row) -> str:
     if bool(row["bracketed"]):
         return f"{row['role']}: r₅₀ ≈ {row['r50']:.3g}"
     if math.isfinite(row["hi"]):
-        return f"{row['role']}: r₅₀ < {row['hi']:.3g}"
+        k, n = int(row.get("zero_k", 0)), int(row.get("zero_n", 0))
+        zero = "" if not n else (f"; escapes unperturbed ({k}/{n} at r = 0)" if k >= n / 2 else f"; r = 0: {k}/{n}")
+        return f"{row['role']}: r₅₀ < {row['hi']:.3g}{zero}"
     return f"{row['role']}: r₅₀ > {row['lo']:.3g}"
 
 
@@ -112,10 +114,11 @@ def escape_transition_chart(trials: pd.DataFrame, transitions: pd.DataFrame,
                             title: str = "Where escape becomes likely") -> alt.LayerChart:
     """Escape probability against the relative radius (log) per role, with exact binomial intervals, the
     50% line, and each role's estimated 50% radius as a dashed rule (transitions: role, lo, hi, r50,
-    bracketed, as path_analyses.escape_transitions gives; an unbracketed role's rule stands at the bound
-    its search reached, and its label says which side the crossing lies)."""
+    bracketed, zero_k, zero_n, as path_analyses.escape_transitions gives; an unbracketed role's rule stands
+    at the bound its search reached, and its label says which side the crossing lies and, below the smallest
+    radius, what the unperturbed control r = 0 did)."""
     _require(transitions, ["role", "lo", "hi", "r50", "bracketed"], "escape_transition_chart")
-    pts = escape_points(trials)
+    pts = escape_points(trials[trials["radius"] > 0])  # the control r = 0 has no place on a log axis: in its label
     # the roles' bars side by side at a shared radius: 3% apart on the log axis
     pts = pts.assign(at=pts["radius"] * np.where(pts["role"] == "good", 0.985, 1.015))
     x = alt.X("at:Q", title="relative perturbation radius r (log)", scale=alt.Scale(type="log"))
@@ -132,10 +135,8 @@ def escape_transition_chart(trials: pd.DataFrame, transitions: pd.DataFrame,
     t = transitions.assign(at=[r["r50"] if r["bracketed"] else (r["hi"] if math.isfinite(r["hi"]) else r["lo"])
                                for _, r in transitions.iterrows()])
     t = t[np.isfinite(t["at"].astype(float))]
-    t = t.assign(label=[_r50_text(r) for _, r in t.iterrows()],
-                 y=[0.95 - 0.08 * i for i in range(len(t))])
+    t = t.assign(label=[_r50_text(r) for _, r in t.iterrows()])
     rules = alt.Chart(t).mark_rule(strokeDash=[6, 3], strokeWidth=2).encode(
         x=alt.X("at:Q"), color=color, tooltip=["label:N"])  # `at`: the 50% radius, on the points' axis
-    text = alt.Chart(t).mark_text(align="left", dx=4, fontSize=11).encode(
-        x=alt.X("at:Q"), y=alt.Y("y:Q"), text="label:N", color=color)
-    return alt.layer(bars, line, half, rules, text, title=title).properties(width=420, height=260)
+    heading = alt.Title(title, subtitle=list(t["label"]) or ["no minimum's search finished"])
+    return alt.layer(bars, line, half, rules, title=heading).properties(width=420, height=260)

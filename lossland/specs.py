@@ -422,7 +422,8 @@ class TrajectorySpec(Spec):
 class EscapeSearchSpec(Spec):
     """Per minimum, the smallest radius where the escape probability (EscapeSpec's rule, n_trials trials per
     radius) crosses 50%: `scan` radii from r_lo to r_hi, evenly in log r, the bracket moved by `factor` up to
-    `expand` times when they do not hold the crossing, then `steps` bisections in log r (escape.bisect_escape)."""
+    `expand` times when they do not hold the crossing (and r = 0 where even the smallest radius escapes), then
+    `steps` bisections in log r (escape.bisect_escape)."""
 
     kind: ClassVar[str] = "escape_search"
     title: ClassVar[str] = "escape transition"
@@ -453,7 +454,7 @@ class EscapeSearchSpec(Spec):
 
     def probes(self) -> int:
         """The most radii one minimum's search evaluates."""
-        return self.scan + self.expand + self.steps
+        return self.scan + self.expand + self.steps + 1  # + the unperturbed control, r = 0
 
     def trials(self) -> int:
         return len(ROLES) * self.probes() * self.n_trials

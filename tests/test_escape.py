@@ -3,12 +3,13 @@ tiny pair), replays from stored trials, resumes, and its chart shows the exact i
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_config
+from conftest import open_app, tiny_config
 
 from lossland import analyses, path_analyses, path_charts
 from lossland.escape import bisect_escape, replay_transition
@@ -46,8 +47,11 @@ def test_a_noisy_monotone_escape_probability_is_bracketed_at_its_counts():
 def test_a_transition_outside_the_reach_of_the_search_is_reported_unbracketed():
     below = bisect_escape(step(1e-6), **SEARCH)
     assert not below.bracketed and math.isnan(below.lo) and below.hi == pytest.approx(0.0002)
+    assert below.at_zero == (0, 4), "below the smallest radius the unperturbed control r = 0 is probed"
+    assert bisect_escape(lambda r: (3, 3), **SEARCH).at_zero == (3, 3)
     above = bisect_escape(step(1e6), **SEARCH)
     assert not above.bracketed and math.isnan(above.hi) and above.lo == pytest.approx(200.0)
+    assert above.at_zero is None and bisect_escape(step(0.7), **SEARCH).at_zero is None
     assert math.isnan(above.r50) and math.isnan(below.r50)
 
 
@@ -80,11 +84,12 @@ def test_on_a_real_pair_each_radius_is_stored_per_trial_and_brackets_its_crossin
         p = a.frame[a.frame["role"] == role].groupby("radius")["escaped"].mean()
         assert len(p) <= spec.probes()
         if row["bracketed"]:
-            assert p[row["lo"]] < 0.5 <= p[row["hi"]]
+            assert p[row["lo"]] < 0.5 <= p[row["hi"]] and 0.0 not in p.index
         elif math.isfinite(row["hi"]):
-            assert (p >= 0.5).all() or p.index.min() == row["hi"]
+            assert p[p.index > 0].index.min() == row["hi"] and p[row["hi"]] >= 0.5
+            assert row["zero_n"] == spec.n_trials and 0.0 in p.index, "the unperturbed control was run"
         else:
-            assert (p < 0.5).all()
+            assert (p < 0.5).all() and row["zero_n"] == 0
 
 
 def test_a_stopped_search_resumes_with_the_radii_it_has(searched):
@@ -113,5 +118,17 @@ def test_the_escape_chart_draws_exact_intervals_and_marks_each_50_percent_radius
         assert (r.lo, r.hi) == pytest.approx(clopper_pearson(int(r.k), int(r.n)))
     marks = next(d for d in data.values() if "label" in d.columns)
     assert set(marks["role"]) == set(found["role"]) and marks["label"].str.contains("r₅₀").all()
+    assert spec_dict["title"]["subtitle"] == list(marks["label"]), "each role's 50% radius, written under the title"
     bracketed = found[found["bracketed"]]
     assert np.allclose(marks.set_index("role").loc[bracketed["role"], "at"], bracketed["r50"])
+
+
+def test_the_basins_page_draws_the_stored_search_with_its_50_percent_radii(searched, dashboard):
+    store, pair_id, spec, a = searched
+    dashboard(store.path)
+    at = open_app("views/basins.py", {"pair": pair_id})
+    assert at.selectbox(key="basins-escape-search-stored").value == spec, "the stored search, shown at once"
+    charts = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    chart = next(c for c in charts if c.get("title", {}).get("text") == "Where escape becomes likely")
+    marks = [(lay["mark"]["type"], lay["encoding"].get("x", {}).get("field")) for lay in chart["layer"]]
+    assert ("rule", "at") in marks and any("r₅₀" in line for line in chart["title"]["subtitle"])
