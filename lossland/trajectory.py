@@ -60,9 +60,10 @@ PAYLOAD_KEYS = {"epochs": torch.int64, "coords": torch.float64, "clean_loss": to
                 "explained": torch.float64, "directions": torch.float32}
 
 
-def check_payload(payload: object, n_params: int) -> None:
+def check_payload(payload: object, n_params: int, most: bool = False) -> None:
     """ValueError unless `payload` is a trajectory entry of a model of n_params parameters: exactly the
-    tensors of PAYLOAD_KEYS, of their dtypes, T ≥ 3 points, directions (2, n_params), all finite."""
+    tensors of PAYLOAD_KEYS, of their dtypes, T ≥ 3 points, directions (2, n_params) (with `most`: at most
+    n_params, for a model known only by its tensors' elements), all finite."""
     if not isinstance(payload, dict) or set(payload) != set(PAYLOAD_KEYS):
         raise ValueError(f"a trajectory holds exactly {sorted(PAYLOAD_KEYS)}")
     for name, dtype in PAYLOAD_KEYS.items():
@@ -70,7 +71,8 @@ def check_payload(payload: object, n_params: int) -> None:
         if not isinstance(t, torch.Tensor) or t.dtype != dtype or not t.is_contiguous():
             raise ValueError(f"trajectory {name} is not a contiguous {dtype} tensor")
     t = len(payload["epochs"])
-    shapes = {"epochs": (t,), "coords": (t, 2), "clean_loss": (t,), "explained": (2,), "directions": (2, n_params)}
+    n = min(payload["directions"].shape[-1], n_params) if most and payload["directions"].dim() == 2 else n_params
+    shapes = {"epochs": (t,), "coords": (t, 2), "clean_loss": (t,), "explained": (2,), "directions": (2, n)}
     for name, shape in shapes.items():
         if tuple(payload[name].shape) != shape:
             raise ValueError(f"trajectory {name} has shape {tuple(payload[name].shape)}, not {shape}")
