@@ -57,3 +57,21 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
     p.stdout.close()  # the reader is gone before the first byte
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_the_readme_from_python_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's "From Python" block, executed in an empty folder: every name it uses exists and works."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### From Python"):text.index("## Layout")]
+    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
+    monkeypatch.chdir(tmp_path)
+    shown: list = []
+    namespace = {"print": lambda *a: shown.append(a)}
+    exec(compile(code, "README.md: From Python", "exec"), namespace)  # noqa: S102 - our own README
+    runs, store = namespace["runs"], namespace["store"]
+    assert sorted(runs["role"]) == ["bad", "good"] and (tmp_path / "data" / "runs.duckdb").is_file()
+    assert len(shown) == 4 and sorted(shown[1][0]["role"]) == ["bad", "good"]
+    assert shown[2][0] < 1e-2, "the bad minimum fits its clean set"
+    assert len(shown[3][0]) == 5 and shown[3][0][0] > 0
+    external = store.query("SELECT run_id FROM runs WHERE run_id LIKE 'ext-%'").frame
+    assert len(external) == 1, "analyze kept the own model as an external run"
