@@ -97,6 +97,8 @@ with st.form(f"{k}-form"):
         slq_steps = st.number_input("SLQ steps", value=s.slq_steps, step=10, key=f"{k}-slqm")
         trace_samples = st.number_input("trace samples", value=s.trace_samples, step=10, key=f"{k}-ts")
         spec_seed = st.number_input("spectrum seed", value=s.seed, step=1, key=f"{k}-sseed")
+        snapshots = st.number_input("trajectory snapshots (0 = none)", value=base.record.trajectory_points, step=10,
+                                    key=f"{k}-traj", help="kept for the optimizer trajectory; not part of the run id")
     with st.expander("Your own model and data (factories by import path; see the README)"):
         f1, f2 = st.columns(2)
         data_factory = f1.text_input("data.factory, e.g. my_pkg.data:load", key=f"{k}-dfac")
@@ -120,6 +122,7 @@ if submitted:
         "spectrum": dataclasses.asdict(base.spectrum) | {"k": int(spec_k), "tol": float(tol),
                                                          "slq_vectors": int(slq_vectors), "slq_steps": int(slq_steps),
                                                          "trace_samples": int(trace_samples), "seed": int(spec_seed)},
+        "record": {"trajectory_points": int(snapshots)},
     }
     try:
         own = {"data": (data_factory, data_kwargs), "model": (model_factory, model_kwargs)}
