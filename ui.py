@@ -17,7 +17,7 @@ import torch
 from background import JobRunner
 from lossland import analyses, factories
 from lossland import limits as operator
-from lossland.charts import to_png, to_svg
+from lossland.charts import to_pdf, to_png, to_svg
 from lossland.checkpoint import CheckpointError, read_checkpoint_file
 from lossland.config import ConfigError, ExperimentConfig
 from lossland.data import DatasetError
@@ -229,11 +229,12 @@ def pair_picker(store: Store, key: str) -> str | None:
 
 
 def chart_downloads(chart, name: str, key: str) -> None:
-    """PNG and SVG of a chart (rendered without a browser by vl-convert)."""
+    """PNG, SVG and PDF of a chart (rendered without a browser by vl-convert)."""
     row = st.container(horizontal=True)
     # Rendered only when clicked: a page with several charts stays fast.
     row.download_button("PNG", lambda: to_png(chart), f"{name}.png", "image/png", key=f"{key}-png")
     row.download_button("SVG", lambda: to_svg(chart), f"{name}.svg", "image/svg+xml", key=f"{key}-svg")
+    row.download_button("PDF", lambda: to_pdf(chart), f"{name}.pdf", "application/pdf", key=f"{key}-pdf")
 
 
 def show_config_error(e: ConfigError) -> None:

@@ -1,22 +1,40 @@
 """Altair chart builders: pure functions of DataFrames, shared by the pages and the report.
 
-Good is always blue and bad always red. Eigenvalues can be negative, so spectra use a symlog
-scale; densities span decades, so their axis is logarithmic.
+One visual language (lossland.pairs): good is always Okabe–Ito blue and bad vermillion, and those two
+colours mean nothing else; dataset splits (clean train, attack, test) are greys with dash patterns; any
+other category takes the theme's palette, which has neither role colour. One theme sets fonts and sizes:
+Altair's themes are global, so importing the chart builders enables it for the dashboard (Streamlit keeps
+an enabled theme), the report and every export. Eigenvalues can be negative, so spectra use a symlog
+scale; densities and losses span decades, so their axes are logarithmic.
 """
 
 from __future__ import annotations
 
 import altair as alt
-import numpy as np
 import pandas as pd
 
-from .pairs import ROLE_COLORS, ROLES
+from .pairs import OTHER_COLORS, ROLE_COLORS, ROLES, SPLIT_COLORS, SPLIT_DASHES, SPLITS
 
 ROLE_SCALE = alt.Scale(domain=list(ROLES), range=[ROLE_COLORS[r] for r in ROLES])
+SPLIT_SCALE = alt.Scale(domain=list(SPLITS), range=[SPLIT_COLORS[s] for s in SPLITS])
+DASH_SCALE = alt.Scale(domain=list(SPLITS), range=[SPLIT_DASHES[s] for s in SPLITS])
 CURVE_METRICS = {
     "clean_loss": "clean-train loss", "clean_acc": "clean-train accuracy", "attack_loss": "attack loss",
     "attack_acc": "attack accuracy", "test_loss": "test loss", "test_acc": "test accuracy",
 }
+FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
+THEME = {"config": {
+    "font": FONT, "title": {"fontSize": 14, "fontWeight": 600, "anchor": "start", "offset": 8},
+    "axis": {"titleFontSize": 12, "labelFontSize": 11, "titleFontWeight": 500, "gridColor": "#e6e6e6"},
+    "legend": {"titleFontSize": 12, "labelFontSize": 11, "titleFontWeight": 500},
+    "header": {"titleFontSize": 12, "labelFontSize": 12}, "text": {"font": FONT, "fontSize": 11},
+    "range": {"category": list(OTHER_COLORS)},
+}}
+
+
+@alt.theme.register("lossland", enable=True)
+def _theme() -> alt.theme.ThemeConfig:
+    return THEME
 
 
 def _role_color(field: str = "role", scale: alt.Scale | None = ROLE_SCALE) -> alt.Color:
@@ -124,24 +142,40 @@ def to_svg(chart: alt.TopLevelMixin) -> str:
     return vlc.vegalite_to_svg(chart.to_json())
 
 
+def to_pdf(chart: alt.TopLevelMixin) -> bytes:
+    """Vector PDF (vl-convert, no browser), for papers."""
+    import vl_convert as vlc
+
+    return vlc.vegalite_to_pdf(chart.to_json())
+
+
 # --- landscapes and basins --------------------------------------------------------------------
 
 def interpolation_chart(df: pd.DataFrame, title: str = "From the good (α=0) to the bad (α=1) minimum") -> alt.Chart:
-    """Loss (log) and accuracy along α for clean train, attack and test (df: alpha and the six metrics)."""
+    """Loss (log) and accuracy along α for clean train, attack and test (df: alpha and the six metrics): the
+    splits in greys and dashes, the two minima as rules in their role colours."""
     _require(df, ["alpha", "clean_loss", "test_acc"], "interpolation_chart")
     sets = {"clean": "clean train", "attack": "attack", "test": "test"}
     long = pd.concat([pd.DataFrame({"alpha": df["alpha"], "set": label, "loss": df[f"{k}_loss"],
                                     "accuracy": df[f"{k}_acc"]}) for k, label in sets.items()])
     tips = ["set", alt.Tooltip("alpha:Q", format=".2f"), alt.Tooltip("loss:Q", format=".3g"),
             alt.Tooltip("accuracy:Q", format=".1%")]
-    base = alt.Chart(long).encode(x=alt.X("alpha:Q", title="α"), color=alt.Color("set:N", title="set"), tooltip=tips)
-    loss = base.transform_filter("datum.loss > 0").mark_line().encode(
-        y=alt.Y("loss:Q", scale=alt.Scale(type="log"), title="loss (log)")).properties(width=320, height=240)
-    acc = base.mark_line().encode(y=alt.Y("accuracy:Q", axis=alt.Axis(format="%"))).properties(width=320,
-                                                                                                height=240)
-    rules = alt.Chart(pd.DataFrame({"alpha": [0.0, 1.0]})).mark_rule(strokeDash=[4, 4], color="gray").encode(
-        x="alpha:Q")
-    return alt.hconcat(loss + rules, acc + rules, title=title)
+    minima = pd.DataFrame({"alpha": [0.0, 1.0], "role": list(ROLES)})
+
+    def panel(y: alt.Y, legend: bool) -> alt.LayerChart:  # legends on the first panel only
+        leg = {} if legend else {"legend": None}
+        rules = alt.Chart(minima).mark_rule(strokeWidth=2, opacity=0.7).encode(
+            x="alpha:Q", color=alt.Color("role:N", scale=ROLE_SCALE, title="minimum", **leg))
+        lines = alt.Chart(long).mark_line().encode(
+            x=alt.X("alpha:Q", title="α"), y=y, tooltip=tips,
+            color=alt.Color("set:N", title="set", scale=SPLIT_SCALE, sort=list(SPLITS), **leg),
+            strokeDash=alt.StrokeDash("set:N", title="set", scale=DASH_SCALE, sort=list(SPLITS), **leg),
+        ).properties(width=320, height=240)
+        lines = lines.transform_filter("datum.loss > 0") if y.shorthand == "loss:Q" else lines
+        return alt.layer(lines, rules).resolve_scale(color="independent")
+
+    return alt.hconcat(panel(alt.Y("loss:Q", scale=alt.Scale(type="log"), title="loss (log)"), True),
+                       panel(alt.Y("accuracy:Q", axis=alt.Axis(format="%")), False), title=title)
 
 
 def slice_chart(df: pd.DataFrame, metric: str = "clean_loss",
@@ -156,30 +190,6 @@ def slice_chart(df: pd.DataFrame, metric: str = "clean_loss",
                 scale=alt.Scale(type="log") if log else alt.Scale(zero=False)),
         color=_role_color(), tooltip=["role", alt.Tooltip("alpha:Q", format=".3f"),
                                       alt.Tooltip(f"{metric}:Q", format=".4g")])
-
-
-def surface_chart(df: pd.DataFrame, metric: str = "clean_loss", title: str = "", levels: int = 12,
-                  domain: tuple[float, float] | None = None) -> alt.Chart:
-    """A 2-D grid as filled contours: log10 of the loss quantised into `levels` bands (df: alpha, beta,
-    metric). Pass the same `domain` (of log10 values) to charts that must compare."""
-    _require(df, ["alpha", "beta", metric], "surface_chart")
-    d = df.assign(level=np.log10(df[metric].clip(lower=1e-12)))
-    lo, hi = domain or (float(d["level"].min()), float(d["level"].max()))
-    n = int(np.sqrt(len(d))) or 1
-    return alt.Chart(d, title=title).mark_rect().encode(
-        x=alt.X("alpha:O", title="α", axis=alt.Axis(values=_ticks(d["alpha"]), format=".2f", labelAngle=0)),
-        y=alt.Y("beta:O", title="β", sort="descending", axis=alt.Axis(values=_ticks(d["beta"]), format=".2f")),
-        color=alt.Color("level:Q", title=f"log₁₀ {CURVE_METRICS.get(metric, metric)}",
-                        scale=alt.Scale(type="quantize", domain=[lo, hi], scheme="viridis", nice=False, zero=False),
-                        legend=alt.Legend(format=".1f")),
-        tooltip=[alt.Tooltip("alpha:Q", format=".3f"), alt.Tooltip("beta:Q", format=".3f"),
-                 alt.Tooltip(f"{metric}:Q", format=".4g")],
-    ).properties(width=max(240, 6 * n), height=max(240, 6 * n))
-
-
-def _ticks(values: pd.Series) -> list[float]:
-    u = np.unique(values.to_numpy())
-    return [float(v) for v in u[:: max(1, len(u) // 4)]]
 
 
 def escape_chart(df: pd.DataFrame, title: str = "Escape probability vs perturbation radius") -> alt.Chart:
@@ -208,7 +218,7 @@ def random_init_chart(seeds: pd.DataFrame, minima: pd.DataFrame, field: str = "t
     (seeds: field; minima: role, field)."""
     _require(seeds, [field], "random_init_chart")
     label = {"test_acc": "test accuracy", "top_eigenvalue": "top eigenvalue λ₁"}.get(field, field)
-    hist = alt.Chart(seeds).mark_bar(color=ROLE_COLORS["good"], opacity=0.6).encode(
+    hist = alt.Chart(seeds).mark_bar(color="#9e9e9e", opacity=0.7).encode(
         x=alt.X(f"{field}:Q", bin=alt.Bin(maxbins=20), title=label),
         y=alt.Y("count():Q", title="random-init seeds"))
     rules = alt.Chart(minima).mark_rule(strokeWidth=3).encode(
@@ -242,31 +252,44 @@ def bound_chart(df: pd.DataFrame, title: str = "2-layer bound: complexity vs √
 
 
 def sweep_chart(df: pd.DataFrame, metric: str, title: str | None = None, log: bool = False) -> alt.Chart:
-    """metric vs attack size: mean over seeds with min–max bars, per role (df: n_attack, role, metric)."""
+    """metric vs attack size per role: every seed a point, over the line of their mean (df: n_attack,
+    role, metric; seed as a tooltip when present)."""
     _require(df, ["n_attack", "role", metric], "sweep_chart")
     label = {"test_acc": "test accuracy", "top_eigenvalue": "top eigenvalue λ₁", "trace": "trace",
              "frobenius_sq": "‖H‖_F²", "log_volume": "log-volume (top k)"}.get(metric, metric)
-    base = alt.Chart(df).encode(x=alt.X("n_attack:Q", title="attack size"), color=_role_color())
-    y = alt.Y(f"mean({metric}):Q", title=label, scale=alt.Scale(type="log" if log else "linear", zero=False))
-    line = base.mark_line(point=True).encode(y=y, tooltip=["role", "n_attack", alt.Tooltip(f"mean({metric}):Q",
-                                                                                           format=".4g")])
-    # min–max over seeds: always inside the data, so a log axis never sees a bar below zero
-    bars = base.mark_rule(strokeWidth=2).encode(y=alt.Y(f"min({metric}):Q", title=label), y2=f"max({metric}):Q")
-    return alt.layer(bars, line, title=title or f"{label} vs attack size").properties(width=300, height=220)
+    d = df[df[metric] > 0] if log else df
+    base = alt.Chart(d).encode(x=alt.X("n_attack:Q", title="attack size"), color=_role_color())
+    scale = alt.Scale(type="log" if log else "linear", zero=False)
+    line = base.mark_line().encode(y=alt.Y(f"mean({metric}):Q", title=label, scale=scale),
+                                   tooltip=["role", "n_attack", alt.Tooltip(f"mean({metric}):Q", format=".4g")])
+    seeds = base.mark_circle(size=30, opacity=0.55).encode(
+        y=alt.Y(f"{metric}:Q", title=label, scale=scale),
+        tooltip=["role", "n_attack", *(["seed"] if "seed" in d.columns else []),
+                 alt.Tooltip(f"{metric}:Q", format=".4g")])
+    return alt.layer(line, seeds, title=title or f"{label} vs attack size (points: seeds)").properties(
+        width=300, height=220)
 
 
 def log_volume_gap_chart(df: pd.DataFrame, title: str = "Log-volume gap (good − bad) vs k") -> alt.Chart:
-    """Mean over seeds of log-volume(good) − log-volume(bad) over the top k eigenvalues, with bars of
-    ± one standard deviation, one line per dataset (df: dataset, seed, k, gap)."""
+    """Mean over seeds of log-volume(good) − log-volume(bad) over the top k eigenvalues, each seed a point,
+    one line per dataset (df: dataset, seed, k, gap)."""
     _require(df, ["dataset", "k", "gap"], "log_volume_gap_chart")
-    base = alt.Chart(df).encode(x=alt.X("k:Q", title="k (top eigenvalues used)"),
+    return seeds_over_mean(df, "k", "k (top eigenvalues used)", "gap", "gap −½ Σᵢ≤ₖ log((λᵢᵍᵒᵒᵈ + ε)/(λᵢᵇᵃᵈ + ε))",
+                           title)
+
+
+def seeds_over_mean(df: pd.DataFrame, x: str, x_title: str, field: str, label: str, title: str,
+                    log_x: bool = False) -> alt.Chart:
+    """The mean of `field` over seeds against `x`, one line per dataset, each seed a point; a dashed zero."""
+    base = alt.Chart(df).encode(x=alt.X(f"{x}:Q", title=x_title, scale=alt.Scale(type="log" if log_x else "linear")),
                                 color=alt.Color("dataset:N", title="dataset"))
-    line = base.mark_line(point=True).encode(
-        y=alt.Y("mean(gap):Q", title="gap −½ Σᵢ≤ₖ log((λᵢᵍᵒᵒᵈ + ε)/(λᵢᵇᵃᵈ + ε))"),
-        tooltip=["dataset", "k", alt.Tooltip("mean(gap):Q", format=".4g")])
-    bars = base.mark_errorbar(extent="stdev").encode(y=alt.Y("gap:Q", title=""))
+    line = base.mark_line().encode(y=alt.Y(f"mean({field}):Q", title=label),
+                                   tooltip=["dataset", x, alt.Tooltip(f"mean({field}):Q", format=".4g")])
+    seeds = base.mark_circle(size=28, opacity=0.55).encode(
+        y=alt.Y(f"{field}:Q", title=label), tooltip=["dataset", x, *(["seed"] if "seed" in df.columns else []),
+                                                     alt.Tooltip(f"{field}:Q", format=".4g")])
     zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(color="gray", strokeDash=[4, 4]).encode(y="y:Q")
-    return alt.layer(zero, bars, line, title=title).properties(width=360, height=240)
+    return alt.layer(zero, line, seeds, title=title).properties(width=360, height=240)
 
 
 def two_layer_chart(df: pd.DataFrame, title: str = "2-layer networks: complexity vs Hessian norm") -> alt.Chart:

@@ -14,7 +14,13 @@ from collections.abc import Callable, Iterable
 ROLES: tuple[str, str] = ("good", "bad")
 METRICS: tuple[str, ...] = ("clean_loss", "clean_acc", "attack_loss", "attack_acc", "test_loss", "test_acc")
 CURVE_COLUMNS: tuple[str, ...] = ("epoch", "lr", *METRICS)
-ROLE_COLORS: dict[str, str] = {"good": "#1f77b4", "bad": "#d62728"}
+# One visual language (Okabe & Ito's colour-blind-safe palette): blue and vermillion are the roles and
+# nothing else; dataset splits are greys with dash patterns; any other category takes OTHER_COLORS.
+ROLE_COLORS: dict[str, str] = {"good": "#0072B2", "bad": "#D55E00"}
+SPLITS: tuple[str, ...] = ("clean train", "attack", "test")
+SPLIT_COLORS: dict[str, str] = {"clean train": "#1a1a1a", "attack": "#6b6b6b", "test": "#9e9e9e"}
+SPLIT_DASHES: dict[str, list[int]] = {"clean train": [1, 0], "attack": [6, 3], "test": [2, 2]}
+OTHER_COLORS: tuple[str, ...] = ("#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#000000", "#F0E442", "#999999")
 
 Progress = Callable[[float, str], None]
 

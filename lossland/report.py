@@ -21,7 +21,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from . import charts, fitting, path_analyses, path_charts
+from . import charts, contour_charts, figures3d, fitting, path_analyses, path_charts
 from .frames import pair_sentence, pair_table, spectrum_frame
 from .pairs import ROLES
 from .robustness import robustness_frame
@@ -116,7 +116,10 @@ class Figure:
     file: str  # under figures/
     title: str
     dataset: str  # "" for a figure across datasets
-    chart: alt.TopLevelMixin
+    chart: alt.TopLevelMixin | bytes  # an Altair chart, or a PNG already drawn (the 3-D view)
+
+    def png(self) -> bytes:
+        return self.chart if isinstance(self.chart, bytes) else charts.to_png(self.chart)
 
 
 def _gap_frame(results: tuple[DatasetResults, ...]) -> pd.DataFrame:
@@ -134,16 +137,9 @@ def _gap_frame(results: tuple[DatasetResults, ...]) -> pd.DataFrame:
 
 
 def log_volume_eps_chart(gap: pd.DataFrame) -> alt.Chart:
-    """Mean gap over seeds vs ε (log axis), ± one standard deviation, one line per dataset and control."""
-    base = alt.Chart(gap).encode(x=alt.X("eps:Q", title="ε", scale=alt.Scale(type="log")),
-                                 color=alt.Color("dataset:N", title=""))
-    line = base.mark_line(point=True).encode(
-        y=alt.Y("mean(gap):Q", title="log-volume gap good − bad (all eigenvalues)"),
-        tooltip=["dataset", "eps", alt.Tooltip("mean(gap):Q", format=".4g")])
-    bars = base.mark_errorbar(extent="stdev").encode(y=alt.Y("gap:Q", title=""))
-    zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(color="gray", strokeDash=[4, 4]).encode(y="y:Q")
-    return alt.layer(zero, bars, line, title="Log-volume gap over the whole spectrum vs ε").properties(
-        width=360, height=240)
+    """Mean gap over seeds vs ε (log axis), each seed a point, one line per dataset and control."""
+    return charts.seeds_over_mean(gap, "eps", "ε", "gap", "log-volume gap good − bad (all eigenvalues)",
+                                  "Log-volume gap over the whole spectrum vs ε", log_x=True)
 
 
 def robustness_chart(cells: pd.DataFrame) -> alt.Chart:
@@ -151,7 +147,7 @@ def robustness_chart(cells: pd.DataFrame) -> alt.Chart:
     return alt.Chart(cells, title="Sharpness ordering (bad > good) per optimizer setting").mark_rect().encode(
         x=alt.X("setting:N", title="", axis=alt.Axis(labelAngle=-30, labelLimit=260)),
         y=alt.Y("measure:N", title=""),
-        color=alt.Color("holds:N", scale=alt.Scale(domain=[True, False], range=["#1a7f37", "#d62728"]),
+        color=alt.Color("holds:N", scale=alt.Scale(domain=[True, False], range=["#009E73", "#cfcfcf"]),
                         title="holds"), tooltip=["measure", "setting", "effect", "control_effect"]).properties(
         width=520, height=160)
 
@@ -178,6 +174,9 @@ def _dataset_figures(rep: Reproduction, r: DatasetResults, add) -> None:
             lambda: charts.interpolation_chart(r.interpolation, f"{d}: from good (α=0) to bad (α=1)"))
     if len(r.surfaces) and set(r.surfaces["role"]) >= set(ROLES):
         add(f"{d}-contours.png", f"{d}: 2-D loss contours around each minimum", d, lambda: _contours(r))
+        add(f"{d}-surface-3d.png", f"{d}: the same surfaces in 3-D (log₁₀ clean-train loss)", d,
+            lambda: figures3d.surface_png({role: r.surfaces[r.surfaces["role"] == role] for role in ROLES},
+                                          title=f"{d}: "))
     if len(e.escape):
         add(f"{d}-escape.png", f"{d}: escape probability vs radius", d,
             lambda: charts.escape_chart(e.escape, f"{d}: escape probability vs radius"))
@@ -233,10 +232,8 @@ def figures(rep: Reproduction) -> list[Figure]:
 
 def _contours(r: DatasetResults) -> alt.TopLevelMixin:
     s = r.surfaces
-    levels = np.log10(s["clean_loss"].clip(lower=1e-12))
-    domain = (float(levels.min()), float(levels.max()))
-    return alt.hconcat(*[charts.surface_chart(s[s["role"] == role], title=f"{r.dataset}: {role} minimum",
-                                              domain=domain) for role in ROLES])
+    found = contour_charts.surface_charts({role: s[s["role"] == role] for role in ROLES}, title=f"{r.dataset}: ")
+    return alt.hconcat(*found.values())
 
 
 # --- the text ------------------------------------------------------------------------------------------
@@ -390,7 +387,7 @@ def write_report(rep: Reproduction, root: Path) -> Path:
     try:
         figs = figures(rep)
         for f in figs:
-            (tmp / "figures" / f.file).write_bytes(charts.to_png(f.chart))
+            (tmp / "figures" / f.file).write_bytes(f.png())
         (tmp / "report.md").write_text(report_markdown(rep, figs), encoding="utf-8")
         (tmp / "report.html").write_text(report_html(rep, figs), encoding="utf-8")
         payload = {"meta": _meta(rep), "claims": [c.to_dict() for c in rep.claims],

@@ -17,7 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORE = {"data", "models", "train", "curvature", "lanczos", "landscape", "basins", "theory", "fitting", "layers"}
 ABOVE_CORE = {"store", "pipeline", "executors", "experiments", "analyses", "plan", "reproduce", "claims", "report",
-              "frames", "charts", "cli", "specs", "layer_charts", "live_charts", "manage", "cli_manage", "leases"}
+              "frames", "charts", "cli", "specs", "layer_charts", "live_charts", "manage", "cli_manage", "leases",
+              "figures3d", "contour_charts"}
 UI = {"streamlit", "ui", "views", "app"}
 # module -> why it may be imported inside a function
 LAZY = {
@@ -25,6 +26,8 @@ LAZY = {
     "vl_convert": "optional PNG/SVG export, slow to import",
     "torchvision": "optional, only for `lossland download`",
     "tqdm": "CLI progress bars only",
+    "plotly": "the dashboard's 3-D view only (lossland.figures3d), slow to import",
+    "matplotlib": "the report's static 3-D image only (lossland.figures3d), slow to import",
     "sklearn.datasets": "start-up cost (~1 s) paid only when digits is loaded",
     "mnist1d.data": "start-up cost paid only when mnist1d is generated",
     "lossland.checkpoint": "torch (start-up cost) only when a store verifies a bundle's checkpoints",

@@ -1,10 +1,11 @@
 """Landscape: the path between the minima, 1-D slices and 2-D surfaces around each."""
 
-import numpy as np
+from dataclasses import replace
+
 import streamlit as st
 
 import ui
-from lossland import charts, path_charts
+from lossland import charts, contour_charts, contours, figures3d, path_charts
 from lossland.pairs import ROLES
 from lossland.specs import InterpolationSpec, SliceSpec, SurfaceSpec, TrajectorySpec
 
@@ -35,24 +36,42 @@ spec = ui.analysis_settings(store, pair_id, SurfaceSpec(), key="landscape-surfac
 if spec is not None:
     st.caption(f"{spec.n} × {spec.n} grid of the clean-train loss at θ* + α d₁ + β d₂, α, β ∈ [−{spec.span:g}, "
                f"{spec.span:g}], with filter-normalised directions of the same seeds around both minima and one "
-               "colour scale for both: the good minimum's low-loss region is wider.")
+               "colour scale for both (filled contours, isolines at log-spaced levels, θ* marked): the good minimum's "
+               "low-loss region is wider.")
 cols = st.columns(len(ROLES))
-frames = {}
+frames, refined = {}, {}
 for col, role in zip(cols, ROLES, strict=True):
     with col:
         res = ui.analysis_block(store, pair_id, spec and spec.for_role(role), key=f"surface:{pair_id}:{role}",
                                 label=f"the {role} surface")
         if res is not None and len(res.frame):
             frames[role] = res.frame
-if frames:
-    levels = np.log10(np.concatenate([f["clean_loss"].clip(lower=1e-12).to_numpy() for f in frames.values()]))
-    domain = (float(levels.min()), float(levels.max()))
+if frames and st.toggle("refine near the minimum", key="landscape-refine",
+                        help="A second grid of the same directions and size over the low-loss box around each minimum, "
+                             "merged into the first before contouring: where that box is at least half as wide, a "
+                             "uniform grid as fine costs less and none is offered."):
     for col, role in zip(cols, ROLES, strict=True):
-        if role in frames:
-            with col:
-                chart = charts.surface_chart(frames[role], "clean_loss", title=f"{role} minimum", domain=domain)
-                st.altair_chart(chart)
-                ui.chart_downloads(chart, f"surface-{role}-{pair_id}", key=f"landscape-surface-{role}")
+        if role not in frames:
+            continue
+        span = contours.refine_span(contours.grid_of(frames[role]))
+        with col:
+            if span is None:
+                st.caption(f"The {role} surface's low-loss box is wide: a finer uniform grid is as cheap.")
+                continue
+            res = ui.analysis_block(store, pair_id, replace(spec.for_role(role), span=span),
+                                    key=f"surface-fine:{pair_id}:{role}",
+                                    label=f"the refined {role} surface (span {span:g})")
+            if res is not None and len(res.frame):
+                refined[role] = res.frame
+if frames:
+    for role, chart in contour_charts.surface_charts(frames, refined=refined).items():
+        with cols[ROLES.index(role)]:
+            st.altair_chart(chart)
+            ui.chart_downloads(chart, f"surface-{role}-{pair_id}", key=f"landscape-surface-{role}")
+    with st.expander("3-D view"):
+        role = st.radio("minimum", list(frames), horizontal=True, key="landscape-3d-role")
+        st.plotly_chart(figures3d.surface_figure(frames[role], role=role, refined=refined.get(role)),
+                        key="landscape-3d")
 
 st.subheader("Optimizer trajectory")
 st.caption("The path from the initialisation to each minimum, projected on the plane of the top two principal "
