@@ -37,7 +37,9 @@ class Grid:
 
     @property
     def log(self) -> np.ndarray:
-        return np.log10(np.clip(self.values, FLOOR, None))
+        """log₁₀ of the values, clipped at FLOOR; NaN where a value is not finite (a diverged point)."""
+        v = np.where(np.isfinite(self.values), self.values, np.nan)
+        return np.log10(np.clip(v, FLOOR, None))
 
     def extent(self) -> tuple[float, float, float, float]:
         return float(self.alphas[0]), float(self.alphas[-1]), float(self.betas[0]), float(self.betas[-1])
@@ -80,8 +82,11 @@ def log_levels(lo: float, hi: float, target: int = 10) -> np.ndarray:
 def shared_levels(grids: list[Grid], target: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """(levels, edges) for several grids on one colour scale: isoline levels log-spaced over all their
     values, and band edges = the levels with the overall minimum and maximum at the ends."""
-    lo = min(float(np.nanmin(np.clip(g.values, FLOOR, None))) for g in grids)  # a zero sits at the floor
-    hi = max(float(np.nanmax(np.clip(g.values, FLOOR, None))) for g in grids)
+    finite = [np.clip(g.values[np.isfinite(g.values)], FLOOR, None) for g in grids]  # a zero sits at the floor
+    if not any(len(v) for v in finite):
+        raise ValueError("a surface without a single finite value has no contours")
+    lo = min(float(v.min()) for v in finite if len(v))
+    hi = max(float(v.max()) for v in finite if len(v))
     hi = hi if hi > lo else lo * 10
     levels = log_levels(lo, hi, target)
     return levels, np.concatenate([[lo], levels, [hi]])

@@ -158,3 +158,12 @@ def test_the_landscape_page_draws_stored_surfaces_as_contours_with_a_3d_view_and
     offered = {b.key for b in at.button if b.key and b.key.startswith("btn-surface-fine")}
     captions = " ".join(c.value for c in at.caption)
     assert offered or "a finer uniform grid is as cheap" in captions
+
+
+def test_a_diverged_point_leaves_a_hole_not_an_error():
+    grid = bowl(n=11)
+    values = grid.values.copy()
+    values[0, 0], values[0, 1] = np.inf, np.nan
+    c = contours.contours(contours.Grid(grid.alphas, grid.betas, values))
+    assert np.isfinite(c.edges).all() and c.edges[-1] == pytest.approx(np.nanmax(values[np.isfinite(values)]))
+    assert len(c.lines) and len(c.bands)
