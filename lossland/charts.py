@@ -312,7 +312,7 @@ def curve_fit_chart(curves: pd.DataFrame, summary: pd.DataFrame, n: int | None =
                     ) -> alt.HConcatChart:
     """Left: the fits of one (n, seed) over its points (default: the largest n, the first seed), the
     target dashed, values clipped to ±clip (a polynomial can leave by orders of magnitude). Right: test
-    error and roughness vs n per fit, median over seeds with min–max bars (log axes). curves: fit, n,
+    error and roughness vs n per fit, the median over seeds as a line, each seed a point (log axes). curves: fit, n,
     seed, part (grid | points), x, value, target; summary: fit, n, seed, test_mse, roughness."""
     _require(curves, ["fit", "n", "seed", "part", "x", "value", "target"], "curve_fit_chart")
     _require(summary, ["fit", "n", "seed", "test_mse", "roughness"], "curve_fit_chart")
@@ -339,6 +339,8 @@ def curve_fit_chart(curves: pd.DataFrame, summary: pd.DataFrame, n: int | None =
         line = base.mark_line(point=True).encode(
             y=alt.Y(f"median({metric}):Q", title=label, scale=alt.Scale(type="log")),
             tooltip=["fit", "n", alt.Tooltip(f"median({metric}):Q", format=".3g")])
-        bars = base.mark_rule().encode(y=alt.Y(f"min({metric}):Q", title=label), y2=f"max({metric}):Q")
-        panels.append(alt.layer(bars, line, title=f"{label} vs n").properties(width=260, height=260))
+        seeds = base.mark_circle(size=24, opacity=0.5).encode(
+            y=alt.Y(f"{metric}:Q", title=label, scale=alt.Scale(type="log")),
+            tooltip=["fit", "n", "seed", alt.Tooltip(f"{metric}:Q", format=".3g")])
+        panels.append(alt.layer(line, seeds, title=f"{label} vs n").properties(width=260, height=260))
     return alt.hconcat(*panels, title=title)

@@ -29,6 +29,12 @@ def _grid(frame: pd.DataFrame, metric: str, refined: pd.DataFrame | None) -> con
     return contours.merge(grid, contours.grid_of(refined, metric)) if refined is not None and len(refined) else grid
 
 
+def zrange(frames: list[pd.DataFrame], metric: str = "clean_loss") -> tuple[float, float]:
+    """One log₁₀ range over several surfaces, so their 3-D views compare."""
+    _, edges = contours.shared_levels([contours.grid_of(f, metric) for f in frames])
+    return float(np.log10(edges[0])), float(np.log10(edges[-1]))
+
+
 def surface_figure(frame: pd.DataFrame, role: str, metric: str = "clean_loss", refined: pd.DataFrame | None = None,
                    zrange: tuple[float, float] | None = None):
     """An interactive plotly surface of log₁₀ metric over (α, β); `zrange` (log₁₀) puts two on one scale."""

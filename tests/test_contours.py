@@ -2,12 +2,14 @@
 sets (semi-axes √(L − c) and √(L − c)/2), so every isoline vertex can be checked where it should lie."""
 
 import math
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from lossland import contours
+from lossland.pairs import ROLE_COLORS
 
 C = 0.01
 
@@ -138,6 +140,7 @@ def test_an_incomplete_grid_is_refused_by_name():
 def test_the_landscape_page_draws_stored_surfaces_as_contours_with_a_3d_view_and_offers_refinement(copied_store):
     from conftest import open_app
 
+    import ui
     from lossland import analyses
     from lossland.specs import SurfaceSpec
 
@@ -155,9 +158,16 @@ def test_the_landscape_page_draws_stored_surfaces_as_contours_with_a_3d_view_and
     assert at.get("plotly_chart"), "the 3-D view"
     at.toggle(key="landscape-refine").set_value(True).run()
     assert not at.exception
-    offered = {b.key for b in at.button if b.key and b.key.startswith("btn-surface-fine")}
-    captions = " ".join(c.value for c in at.caption)
-    assert offered or "a finer uniform grid is as cheap" in captions
+    offered = sorted(b.key for b in at.button if b.key and b.key.startswith("btn-surface-fine"))
+    assert offered, "a 9 × 9 grid over ±0.5 around a trained minimum: its low-loss box is narrower"
+    at.button(key=offered[0]).click().run()
+    deadline = time.time() + 60
+    while any(j.state in ("queued", "running") for j in ui.jobs().jobs.values()) and time.time() < deadline:
+        time.sleep(0.2)
+    at.run()
+    assert not at.exception
+    boxed = [s for s in (c.proto.spec for c in at.get("vega_lite_chart")) if '"strokeDash":[4,3]' in s.replace(" ", "")]
+    assert len(boxed) == 1, "the refined surface is merged into its chart, its box dashed"
 
 
 def test_a_diverged_point_leaves_a_hole_not_an_error():
@@ -167,3 +177,17 @@ def test_a_diverged_point_leaves_a_hole_not_an_error():
     c = contours.contours(contours.Grid(grid.alphas, grid.betas, values))
     assert np.isfinite(c.edges).all() and c.edges[-1] == pytest.approx(np.nanmax(values[np.isfinite(values)]))
     assert len(c.lines) and len(c.bands)
+
+
+def test_the_3d_views_draw_log10_of_the_grid_on_one_range():
+    from lossland import figures3d
+
+    good, bad = bowl(n=9).to_frame("clean_loss"), bowl(n=9).to_frame("clean_loss")
+    bad["clean_loss"] *= 100
+    lo, hi = figures3d.zrange([good, bad])
+    assert (lo, hi) == pytest.approx((math.log10(C), math.log10(100 * bowl(n=9).values.max())))
+    fig = figures3d.surface_figure(bad, role="bad", zrange=(lo, hi))
+    surface = fig.data[0]
+    assert np.allclose(surface.z, np.log10(100 * bowl(n=9).values)) and (surface.cmin, surface.cmax) == (lo, hi)
+    assert fig.data[1].marker.color == ROLE_COLORS["bad"]  # θ* in its role's colour
+    assert figures3d.surface_png({"good": good, "bad": bad}, dpi=40)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -70,7 +70,8 @@ if frames:
             ui.chart_downloads(chart, f"surface-{role}-{pair_id}", key=f"landscape-surface-{role}")
     with st.expander("3-D view"):
         role = st.radio("minimum", list(frames), horizontal=True, key="landscape-3d-role")
-        st.plotly_chart(figures3d.surface_figure(frames[role], role=role, refined=refined.get(role)),
+        st.plotly_chart(figures3d.surface_figure(frames[role], role=role, refined=refined.get(role),
+                                                 zrange=figures3d.zrange([*frames.values(), *refined.values()])),
                         key="landscape-3d")
 
 st.subheader("Optimizer trajectory")
