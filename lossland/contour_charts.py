@@ -31,13 +31,15 @@ def surface_charts(frames: dict[str, pd.DataFrame], metric: str = "clean_loss", 
 
 
 def contour_chart(c: contours.Contours, role: str, metric: str = "clean_loss", title: str = "",
-                  refined_box: tuple[float, float, float, float] | None = None) -> alt.LayerChart:
+                  refined_box: tuple[float, float, float, float] | None = None,
+                  axes: tuple[str, str] = ("α (direction d₁)", "β (direction d₂)")) -> alt.LayerChart:
     """Filled bands (viridis over log₁₀ of the band edges), isolines with their level written on them,
-    the minimum θ* at the origin in its role's colour and, dashed, the box of a refined grid."""
+    the minimum θ* at the origin in its role's colour and, dashed, the box of a refined grid; `axes` the
+    titles of α and β (e.g. the PCA directions of a trajectory's plane)."""
     label = CURVE_METRICS.get(metric, metric)
     lo, hi = float(c.edges[0]), float(c.edges[-1])
-    x = alt.X("alpha:Q", title="α (direction d₁)", scale=alt.Scale(domain=_extent(c, "alpha"), nice=False))
-    y = alt.Y("beta:Q", title="β (direction d₂)", scale=alt.Scale(domain=_extent(c, "beta"), nice=False))
+    x = alt.X("alpha:Q", title=axes[0], scale=alt.Scale(domain=_extent(c, "alpha"), nice=False))
+    y = alt.Y("beta:Q", title=axes[1], scale=alt.Scale(domain=_extent(c, "beta"), nice=False))
     # colour by log₁₀ on a linear scale: Vega-Lite gives a filled line no gradient legend on a log scale
     colour = alt.Scale(domain=[np.log10(lo), np.log10(hi)], scheme="viridis")
     decades = list(range(int(np.ceil(np.log10(lo))), int(np.floor(np.log10(hi))) + 1))

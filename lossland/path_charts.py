@@ -1,9 +1,10 @@
 """Charts of paths: the optimizer's trajectory on its PCA plane, and the escape probability against the
 radius with its 50% crossing. Pure functions of DataFrames (as `charts`), shared by the pages and the report.
 
-The trajectory is drawn over the loss of its own plane (one colour scale per call, `domain` to share it
-between minima), from the initialisation (epoch 0) to the minimum at the origin, in the order of the
-epochs; its axes name the share of the path's variance each direction explains. The escape chart draws
+The trajectory is drawn over the loss contours of its own plane (contour_charts.contour_chart: filled bands
+and labelled isolines at log-spaced levels; `plane_levels` puts both minima on one scale), from the
+initialisation (epoch 0) to the minimum at the origin, in the order of the epochs; its axes name the
+share of the path's variance each direction explains. The escape chart draws
 each radius's fraction of escaped trials with its exact (Clopper–Pearson) 95% interval and marks the
 estimated 50% radius of each minimum.
 """
@@ -16,12 +17,11 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from .charts import CURVE_METRICS, ROLE_SCALE, _require
+from . import contours
+from .charts import ROLE_SCALE, _require
+from .contour_charts import contour_chart
 from .pairs import ROLE_COLORS
 from .stats import CONFIDENCE, clopper_pearson
-
-LOSS_FLOOR = 1e-12
-_PLANE = alt.Scale(nice=False, zero=False)
 
 
 def explained_title(axis: int, ratio: float) -> str:
@@ -29,29 +29,17 @@ def explained_title(axis: int, ratio: float) -> str:
     return f"PC{axis} ({ratio:.1%})"
 
 
-def _background(grid: pd.DataFrame, metric: str, domain: tuple[float, float] | None, x_title: str,
-                y_title: str) -> alt.Chart:
-    """log₁₀ of the metric on the plane's grid as cells around the points (alpha, beta) (x, y: the axes)."""
-    a, b = np.unique(grid["alpha"]), np.unique(grid["beta"])
-    da = (a[1] - a[0]) / 2 if len(a) > 1 else 0.5
-    db = (b[1] - b[0]) / 2 if len(b) > 1 else 0.5
-    level = np.log10(grid[metric].astype(float).clip(lower=LOSS_FLOOR))
-    d = pd.DataFrame({"a0": grid["alpha"] - da, "a1": grid["alpha"] + da, "b0": grid["beta"] - db,
-                      "b1": grid["beta"] + db, "level": level, metric: grid[metric]})
-    lo, hi = domain or (float(level.min()), float(level.max()))
-    return alt.Chart(d).mark_rect().encode(
-        x=alt.X("a0:Q", title=x_title, scale=_PLANE), x2="a1:Q", y=alt.Y("b0:Q", title=y_title, scale=_PLANE),
-        y2="b1:Q",
-        color=alt.Color("level:Q", title=f"log₁₀ {CURVE_METRICS.get(metric, metric)}",
-                        scale=alt.Scale(scheme="viridis", domain=[lo, hi], clamp=True)),
-        tooltip=[alt.Tooltip(f"{metric}:Q", format=".4g")])
+def plane_levels(frame: pd.DataFrame, metric: str = "clean_loss") -> tuple[np.ndarray, np.ndarray]:
+    """(isoline levels, band edges) over every plane of a trajectory frame: one colour scale for both minima."""
+    grids = [contours.grid_of(g, metric) for _, g in frame[frame["part"] == "pca"].groupby("role")]
+    return contours.shared_levels(grids)
 
 
 def trajectory_chart(frame: pd.DataFrame, role: str, metric: str = "clean_loss",
-                     domain: tuple[float, float] | None = None, title: str | None = None) -> alt.LayerChart:
-    """The path of `role`'s run from its initialisation to the minimum on its PCA plane over the loss there
-    (frame: role, part 'pca'/'path', alpha, beta, metric, epoch, explained_1, explained_2, as
-    analyses.get(TrajectorySpec) returns it); `domain` the log₁₀ colour range (default: this plane's)."""
+                     levels: tuple[np.ndarray, np.ndarray] | None = None, title: str | None = None) -> alt.LayerChart:
+    """The path of `role`'s run from its initialisation to the minimum on its PCA plane over the contours of
+    the loss there (frame: role, part 'pca'/'path', alpha, beta, metric, epoch, explained_1, explained_2, as
+    analyses.get(TrajectorySpec) returns it); `levels` the contours' (levels, edges) (default: this plane's)."""
     _require(frame, ["role", "part", "alpha", "beta", metric, "epoch", "explained_1", "explained_2"],
              "trajectory_chart")
     mine = frame[frame["role"] == role]
@@ -59,8 +47,10 @@ def trajectory_chart(frame: pd.DataFrame, role: str, metric: str = "clean_loss",
     if not len(grid) or not len(path):
         raise ValueError(f"trajectory_chart: no trajectory of the {role} minimum in the frame")
     e1, e2 = float(path["explained_1"].iloc[0]), float(path["explained_2"].iloc[0])
-    x = alt.X("alpha:Q", title=explained_title(1, e1), scale=_PLANE)
-    y = alt.Y("beta:Q", title=explained_title(2, e2), scale=_PLANE)
+    axes = (explained_title(1, e1), explained_title(2, e2))
+    lv, edges = levels if levels is not None else contours.shared_levels([contours.grid_of(grid, metric)])
+    back = contour_chart(contours.contours(contours.grid_of(grid, metric), lv, edges), role, metric, axes=axes)
+    x, y = alt.X("alpha:Q", title=axes[0]), alt.Y("beta:Q", title=axes[1])
     p = path.assign(epoch=path["epoch"].astype(int), order=np.arange(len(path)),
                     loss=path["clean_loss"].astype(float))
     tips = [alt.Tooltip("epoch:Q"), alt.Tooltip("loss:Q", title="clean loss", format=".3g"),
@@ -71,22 +61,16 @@ def trajectory_chart(frame: pd.DataFrame, role: str, metric: str = "clean_loss",
     dots = base.mark_circle(color=ROLE_COLORS[role], size=30, opacity=1, stroke="white", strokeWidth=0.5).encode(
         tooltip=tips)
     ends = pd.DataFrame({"alpha": [float(p["alpha"].iloc[0]), 0.0], "beta": [float(p["beta"].iloc[0]), 0.0],
-                         "label": ["init", "minimum"], "shape": ["circle", "cross"]})
-    marks = alt.Chart(ends).mark_point(filled=True, size=120, color="white", stroke="black").encode(
-        x=x, y=y, shape=alt.Shape("shape:N", legend=None, scale=None), tooltip=["label:N"])
-    labels = alt.Chart(ends).mark_text(dy=-12, fontWeight="bold", color="white").encode(x=x, y=y, text="label:N")
-    back = _background(grid, metric, domain, explained_title(1, e1), explained_title(2, e2))
-    about = (f"optimizer trajectory of the {role} minimum on its PCA plane: {explained_title(1, e1)}, "
-             f"{explained_title(2, e2)}")
-    return alt.layer(back, halo, line, dots, marks, labels, title=title or f"{role} minimum: optimizer trajectory",
-                     description=about).properties(width=300, height=300)
-
-
-def loss_domain(frame: pd.DataFrame, metric: str = "clean_loss") -> tuple[float, float]:
-    """The log₁₀ range of the metric over every plane of a trajectory frame: one colour scale for both minima."""
-    grid = frame[frame["part"] == "pca"][metric].astype(float).clip(lower=LOSS_FLOOR)
-    levels = np.log10(grid)
-    return float(levels.min()), float(levels.max())
+                         "label": ["init (epoch 0)", f"minimum (epoch {int(p['epoch'].iloc[-1])})"]})
+    start = alt.Chart(ends.iloc[:1]).mark_point(filled=True, size=110, color="white", stroke="black").encode(
+        x=x, y=y, tooltip=["label:N"])
+    label = alt.Chart(ends).encode(x=x, y=y, text="label:N")
+    halo_text = label.mark_text(dy=-12, fontWeight="bold", stroke="#ffffff", strokeWidth=3, strokeOpacity=0.8)
+    text = label.mark_text(dy=-12, fontWeight="bold", color="#1a1a1a")
+    about = f"optimizer trajectory of the {role} minimum on its PCA plane: {axes[0]}, {axes[1]}"
+    return alt.layer(*back.layer, halo, line, dots, start, halo_text, text,
+                     title=title or f"{role} minimum: optimizer trajectory", description=about
+                     ).properties(width=300, height=300)
 
 
 # --- the escape transition -------------------------------------------------------------------------

@@ -194,9 +194,9 @@ def _path_figures(rep: Reproduction, r: DatasetResults, add) -> None:
         add(f"{d}-escape-transition.png", f"{d}: where the escape probability crosses 50%", d,
             lambda: path_charts.escape_transition_chart(s, found, f"{d}: where escape becomes likely (first seed)"))
     if len(t) and set(t["role"]) >= set(ROLES):
-        domain = path_charts.loss_domain(t)
+        levels = path_charts.plane_levels(t)
         add(f"{d}-trajectories.png", f"{d}: optimizer trajectories on their PCA planes", d,
-            lambda: alt.hconcat(*[path_charts.trajectory_chart(t, role, domain=domain,
+            lambda: alt.hconcat(*[path_charts.trajectory_chart(t, role, levels=levels,
                                                                title=f"{d}: {role} minimum") for role in ROLES]))
 
 

@@ -18,6 +18,7 @@ from lossland.data import load_experiment_data
 from lossland.experiments import run_pair
 from lossland.landscape import flat_params
 from lossland.models import build_model
+from lossland.pairs import ROLE_COLORS
 from lossland.path_analyses import NoTrajectory
 from lossland.specs import TrajectorySpec
 from lossland.store import Store
@@ -169,13 +170,15 @@ def test_the_trajectory_layer_runs_from_init_to_the_minimum_with_the_explained_v
     datasets = spec["datasets"]
     e1, e2 = frame.loc[frame["role"] == "bad", ["explained_1", "explained_2"]].iloc[0]
     line = next(lay for lay in _layers(spec)
-                if lay["mark"].get("type") == "line" and lay["mark"].get("color") != "white")
+                if lay["mark"].get("type") == "line" and lay["mark"].get("color") == ROLE_COLORS["bad"])
     rows = pd.DataFrame(datasets[line["data"]["name"]])
     assert list(rows["epoch"]) == sorted(rows["epoch"]) and rows["epoch"].iloc[0] == 0
     assert list(rows["order"]) == list(range(len(rows))) and line["encoding"]["order"]["field"] == "order"
     assert rows[["alpha", "beta"]].iloc[-1].abs().max() < 1e-9, "the path ends at the minimum, the origin"
     assert line["encoding"]["x"]["title"] == f"PC1 ({e1:.1%})" and line["encoding"]["y"]["title"] == f"PC2 ({e2:.1%})"
     assert json.dumps(spec).count("PC1 (") >= 2, "the background's axis carries the same title"
+    kinds = {lay["mark"].get("type") for lay in _layers(spec)}
+    assert any(lay["mark"].get("filled") for lay in _layers(spec)) and "text" in kinds, "contour bands, labels"
     with pytest.raises(ValueError, match="no trajectory"):
         path_charts.trajectory_chart(frame[frame["role"] == "good"], "bad")
 

@@ -78,13 +78,13 @@ st.subheader("Optimizer trajectory")
 st.caption("The path from the initialisation to each minimum, projected on the plane of the top two principal "
            "directions of its recorded parameter snapshots (Li et al. 2018, §7), over the clean-train loss of that "
            "plane; each axis says how much of the path's variance it explains. Recorded when the pair was trained "
-           "(record.trajectory_points).")
+           "(record.trajectory_points); the contours are log-spaced, on one scale for both minima.")
 spec = ui.analysis_settings(store, pair_id, TrajectorySpec(), key="landscape-trajectory")
 t = ui.analysis_block(store, pair_id, spec, key=f"trajectory:{pair_id}")
 if t is not None:
-    domain = path_charts.loss_domain(t.frame)
+    levels = path_charts.plane_levels(t.frame)
     for col, role in zip(st.columns(len(ROLES)), ROLES, strict=True):
         with col:
-            chart = path_charts.trajectory_chart(t.frame, role, domain=domain)
+            chart = path_charts.trajectory_chart(t.frame, role, levels=levels)
             st.altair_chart(chart)
             ui.chart_downloads(chart, f"trajectory-{role}-{pair_id}", key=f"landscape-trajectory-{role}")
