@@ -14,16 +14,26 @@ from typing import Any
 
 import pandas as pd
 
-from . import analyses
+from . import analyses, path_analyses
 from .config import ConfigError
 from .frames import runs_comparison
 from .pairs import is_run_id, run_ids
-from .specs import EscapeSpec, InterpolationSpec, RadiusSpec, RandomInitSpec, SliceSpec, Spec, SurfaceSpec
+from .specs import (
+    EscapeSearchSpec,
+    EscapeSpec,
+    InterpolationSpec,
+    RadiusSpec,
+    RandomInitSpec,
+    SliceSpec,
+    Spec,
+    SurfaceSpec,
+    TrajectorySpec,
+)
 from .store import Store, StoreError
 
 # command -> the analysis kinds it runs (the first is the default of --kind)
 ANALYSIS_COMMANDS: dict[str, tuple[type[Spec], ...]] = {
-    "landscape": (InterpolationSpec, SliceSpec, SurfaceSpec), "escape": (EscapeSpec,),
+    "landscape": (InterpolationSpec, SliceSpec, SurfaceSpec, TrajectorySpec), "escape": (EscapeSpec, EscapeSearchSpec),
     "random-init": (RandomInitSpec,), "radius": (RadiusSpec,)}
 
 
@@ -112,6 +122,12 @@ def analysis_table(a: analyses.Analysis) -> pd.DataFrame:
     if a.kind == EscapeSpec.kind:
         return f.groupby(["role", "radius"]).agg(trials=("trial", "count"), escaped=("escaped", "mean"),
                                                  test_acc=("test_acc", "mean"), distance=("distance", "mean"))
+    if a.kind == TrajectorySpec.kind:
+        path = f[f["part"] == "path"]
+        return path.groupby("role").agg(points=("point", "count"), last_epoch=("epoch", "max"),
+                                        pc1=("explained_1", "first"), pc2=("explained_2", "first"))
+    if a.kind == EscapeSearchSpec.kind:
+        return path_analyses.escape_transitions(f, a.spec).set_index("role")
     if a.kind == RandomInitSpec.kind:
         return f[["seed", "clean_acc", "test_acc", "top_eigenvalue"]].reset_index(drop=True)
     return f.groupby("role").agg(directions=("trial", "count"), mean_radius=("radius", "mean"),

@@ -12,6 +12,7 @@ import pytest
 from conftest import open_app, tiny_config
 
 from lossland import analyses, path_analyses, path_charts
+from lossland.cli import main
 from lossland.escape import bisect_escape, replay_transition
 from lossland.experiments import run_pair
 from lossland.specs import EscapeSearchSpec
@@ -132,3 +133,15 @@ def test_the_basins_page_draws_the_stored_search_with_its_50_percent_radii(searc
     chart = next(c for c in charts if c.get("title", {}).get("text") == "Where escape becomes likely")
     marks = [(lay["mark"]["type"], lay["encoding"].get("x", {}).get("field")) for lay in chart["layer"]]
     assert ("rule", "at") in marks and any("r₅₀" in line for line in chart["title"]["subtitle"])
+
+
+def test_the_cli_prints_each_minimums_50_percent_radius_from_the_store(searched, capsys):
+    store, pair_id, spec, a = searched
+    args = ["escape", pair_id, "--kind", "escape_search", "--stored-only", "--store", str(store.path), "--quiet"]
+    for name in ("n_trials", "scan", "steps", "expand", "retrain_epochs"):
+        args += [f"--{name.replace('_', '-')}", str(getattr(spec, name))]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"escape transition of pair {pair_id} (from the store" in out
+    found = path_analyses.escape_transitions(a.frame, spec)
+    assert all(role in out for role in found["role"]) and "r50" in out and "zero_n" in out
