@@ -14,7 +14,8 @@ _EXPORTS = {"analyze": "external", "Checkpoint": "checkpoint", "load_checkpoint"
             "ExperimentConfig": "config", "preset": "config",
             "run_pair": "experiments", "sweep": "experiments", "Store": "store", "spectrum": "curvature",
             "SpectrumResult": "curvature", "InterpolationSpec": "specs", "SliceSpec": "specs", "SurfaceSpec": "specs",
-            "EscapeSpec": "specs", "RandomInitSpec": "specs", "RadiusSpec": "specs"}
+            "EscapeSpec": "specs", "RandomInitSpec": "specs", "RadiusSpec": "specs", "TrajectorySpec": "specs",
+            "EscapeSearchSpec": "specs"}
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
