@@ -461,7 +461,10 @@ def test_missing_or_corrupt_checkpoints_are_stated_and_the_rest_of_the_app_works
     for pair_id, problem in ((ids[0], "missing"), (ids[1], "corrupt")):
         for page in ("views/overview.py", "views/spectrum.py", "views/runs.py"):
             at = open_app(page, {"pair": pair_id})
-            assert not at.error, (page, [e.value for e in at.error])
+            # the stored numbers show; only what needs the weights (the per-layer analysis) says it can't run
+            errors = [e.value for e in at.error]
+            assert all(problem in e and "per-layer" in e for e in errors), (page, errors)
+            assert len(errors) <= (page == "views/spectrum.py"), (page, errors)
         for page in ("views/landscape.py", "views/basins.py"):
             at = open_app(page, {"pair": pair_id})
             errors = [e.value for e in at.error]

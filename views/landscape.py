@@ -63,8 +63,14 @@ if frames and st.toggle("refine near the minimum", key="landscape-refine",
                                     label=f"the refined {role} surface (span {span:g})")
             if res is not None and len(res.frame):
                 refined[role] = res.frame
+drawn = {}
 if frames:
-    for role, chart in contour_charts.surface_charts(frames, refined=refined).items():
+    try:  # a stored grid may hold nothing finite (a diverged minimum, or a stranger's rows)
+        drawn = contour_charts.surface_charts(frames, refined=refined)
+    except ValueError as e:
+        st.warning(ui.text(f"The stored surface can't be drawn: {e}."))
+if drawn:
+    for role, chart in drawn.items():
         with cols[ROLES.index(role)]:
             st.altair_chart(chart)
             ui.chart_downloads(chart, f"surface-{role}-{pair_id}", key=f"landscape-surface-{role}")
