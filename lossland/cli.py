@@ -6,16 +6,14 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from . import __version__, cli_manage
+from . import __version__, cli_manage, measure
 from . import terminal as term
 from .arguments import assignments, json_value, load_config, split_values
-from .checkpoint import CheckpointError, load_checkpoint, write_checkpoint_bytes
+from .checkpoint import CheckpointError, write_checkpoint_bytes
 from .claims import claims_frame
 from .config import DEFAULT_PRESET, PRESETS, ConfigError
-from .curvature import spectrum
 from .data import DatasetError, download
 from .executors import ExecutorError, make_executor
 from .experiments import grid_configs, run_pair, sweep, verify_pair
@@ -64,21 +62,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 # --- spectrum -----------------------------------------------------------------------------
 
 def cmd_spectrum(args: argparse.Namespace) -> int:
-    ck = load_checkpoint(args.checkpoint)
-    settings = ck.config.spectrum
-    for name in ("k", "tol", "seed", "chunk_size"):
-        if getattr(args, name) is not None:
-            settings = replace(settings, **{name: getattr(args, name)})
-    settings.validate()
-    x, y = ck.clean_train()
-    progress, close = term.progress_bar("spectrum", args.quiet)
-    try:
-        s = spectrum(ck.model, x, y, ck.loss_fn, settings, progress)
-    finally:
-        close()
-    d = term.spectrum_summary(s, ck)
-    print(json.dumps(d, indent=2) if args.json else term.format_spectrum(d))
+    """A spectrum of a stored run (both of a pair), or of a checkpoint: measured on the checkpoint without
+    training, stored under its run when the store holds it (a second call reads it), printed."""
+    store = _store(args)
+    changes = {name: getattr(args, name) for name in ("k", "tol", "seed", "chunk_size")}
+    done = measure.for_target(store, args.target, args.exact, changes,
+                              lambda what: term.progress_bar(what, args.quiet), _say)
+    if args.json:
+        print(term.dumps([m.summary | {"run_id": m.run_id, "from_store": m.from_store} for m in done]))
+    for m in [] if args.json else done:
+        print((f"not stored: no run of this checkpoint in {store.path}" if m.run_id is None else
+               f"spectrum {m.spectrum_id} of run {m.run_id}, "
+               + ("answered from the store" if m.from_store else f"measured and stored in {store.path}"))
+              + ("" if m.summary["exact"] else "; no exact Hessian (--exact builds it)"))
+        print(term.format_spectrum(m.summary))
     return 0
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
 
 
 # --- store: run, sweep, runs, show, query, export, import ---------------------------------
@@ -247,15 +250,23 @@ def _compute_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("spectrum", help="Hessian spectrum of a checkpoint",
+    p = sub.add_parser("spectrum", help="Hessian spectrum of a stored run or a checkpoint, stored under its run",
                        description="Top-k eigenvalues (Lanczos), trace, Frobenius norm and log-volume of the "
-                                   "Hessian of the clean training loss at a saved minimum.")
-    p.add_argument("checkpoint", help="a .pt file written by `train` or `run`")
+                                   "Hessian of the clean training loss at a saved minimum, measured on its "
+                                   "checkpoint without training. The spectrum is stored under its run by the id of "
+                                   "its settings, so asking again reads it from the store. Without options, a run "
+                                   "shows its config's stored spectrum.")
+    p.add_argument("target", metavar="RUN_ID|CHECKPOINT",
+                   help="a run id (<pair>-good / <pair>-bad), a pair id (both runs), or a .pt file written by "
+                        "`train` or `run`")
     p.add_argument("--k", type=int, help="number of top eigenvalues (default: the config's)")
     p.add_argument("--tol", type=float, help="relative residual tolerance")
     p.add_argument("--seed", type=int, help="seed of the random start vectors")
     p.add_argument("--chunk-size", dest="chunk_size", type=int, help="samples per HVP chunk")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--exact", action="store_true",
+                   help=f"also build the exact dense Hessian (n_params HVPs; its cost is printed first); without "
+                        f"it only models of at most {measure.EXACT_DEFAULT_MAX} parameters get it")
+    _add_store_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_spectrum)
 

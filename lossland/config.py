@@ -1,7 +1,8 @@
 """Every knob of an experiment as frozen, self-validating plain data.
 
 A config validates itself on construction: a bad value raises ConfigError naming the
-field, the value and what is allowed. Its canonical JSON hashes to the run id.
+field, the value and what is allowed. What determines the minimum hashes to the run id; the spectrum
+section hashes to the id a spectrum is stored under.
 """
 
 from __future__ import annotations
@@ -252,6 +253,10 @@ class SpectrumConfig:
         if self.max_steps < self.k:
             _fail(f"{p}.max_steps", self.max_steps, f"at least k = {self.k}")
 
+    def spectrum_id(self) -> str:
+        """The key of a spectrum under its run: the digest of these settings."""
+        return digest({"spectrum": dataclasses.asdict(self)})
+
 
 @dataclass(frozen=True)
 class RecordConfig:
@@ -322,15 +327,30 @@ class ExperimentConfig:
             raise ConfigError(f"config is not valid JSON: {_shown(str(e), 200)}") from None
         return cls.from_dict(d)
 
-    def config_hash(self) -> str:
-        """16 hex digits of sha256 over canonical JSON and the result format: the pair id (a factory's
-        source hash must be pinned first: see lossland.factories.pinned)."""
+    def id_payload(self, attack: bool = True) -> dict:
+        """What a run id covers: what determines the minimum (data, model, training, attack and their
+        seeds; without the attack, the good minimum's), not the spectrum settings, the device nor what is
+        recorded. A factory's source hash must be pinned first (see lossland.factories.pinned)."""
         if (why := factory_spec.unpinned({"data": self.data, "model": self.model})) is not None:
             raise ConfigError(why)
-        hashed = {k: v for k, v in self.to_dict().items() if k not in UNHASHED_SECTIONS}
-        payload = json.dumps({"v": RESULT_FORMAT_VERSION, "config": hashed},
-                             sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        d = {k: v for k, v in self.to_dict().items() if k not in UNHASHED_SECTIONS}
+        del d["train"]["device"]
+        if not attack:
+            del d["attack"]
+        return {"v": RESULT_FORMAT_VERSION, "config": d}
+
+    def training_hash(self) -> str:
+        """The pair id (and the bad minimum's): 16 hex digits of sha256 over `id_payload()`."""
+        return digest(self.id_payload())
+
+    def good_hash(self) -> str:
+        """The good minimum's id: no attack in it, so every attack size shares one good run."""
+        return digest(self.id_payload(attack=False))
+
+    config_hash = training_hash  # the pair id, by its older name
+
+    def spectrum_id(self) -> str:
+        return self.spectrum.spectrum_id()
 
     def with_changes(self, **dotted: Any) -> ExperimentConfig:
         """`cfg.with_changes(**{"train.lr": 0.1, "attack.n_attack": 0})` -> a new validated config."""
@@ -347,9 +367,14 @@ class ExperimentConfig:
         return replace(self, **parts)
 
 
+def digest(payload: dict) -> str:
+    """16 hex digits of sha256 over canonical JSON."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
              "attack": AttackConfig, "spectrum": SpectrumConfig, "record": RecordConfig}
-UNHASHED_SECTIONS = ("record",)  # sections that do not change the minimum: left out of the pair id
+UNHASHED_SECTIONS = ("record", "spectrum")  # sections that do not change the minimum: left out of the pair id
 
 
 def _section_from_dict(name: str, kind: type, d: Any):

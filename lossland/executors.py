@@ -27,7 +27,7 @@ import torch
 from .config import ExperimentConfig
 from .pairs import Progress, quiet
 from .pipeline import ComputedPair, compute_pair
-from .train import PairResult
+from .train import PairResult, TrainResult
 
 EXECUTORS = ("local", "ray")
 ADDRESS_ENV = "LOSSLAND_RAY_ADDRESS"
@@ -43,6 +43,8 @@ class PointTask:
     config: ExperimentConfig
     device: str | None = None  # None: the config's train.device
     threads: int | None = None  # torch intra-op threads for the point: they change float results
+    good: TrainResult | None = None  # its good minimum, stored for another attack size (not trained again)
+    good_from: str | None = None  # ... and the run it is stored as
 
     @property
     def pair_id(self) -> str:
@@ -59,6 +61,7 @@ class PointResult:
     error: str | None = None  # "ExceptionType: message" when the point failed
     host: str = ""
     seconds: float = 0.0
+    good_from: str | None = None  # the run its good minimum was reused from
 
     @property
     def pair_id(self) -> str:
@@ -72,11 +75,11 @@ def compute_point(task: PointTask, progress: Progress = quiet) -> PointResult:
     try:
         if task.threads:
             torch.set_num_threads(task.threads)
-        computed = compute_pair(cfg, progress, task.device)
+        computed = compute_pair(cfg, progress, task.device, good=task.good)
         pair = computed.pair
         light = PairResult(config=cfg, good=replace(pair.good, model=None), bad=replace(pair.bad, model=None))
         return PointResult(cfg, replace(computed, pair=light), host=socket.gethostname(),
-                           seconds=time.perf_counter() - start)
+                           seconds=time.perf_counter() - start, good_from=task.good_from)
     except Exception as e:  # noqa: BLE001 - any failure of one point is that point's result
         return PointResult(cfg, None, error=f"{type(e).__name__}: {e}", host=socket.gethostname(),
                            seconds=time.perf_counter() - start)

@@ -329,17 +329,36 @@ def with_run_roles(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(role=roles)[roles.notna()]
 
 
-def spectrum_frame(spectra: pd.DataFrame, runs: pd.DataFrame, kind: str = "lanczos") -> pd.DataFrame:
-    """One kind of stored spectrum (top-k Lanczos or the exact one) with roles, ordered by role and index."""
-    s = with_roles(spectra, runs)
+def one_spectrum(df: pd.DataFrame, runs: pd.DataFrame, spectrum_id: str | None = None) -> pd.DataFrame:
+    """The rows of one spectrum per run, where a run holds several (spectra, densities or estimates): those of
+    `spectrum_id`, else of the run's config's (runs.spectrum_id), else of its first; rows of no spectrum
+    (analyses' estimates, a store from before schema 7) stay."""
+    if "spectrum_id" not in df.columns or df.empty:
+        return df
+    own = dict(zip(runs["run_id"], runs["spectrum_id"], strict=True)) if "spectrum_id" in runs.columns else {}
+    measured = df[df["spectrum_id"].notna()]
+    held = measured.groupby("run_id")["spectrum_id"].agg(lambda ids: sorted(set(ids)))
+    chosen = {rid: next((c for c in (spectrum_id, own.get(rid)) if not missing(c) and c in ids), ids[0])
+              for rid, ids in held.items()}
+    keep = df["spectrum_id"].isna() | (df["spectrum_id"] == df["run_id"].map(chosen))
+    return df[keep.fillna(False).astype(bool)]
+
+
+def spectrum_frame(spectra: pd.DataFrame, runs: pd.DataFrame, kind: str = "lanczos",
+                   spectrum_id: str | None = None) -> pd.DataFrame:
+    """One kind of stored spectrum (top-k Lanczos or the exact one) with roles, ordered by role and index; of
+    a run's several spectra, one (see `one_spectrum`)."""
+    s = with_roles(one_spectrum(spectra, runs, spectrum_id), runs)
     if "kind" in s.columns:
         s = s[s["kind"] == kind]
     return s.sort_values(["role", "idx"])
 
 
-def estimate_frame(estimates: pd.DataFrame, runs: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
-    """The stored estimates called `names` (trace, frobenius_sq, trace_exact, ...) with roles."""
-    e = with_roles(estimates, runs)
+def estimate_frame(estimates: pd.DataFrame, runs: pd.DataFrame, names: Iterable[str],
+                   spectrum_id: str | None = None) -> pd.DataFrame:
+    """The stored estimates called `names` (trace, frobenius_sq, trace_exact, ...) with roles; of a run's
+    several spectra, one's (see `one_spectrum`)."""
+    e = with_roles(one_spectrum(estimates, runs, spectrum_id), runs)
     return e[e["name"].isin(list(names))]
 
 
@@ -351,8 +370,9 @@ def log_volume_frame(estimates: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFram
 def density_frame(densities: pd.DataFrame, runs: pd.DataFrame, sigma: float, n_points: int = 400) -> pd.DataFrame:
     """Re-smooth stored SLQ nodes and weights (no new HVPs) on one grid with one kernel width for all
     roles — sigma times the joint spectral range — so the curves compare. Columns x, density, role.
-    Stored nodes that are missing or not finite, and repeated (vector, idx) rows, are left out."""
-    d = with_roles(densities, runs)
+    Stored nodes that are missing or not finite, and repeated (vector, idx) rows, are left out; of a run's
+    several spectra, one's (see `one_spectrum`)."""
+    d = with_roles(one_spectrum(densities, runs), runs)
     if not d.empty:
         d = d.dropna(subset=["role", "vector", "idx"]).drop_duplicates(["role", "vector", "idx"])
         d = d[np.isfinite(d["node"].astype(float).to_numpy(na_value=np.nan))]

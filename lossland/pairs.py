@@ -1,7 +1,8 @@
 """The vocabulary of a pair of minima, written once.
 
 A *pair* is two trained minima of one config: the **good** one (clean data) and the **bad** one
-(clean data plus an attack set). Its id is the config's hash; each run's id is `<pair_id>-<role>`.
+(clean data plus an attack set). Its id is the hash of what determines both minima
+(`ExperimentConfig.training_hash`: no spectrum settings, no device); each run's id is `<pair_id>-<role>`.
 The six training metrics are loss and accuracy on the clean training set, the attack set and the
 test set. Long computations report progress as `progress(fraction, message)`, fraction in [0, 1].
 """

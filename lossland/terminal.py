@@ -84,16 +84,6 @@ def format_pair(summary: dict) -> str:
     return "\n".join(text)
 
 
-def spectrum_summary(s, ck) -> dict:
-    return {"checkpoint": str(ck.path), "role": ck.role, "n_params": s.n_params,
-            "eigenvalues": list(s.top.eigenvalues), "residuals": list(s.top.residuals),
-            "converged": s.top.converged, "trace": s.trace.value, "trace_stderr": s.trace.stderr,
-            "trace_exact": getattr(s, "trace_exact", None), "frobenius_sq": s.frobenius_sq.value,
-            "frobenius_sq_stderr": s.frobenius_sq.stderr, "frobenius_sq_exact": getattr(s, "frobenius_sq_exact", None),
-            "log_volume_k": list(s.log_volume_k), "log_volume_exact": s.log_volume_exact, "eps": s.settings.eps,
-            "hvps": s.hvps, "lanczos_hvps": s.top.hvps, "seconds": s.seconds}
-
-
 def format_spectrum(d: dict) -> str:
     rows = [(str(i + 1), f"{lam:.8g}", f"{res:.1e}") for i, (lam, res) in
             enumerate(zip(d["eigenvalues"], d["residuals"], strict=True))]

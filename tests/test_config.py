@@ -25,6 +25,7 @@ from lossland.config import (
     preset,
 )
 from lossland.models import build_model, n_params
+from lossland.store.verify import legacy_hash
 
 REPO = Path(lossland.__file__).resolve().parent.parent
 SECTIONS = ("data", "model", "train", "attack", "spectrum")
@@ -191,15 +192,35 @@ def test_the_alternatives_table_covers_every_field():
     assert set(ALTERNATIVES) == every
 
 
-def test_changing_any_single_field_changes_the_hash():
+MEASUREMENT = {f for f in ALTERNATIVES if f.startswith("spectrum.")} | {"train.device"}  # not in the run id
+
+
+def test_changing_any_field_that_determines_the_minimum_changes_the_run_id_and_no_other_does():
     base = ExperimentConfig()
-    hashes = {"<base>": base.config_hash()}
+    hashes, spectra = {"<base>": base.config_hash()}, {"<base>": base.spectrum_id()}
     for field, value in ALTERNATIVES.items():
         section, name = field.split(".")
         changed = base.with_changes(**{field: value})
         assert getattr(getattr(changed, section), name) == value != getattr(getattr(base, section), name)
-        hashes[field] = changed.config_hash()
-    assert len(set(hashes.values())) == len(hashes), "two different configs share a hash"
+        if field in MEASUREMENT:
+            assert changed.config_hash() == changed.training_hash() == base.config_hash(), field
+            assert changed.good_hash() == base.good_hash(), field
+            if section == "spectrum":
+                spectra[field] = changed.spectrum_id()
+        else:
+            hashes[field] = changed.config_hash()
+            assert changed.spectrum_id() == base.spectrum_id(), field
+    assert len(set(hashes.values())) == len(hashes), "two configs with different minima share a run id"
+    assert len(set(spectra.values())) == len(spectra), "two different spectrum settings share a spectrum id"
+
+
+def test_the_good_minimum_id_leaves_the_attack_out_and_nothing_else():
+    base = ExperimentConfig()
+    for field in ("attack.n_attack", "attack.labels", "attack.seed"):
+        changed = base.with_changes(**{field: ALTERNATIVES[field]})
+        assert changed.good_hash() == base.good_hash() and changed.training_hash() != base.training_hash(), field
+    for field in ("train.lr", "model.seed", "data.seed", "train.seed"):
+        assert base.with_changes(**{field: ALTERNATIVES[field]}).good_hash() != base.good_hash(), field
 
 
 # --- with_changes ----------------------------------------------------------------------------
@@ -253,9 +274,14 @@ def test_the_default_preset_is_small_enough_for_the_exact_hessian():
     assert isinstance(SpectrumConfig().exact_max_params, int)
 
 
-# Run ids of the presets that have stored pairs: a new config field with a default, or a changed
-# preset, would silently orphan every stored run of them.
+# Run ids of the presets: a new config field with a default, or a changed preset, would silently orphan
+# every stored run of them. Schema 7 changed the rule (spectrum settings and device left out); the ids of
+# the rule before stay what stored runs are called, and a bundle's ids are still checked against them.
 PINNED_HASHES = {
+    "digits-mlp": "717dfcfc3fe30e45", "mnist1d-mlp": "102f08a9afa916db", "teacher-2layer": "fbd2db15970e684c",
+    "mnist-lenet": "48c35bd3259dcb14", "fashion-mlp": "5548d74906f4e4f2", "cifar10-resnet": "5373a4e964ed1122",
+}
+PINNED_BEFORE_SCHEMA_7 = {
     "digits-mlp": "20551c7745bf9e67", "mnist1d-mlp": "f5493e8ba78a4f89", "teacher-2layer": "3de10e22dc07c218",
     "mnist-lenet": "545bea5f4ee25ce7", "fashion-mlp": "8ab1c6de389491ca", "cifar10-resnet": "c3b7fa26c33afaf2",
 }
@@ -264,6 +290,7 @@ PINNED_HASHES = {
 @pytest.mark.parametrize("name", sorted(PINNED_HASHES))
 def test_the_run_ids_of_the_existing_presets_do_not_change(name):
     assert preset(name).config_hash() == PINNED_HASHES[name]
+    assert legacy_hash(preset(name).to_json()) == PINNED_BEFORE_SCHEMA_7[name]
 
 
 FASHION = ("fashion-mlp", "fashion-lenet", "fashion-lenet-sgd", "fashion-cnn", "fashion-cnn-sgd")

@@ -120,8 +120,11 @@ def test_v1_store_is_migrated_keeping_every_row(tmp_path, pair0):
     assert set(runs["attack_labels"]) == {"random"}  # recovered from config_json
     assert runs["git_commit"].isna().all() and runs["error"].isna().all()
     with duckdb.connect(str(path), read_only=True) as con:
-        for t, rows in before.items():
-            assert con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() == rows
+        for t, rows in before.items():  # every row kept; the spectrum tables learnt their spectrum's id (schema 7)
+            kept = "* EXCLUDE (spectrum_id)" if t != "curves" else "*"
+            assert con.execute(f"SELECT {kept} FROM {t} ORDER BY ALL").fetchall() == rows
+            if t != "curves":
+                assert {r[0] for r in con.execute(f"SELECT spectrum_id FROM {t}").fetchall()} <= {cfg.spectrum_id()}
     fresh = Store(tmp_path / "fresh.duckdb")
     assert s.tables() == fresh.tables()  # a migrated store is column for column a fresh one
     assert "density_grid" not in s.tables()
@@ -150,14 +153,53 @@ def test_v3_store_is_migrated_dropping_only_density_grid(tmp_path, pair0):
     with duckdb.connect(str(path)) as con:  # a version-3 store holding the same runs, and their density_grid
         migrate(con, path, target=3)
         con.execute(f"ATTACH '{fresh.path.as_posix()}' AS fresh (READ_ONLY)")
-        for table in DATA_TABLES:
-            con.execute(f"INSERT INTO {table} SELECT * FROM fresh.{table}")
+        copy_columns_of_this_version(con, "fresh")
         con.execute("INSERT INTO density_grid SELECT run_id, 0, 0.5, 1.0, 0.1 FROM runs")
     s = Store(path)
     assert s.tables() == fresh.tables() and "density_grid" not in s.tables()
     assert s.table("meta").set_index("key")["value"]["schema_version"] == str(SCHEMA_VERSION)
     for table in DATA_TABLES:
         pd.testing.assert_frame_equal(s.table(table), fresh.table(table))
+
+
+def copy_columns_of_this_version(con: duckdb.DuckDBPyConnection, source: str) -> None:
+    """Fill an old-version store from an attached current one: the columns the old tables have."""
+    for table in DATA_TABLES:
+        cols = ", ".join(r[0] for r in con.execute(f"DESCRIBE {table}").fetchall())
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {source}.{table}")
+
+
+def test_a_v5_store_migrates_to_spectra_keyed_by_their_settings_keeping_every_row_and_every_id(tmp_path, pair0):
+    fresh = Store(tmp_path / "fresh.duckdb")
+    fresh.save_pair(*pair0)
+    path = tmp_path / "v5.duckdb"
+    with duckdb.connect(str(path)) as con:  # a version-5 store of the same runs, and a run whose config won't parse
+        migrate(con, path, target=5)
+        con.execute(f"ATTACH '{fresh.path.as_posix()}' AS fresh (READ_ONLY)")
+        copy_columns_of_this_version(con, "fresh")
+        con.execute("UPDATE runs SET pair_id = 'legacy0000000000', run_id = 'legacy0000000000-' || role")
+        for table in DATA_TABLES[1:]:
+            con.execute(f"UPDATE {table} SET run_id = 'legacy0000000000-' || split_part(run_id, '-', 2)")
+        con.execute("INSERT INTO runs (run_id, pair_id, role, status, config_json, created_at) VALUES "
+                    "('odd-good', 'odd', 'good', 'failed', '{\"data\": 1}', TIMESTAMP '2025-01-01')")
+        before = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in DATA_TABLES}
+    s = Store(path)
+    assert s.tables() == fresh.tables()
+    assert {t: len(s.table(t)) for t in DATA_TABLES} == before
+    cfg, sid = pair0[0].config, pair0[1]["good"].settings.spectrum_id()  # the settings its estimates record
+    runs = s.runs().set_index("run_id")
+    assert runs.loc["legacy0000000000-good", "pair_id"] == "legacy0000000000"  # stored ids are not renamed
+    assert runs.loc["legacy0000000000-good", "train_id"] == cfg.good_hash()
+    assert runs.loc["legacy0000000000-bad", "train_id"] == cfg.training_hash()
+    assert set(runs.loc[["legacy0000000000-good", "legacy0000000000-bad"], "spectrum_id"]) == {sid}
+    assert pd.isna(runs.loc["odd-good", "spectrum_id"])  # an unreadable config: no ids, nothing lost
+    for table in ("spectra", "densities", "estimates"):  # every row of a spectrum (none of an analysis here)
+        assert set(s.table(table)["spectrum_id"]) == {sid}
+    old = s.pair("legacy0000000000")
+    new = fresh.pair(cfg.config_hash())
+    for table in ("spectra", "densities", "estimates"):
+        pd.testing.assert_frame_equal(getattr(old, table).drop(columns="run_id"),
+                                      getattr(new, table).drop(columns="run_id"))  # the same spectra, read alike
 
 
 def test_failed_migration_changes_nothing(tmp_path, monkeypatch):

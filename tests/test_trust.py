@@ -144,10 +144,14 @@ def test_a_bundle_relabelled_as_the_default_preset_is_refused_at_every_layer_it_
     as_preset = (f"'{preset.to_json()}' AS config_json",)
     refused(target, relabelled(bundle, tmp_path, "config", pair_id, claim, as_preset),
             f"run {claim}-(good|bad): seed = 31, its config says 0")
+    seeded = (*as_preset, "0::BIGINT AS seed")
     analyses = ("analyses", "landscapes", "basin_trials")
-    refused(target, relabelled(bundle, tmp_path, "analyses", pair_id, claim, (*as_preset, "0::BIGINT AS seed")),
+    refused(target, relabelled(bundle, tmp_path, "analyses", pair_id, claim, seeded),
             "is not the id of its kind, settings and pair")
-    refused(target, relabelled(bundle, tmp_path, "facts", pair_id, claim, (*as_preset, "0::BIGINT AS seed"), analyses),
+    refused(target, relabelled(bundle, tmp_path, "minimum", pair_id, claim, seeded, analyses),
+            f"run {claim}-(good|bad): train_id = .* is not the id of its minimum")
+    facts = (*seeded, f"CASE role WHEN 'good' THEN '{preset.good_hash()}' ELSE '{claim}' END AS train_id")
+    refused(target, relabelled(bundle, tmp_path, "facts", pair_id, claim, facts, analyses),
             f"checkpoints/{claim}-(good|bad).pt is not a checkpoint of run .* is of another config")
     assert not target.has_pair(claim)
 
@@ -320,8 +324,9 @@ def test_a_version_4_store_is_migrated_with_its_rows_and_learns_provenance(tmp_p
     with duckdb.connect(str(path)) as con:
         migrate(con, path, target=4)
         con.execute(f"ATTACH '{fresh.path.as_posix()}' AS fresh (READ_ONLY)")
-        for table in schema.TABLES:
-            con.execute(f"INSERT INTO {table} SELECT * FROM fresh.{table}")
+        for table in schema.TABLES:  # the columns a version-4 table has (schema 7 added the spectrum ids)
+            cols = ", ".join(r[0] for r in con.execute(f"DESCRIBE {table}").fetchall())
+            con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM fresh.{table}")
         assert {"provenance", "missing_checkpoints"}.isdisjoint(
             r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'v4'").fetchall())
     old = Store(path)

@@ -252,11 +252,13 @@ class Store(Management, Leases):
         return self._frame(f"SELECT {', '.join(column_names(CHILD_TABLES['basin_trials']))} FROM basin_trials "
                            "WHERE analysis_id = ? ORDER BY run_id, radius, trial", [analysis_id])
 
-    def estimates(self, run_ids: Iterable[str], names: Iterable[str] | None = None) -> pd.DataFrame:
+    def estimates(self, run_ids: Iterable[str], names: Iterable[str] | None = None,
+                  spectrum_id: str | None = None) -> pd.DataFrame:
+        """Estimates of these runs: analyses' and, of the spectra, each run's config's (or `spectrum_id`'s)."""
         ids = list(run_ids)
-        sql = (f"SELECT {', '.join(column_names(CHILD_TABLES['estimates']))} FROM estimates "
-               f"WHERE run_id IN ({rows.marks(ids)})")
-        params = list(ids)
+        sql = (f"SELECT {', '.join(column_names(CHILD_TABLES['estimates']))} FROM estimates t "
+               f"WHERE run_id IN ({rows.marks(ids)}) AND {rows.one_spectrum('estimates', spectrum_id)}")
+        params = [*ids, *([spectrum_id] if spectrum_id is not None else [])]
         if names is not None:
             wanted = list(names)
             sql += f" AND name IN ({rows.marks(wanted)})"
@@ -280,15 +282,27 @@ class Store(Management, Leases):
         return self._frame(f"SELECT {', '.join(column_names(LOCAL_TABLES['provenance']))} FROM provenance{where} "
                            f"ORDER BY run_id", ids)
 
-    def pair(self, pair_id: str) -> PairView:
-        """Both runs of a pair with their curves, spectra, densities and estimates."""
+    def pair(self, pair_id: str, spectrum_id: str | None = None) -> PairView:
+        """Both runs of a pair with their curves, spectra, densities and estimates: of the spectra, each run's
+        config's, or those measured with the settings of `spectrum_id` (the runs' curvature columns then theirs)."""
         ids = pairs.run_ids(pair_id)
         sql, params = rows.runs_query({"run_id": ids})
         with self._connect(read_only=True) as con:
             runs = query_frame(con, sql, params).sort_values("role", ascending=False, ignore_index=True)  # good first
             if runs.empty:
                 raise UnknownPairError(f"no pair {pair_id!r} in store {self.path} (or deleted: see `lossland restore`)")
-            return PairView(pair_id=pair_id, runs=runs, **rows.pair_frames(con, ids))
+            frames = rows.pair_frames(con, ids, spectrum_id)
+        runs = runs if spectrum_id is None else rows.with_spectrum_facts(runs, frames["spectra"], frames["estimates"],
+                                                                          spectrum_id)
+        return PairView(pair_id=pair_id, runs=runs, **frames)
+
+    def save_spectrum(self, run_id: str, s: SpectrumResult) -> None:
+        """Store one more spectrum of a stored run under its settings' id (see rows.write_spectrum)."""
+        self._write(lambda con: rows.write_spectrum(con, run_id, s, _insert), f"storing a spectrum of {run_id}")
+
+    def spectrum_frames(self, run_id: str, spectrum_id: str) -> dict[str, pd.DataFrame]:
+        with self._connect(read_only=True) as con:  # empty frames where the run has no such spectrum
+            return rows.spectrum_frames(con, run_id, spectrum_id)
 
     def has_pair(self, pair_id: str) -> bool:
         """True when both runs are stored, live, and neither failed."""

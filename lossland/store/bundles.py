@@ -1,7 +1,8 @@
 """Run bundles: runs with every row and checkpoint in one zip, to share a result with a collaborator.
 
     manifest.json               format and schema versions, run ids, row counts
-    tables/<table>.parquet      the runs' rows of each table, and the tags and notes of the runs and their pairs
+    tables/<table>.parquet      the runs' rows of each table (of the spectra, the one each runs row sums up), and
+                                the tags and notes of the runs and their pairs
     checkpoints/<run_id>.pt     the trained weights, where the file exists
 
 A bundle is untrusted input. Before anything is written its member names are checked (no absolute
@@ -40,8 +41,8 @@ import pyarrow as pa
 from .. import __version__, pairs
 from .errors import BundleError, first_line
 from .labels import export_labels, merge_labels
-from .rows import delete_runs, insert_rows, now
-from .schema import LABEL_TABLES, ORDER, RUN_COLUMNS, SCHEMA_VERSION, TABLES, column_names
+from .rows import delete_runs, insert_rows, now, one_spectrum
+from .schema import LABEL_TABLES, ORDER, RUN_COLUMNS, SCHEMA_VERSION, TABLES, column_names, fill_ids
 from .verify import Verified
 
 BUNDLE_FORMAT = 1
@@ -86,8 +87,8 @@ def write_tables(con: duckdb.DuckDBPyConnection, run_ids: list[str], folder: Pat
     counts: dict[str, int] = {}
     for name, columns in TABLES.items():
         target = (folder / "tables" / f"{name}.parquet").as_posix().replace("'", "''")
-        select = (f"SELECT {', '.join(column_names(columns))} FROM {name} WHERE run_id IN "
-                  f"(SELECT run_id FROM _lossland_ids) ORDER BY {ORDER[name]}")
+        select = (f"SELECT {', '.join(column_names(columns))} FROM {name} t WHERE run_id IN "
+                  f"(SELECT run_id FROM _lossland_ids) AND {one_spectrum(name)} ORDER BY {ORDER[name]}")
         con.execute(f"COPY ({select}) TO '{target}' (FORMAT parquet)")
         counts[name] = con.execute(f"SELECT count(*) FROM ({select})").fetchall()[0][0]
     return recorded, counts | export_labels(con, run_ids, folder)
@@ -351,6 +352,7 @@ class Merge:
             con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM read_parquet(?) WHERE run_id IN "
                         f"(SELECT run_id FROM _lossland_added) AND {self.verified.kept.get(name, 'TRUE')}",
                         [file.as_posix()])
+        fill_ids(con)  # a bundle from before schema 7: ids from its configs
         imported_at = now()
         insert_rows(con, "provenance", pa.table({
             "run_id": pa.array(added, pa.string()), "bundle": pa.array([self.target.source] * len(added)),

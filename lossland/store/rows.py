@@ -33,6 +33,7 @@ from .schema import (
     ORDER,
     PANDAS_TYPES,
     RUN_COLUMNS,
+    SPECTRUM_TABLES,
     TABLES,
     Columns,
     column_names,
@@ -117,7 +118,14 @@ def run_rows(cfg: ExperimentConfig, created_at: datetime) -> dict[str, dict[str,
     """The runs rows of both roles of cfg's pair, by role: the config's facts and the versions; the rest NULL."""
     facts = config_facts(cfg) | dict(config_json=cfg.to_json(), created_at=created_at, **versions())
     return {role: dict.fromkeys(column_names(RUN_COLUMNS)) | facts | {"run_id": pairs.run_id(facts["pair_id"], role),
-                                                                       "role": role} for role in pairs.ROLES}
+                                                                       "role": role, "train_id": train_id(cfg, role),
+                                                                       "spectrum_id": cfg.spectrum_id()}
+            for role in pairs.ROLES}
+
+
+def train_id(cfg: ExperimentConfig, role: str) -> str:
+    """The id of a role's minimum: the good one's leaves the attack out (see ExperimentConfig.good_hash)."""
+    return cfg.good_hash() if pairs.check_role(role) == "good" else cfg.training_hash()
 
 
 def spectrum_run_facts(s: SpectrumResult) -> dict[str, Any]:
@@ -131,7 +139,8 @@ def spectrum_run_facts(s: SpectrumResult) -> dict[str, Any]:
 
 def estimate_rows(run_id: str, s: SpectrumResult) -> list[dict[str, Any]]:
     settings = json.dumps(dataclasses.asdict(s.settings), sort_keys=True)
-    base = dict.fromkeys(column_names(CHILD_TABLES["estimates"])) | {"run_id": run_id, "settings_json": settings}
+    base = dict.fromkeys(column_names(CHILD_TABLES["estimates"])) | {"run_id": run_id, "settings_json": settings,
+                                                                       "spectrum_id": s.settings.spectrum_id()}
     rows = [base | {"name": name, "value": e.value, "stderr": e.stderr, "samples": e.samples, "hvps": e.hvps,
                     "method": e.method} for name, e in (("trace", s.trace), ("frobenius_sq", s.frobenius_sq))]
     for name in ("trace_exact", "frobenius_sq_exact"):
@@ -152,17 +161,38 @@ def spectrum_tables(run_id: str, s: SpectrumResult) -> dict[str, pa.Table]:
     top_vals, top_res = np.asarray(s.top.eigenvalues, float), np.asarray(s.top.residuals, float)
     exact = np.asarray(s.exact_eigenvalues if s.exact_eigenvalues is not None else (), float)
     n_top, n_exact = len(top_vals), len(exact)
-    spectra = {"run_id": [run_id] * (n_top + n_exact), "kind": ["lanczos"] * n_top + ["exact"] * n_exact,
+    sid = s.settings.spectrum_id()
+    spectra = {"run_id": [run_id] * (n_top + n_exact), "spectrum_id": [sid] * (n_top + n_exact),
+               "kind": ["lanczos"] * n_top + ["exact"] * n_exact,
                "idx": np.concatenate([np.arange(1, n_top + 1), np.arange(1, n_exact + 1)]).astype(np.int32),
                "eigenvalue": np.concatenate([top_vals, exact]),
                "residual": np.concatenate([top_res, np.full(n_exact, np.nan)])}
     nodes, weights = np.asarray(s.density.nodes, float), np.asarray(s.density.weights, float)
     n_vec, m = nodes.shape if nodes.ndim == 2 else (0, 0)
-    densities = {"run_id": [run_id] * (n_vec * m), "vector": np.repeat(np.arange(n_vec), m).astype(np.int32),
+    densities = {"run_id": [run_id] * (n_vec * m), "spectrum_id": [sid] * (n_vec * m),
+                 "vector": np.repeat(np.arange(n_vec), m).astype(np.int32),
                  "idx": np.tile(np.arange(m), n_vec).astype(np.int32), "node": nodes.ravel(), "weight": weights.ravel()}
     return {"spectra": arrow(CHILD_TABLES["spectra"], spectra),
             "densities": arrow(CHILD_TABLES["densities"], densities),
             "estimates": columnar(CHILD_TABLES["estimates"], estimate_rows(run_id, s))}
+
+
+def with_spectrum_facts(runs: pd.DataFrame, spectra: pd.DataFrame, estimates: pd.DataFrame,
+                        spectrum_id: str) -> pd.DataFrame:
+    """runs with their curvature columns (as spectrum_run_facts writes them) from the stored spectrum
+    `spectrum_id` instead of their config's; NULL for a run that has no such spectrum."""
+    out = runs.copy()
+    for i, rid in enumerate(out["run_id"]):
+        top = spectra[(spectra["run_id"] == rid) & (spectra["kind"] == "lanczos")].sort_values("idx")
+        est = estimates[(estimates["run_id"] == rid) & (estimates["spectrum_id"] == spectrum_id)]
+        value = dict(zip(est["name"], est["value"], strict=True))
+        lv = est[(est["name"] == "log_volume_k") & (est["k"] == len(top))]["value"]
+        facts = {"top_eigenvalue": top["eigenvalue"].iloc[0] if len(top) else None, "trace": value.get("trace"),
+                 "frobenius_sq": value.get("frobenius_sq"), "log_volume": lv.iloc[0] if len(lv) else None,
+                 "spectrum_hvps": None, "spectrum_seconds": None, "spectrum_id": spectrum_id}
+        for column, v in facts.items():
+            out.loc[out.index[i], column] = v
+    return out
 
 
 def curve_table(run_id: str, result: TrainResult) -> pa.Table:
@@ -180,8 +210,8 @@ def pair_tables(pair: PairResult, spectra: dict[str, SpectrumResult], checkpoint
         row.update({k: getattr(result, k) for k in ("status", "stop_reason", "n_params", "epochs", "seconds",
                                                     "device", *pairs.METRICS)},
                    extra_json=extra_json, checkpoint=checkpoints.get(role))
-        if role in spectra:
-            row.update(spectrum_run_facts(spectra[role]))
+        if role in spectra:  # the spectrum the runs row sums up: the config's, as the pipeline measures it
+            row.update(spectrum_run_facts(spectra[role]), spectrum_id=spectra[role].settings.spectrum_id())
             for name, t in spectrum_tables(row["run_id"], spectra[role]).items():
                 tables[name].append(t)
         tables["runs"].append(columnar(RUN_COLUMNS, [row]))
@@ -277,15 +307,47 @@ def analysis_row(run_id: str, analysis_id: str, kind: str, status: str, settings
         "settings_json": settings_json, "seconds": seconds, "created_at": now()}]))
 
 
-def pair_frames(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, pd.DataFrame]:
+def write_spectrum(con: duckdb.DuckDBPyConnection, run_id: str, s: SpectrumResult, insert=insert_rows) -> None:
+    """One more spectrum of a stored run, replacing one of the same settings; the runs row's curvature columns
+    follow when it is the spectrum they sum up (runs.spectrum_id)."""
+    sid = s.settings.spectrum_id()
+    if not con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]:
+        raise StoreError(f"no run {run_id!r} in the store: a spectrum is stored under its run")
+    for table, part in spectrum_tables(run_id, s).items():
+        con.execute(f"DELETE FROM {table} WHERE run_id = ? AND spectrum_id = ?", [run_id, sid])
+        insert(con, table, part)
+    facts = spectrum_run_facts(s)
+    con.execute(f"UPDATE runs SET {', '.join(f'{c} = ?' for c in facts)} WHERE run_id = ? AND spectrum_id = ?",
+                [*facts.values(), run_id, sid])
+
+
+def spectrum_frames(con: duckdb.DuckDBPyConnection, run_id: str, spectrum_id: str) -> dict[str, pd.DataFrame]:
+    """spectra, densities and estimates of one spectrum of a run."""
+    return {t: query_frame(con, f"SELECT {', '.join(column_names(CHILD_TABLES[t]))} FROM {t} WHERE run_id = ? "
+                                f"AND spectrum_id = ? ORDER BY {ORDER[t]}", [run_id, spectrum_id])
+            for t in SPECTRUM_TABLES}
+
+
+def one_spectrum(table: str, spectrum_id: str | None = None) -> str:
+    """SQL true of the rows of `table` (alias t) that belong to one spectrum of their run: `spectrum_id`, or
+    the run's config's (runs.spectrum_id) when None; rows of no spectrum (curves, analyses' estimates) too."""
+    if table not in SPECTRUM_TABLES:
+        return "TRUE"
+    chosen = "?" if spectrum_id is not None else "(SELECT r.spectrum_id FROM runs r WHERE r.run_id = t.run_id)"
+    return f"(t.spectrum_id IS NULL OR t.spectrum_id IS NOT DISTINCT FROM {chosen})"
+
+
+def pair_frames(con: duckdb.DuckDBPyConnection, ids: list[str],
+                spectrum_id: str | None = None) -> dict[str, pd.DataFrame]:
     """curves, spectra, densities and estimates of a pair's runs (ids good first), each with run_id and
-    role, good rows first."""
+    role, good rows first; of the spectra, each run's config's (or those of `spectrum_id`) only."""
     role = "CASE WHEN run_id = ? THEN 'good' ELSE 'bad' END AS role"
     frames = {}
-    for name in ("curves", "spectra", "densities", "estimates"):
+    for name in ("curves", *SPECTRUM_TABLES):
         cols = column_names(CHILD_TABLES[name])
-        frames[name] = query_frame(con, f"SELECT {cols[0]}, {role}, {', '.join(cols[1:])} FROM {name} WHERE run_id IN "
-                                        f"(?, ?) AND {LIVE} ORDER BY role DESC, "
-                                        f"{ORDER[name].removeprefix('run_id, ')}",
-                                   [ids[0], *ids])
+        extra = [spectrum_id] if spectrum_id is not None and name in SPECTRUM_TABLES else []
+        frames[name] = query_frame(con, f"SELECT {cols[0]}, {role}, {', '.join(cols[1:])} FROM {name} t WHERE run_id "
+                                        f"IN (?, ?) AND {LIVE} AND {one_spectrum(name, spectrum_id)} "
+                                        f"ORDER BY role DESC, {ORDER[name].removeprefix('run_id, ')}",
+                                   [ids[0], *ids, *extra])
     return frames

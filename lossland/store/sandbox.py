@@ -44,7 +44,7 @@ EXAMPLE_QUERIES = {
     "sharpness vs attack size": "SELECT n_attack, role, avg(top_eigenvalue) AS lambda1, avg(trace) AS trace "
                                 "FROM runs GROUP BY ALL ORDER BY n_attack, role",
     "top-5 eigenvalues of the latest pair": "SELECT r.role, s.idx, s.eigenvalue FROM spectra s JOIN runs r "
-                                            "USING (run_id) WHERE r.pair_id = (SELECT pair_id FROM runs "
+                                            "USING (run_id, spectrum_id) WHERE r.pair_id = (SELECT pair_id FROM runs "
                                             "ORDER BY created_at DESC LIMIT 1) AND s.kind = 'lanczos' "
                                             "AND s.idx <= 5 ORDER BY r.role, s.idx",
 }

@@ -6,11 +6,13 @@ by run_id:
   runs          one row per run: config facts, status, final metrics, headline curvature, versions
   curves        per epoch: lr, loss and accuracy on clean train, attack and test
   spectra       kind 'lanczos' (top-k, with residual) or 'exact' (all, residual NULL); idx counts from 1,
-                idx 1 is the largest eigenvalue
+                idx 1 is the largest eigenvalue; spectrum_id: the settings they were measured with (a run
+                may hold several spectra; runs.spectrum_id names the one its runs row sums up, its config's)
   densities     raw SLQ quadrature: per random vector `vector`, Ritz value `node` and its `weight`
                 (the dashboard smooths them at any sigma without new HVPs)
   estimates     name in trace, frobenius_sq, trace_exact, frobenius_sq_exact, log_volume_exact and
-                log_volume_k (one row per k); value, stderr, samples, hvps, method, eps, settings_json
+                log_volume_k (one row per k), spectrum_id as in spectra; analyses' estimates (spectrum_id
+                NULL); value, stderr, samples, hvps, method, eps, settings_json
   landscapes    loss/accuracy at points (alpha, beta) of slices and interpolations
   basin_trials  perturbation-escape trials: radius, trial, seed, metrics, escaped
   analyses      one row per analysis of a run (its settings' hash, status 'running' or 'done')
@@ -35,6 +37,7 @@ transaction that opens the store; a store newer than this code is refused.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,11 +47,12 @@ import pandas as pd
 import pyarrow as pa
 
 from .. import __version__
+from ..config import ConfigError, ExperimentConfig, SpectrumConfig
 from ..pairs import METRICS, ROLES
 from .connection import in_transaction, open_connection
 from .errors import StoreError, advice, first_line
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 Columns = tuple[tuple[str, str], ...]
 _M = tuple((m, "DOUBLE") for m in METRICS)
@@ -63,8 +67,12 @@ RUN_COLUMNS: Columns = (
     ("top_eigenvalue", "DOUBLE"), ("trace", "DOUBLE"), ("frobenius_sq", "DOUBLE"), ("log_volume", "DOUBLE"),
     ("spectrum_hvps", "BIGINT"), ("spectrum_seconds", "DOUBLE"), ("checkpoint", "VARCHAR"),
     ("lossland_version", "VARCHAR"), ("torch_version", "VARCHAR"), ("python_version", "VARCHAR"),
-    ("git_commit", "VARCHAR"), ("created_at", "TIMESTAMP"), ("error", "VARCHAR"), ("extra_json", "VARCHAR"))
+    ("git_commit", "VARCHAR"), ("created_at", "TIMESTAMP"), ("error", "VARCHAR"), ("extra_json", "VARCHAR"),
+    # train_id: the id of the minimum (good: config.good_hash, no attack; bad: the pair id); spectrum_id: that of
+    # the spectrum the curvature columns above sum up (the config's settings, SpectrumConfig.spectrum_id)
+    ("train_id", "VARCHAR"), ("spectrum_id", "VARCHAR"))
 _RUN_COLUMNS_NEW_IN_V2 = ("attack_labels", "git_commit", "error", "extra_json")
+_RUN_COLUMNS_NEW_IN_V7 = ("train_id", "spectrum_id")
 _RUNS_CONSTRAINTS = (f", PRIMARY KEY (run_id), CHECK (role IN ({', '.join(repr(r) for r in ROLES)})), "
                      "CHECK (status IN ('converged', 'max_epochs', 'diverged', 'failed'))")
 _RUNS_NOT_NULL = ("run_id", "pair_id", "role", "status", "config_json", "created_at")
@@ -80,17 +88,24 @@ _BASIN_TRIALS_V2: Columns = (("run_id", "VARCHAR"), ("kind", "VARCHAR"), ("radiu
 _DENSITY_GRID_V1: Columns = (("run_id", "VARCHAR"), ("idx", "INTEGER"), ("x", "DOUBLE"), ("density", "DOUBLE"),
                              ("sigma", "DOUBLE"))
 
-# Tables keyed by run_id besides runs, in the current schema.
-CHILD_TABLES: dict[str, Columns] = {
-    "curves": (("run_id", "VARCHAR"), ("epoch", "INTEGER"), ("lr", "DOUBLE"), *_M),
-    # idx counts from 1: idx 1 is the largest eigenvalue (kind 'lanczos': top-k; 'exact': all, descending)
+# The spectrum tables as versions 1 to 6 made them (version 7 appends spectrum_id to each).
+_SPECTRA_V1: dict[str, Columns] = {
     "spectra": (("run_id", "VARCHAR"), ("kind", "VARCHAR"), ("idx", "INTEGER"), ("eigenvalue", "DOUBLE"),
                 ("residual", "DOUBLE")),
     "densities": (("run_id", "VARCHAR"), ("vector", "INTEGER"), ("idx", "INTEGER"), ("node", "DOUBLE"),
                   ("weight", "DOUBLE")),
     "estimates": (("run_id", "VARCHAR"), ("name", "VARCHAR"), ("k", "INTEGER"), ("value", "DOUBLE"),
                   ("stderr", "DOUBLE"), ("samples", "BIGINT"), ("hvps", "BIGINT"), ("method", "VARCHAR"),
-                  ("eps", "DOUBLE"), ("settings_json", "VARCHAR")),
+                  ("eps", "DOUBLE"), ("settings_json", "VARCHAR"))}
+SPECTRUM_TABLES = tuple(_SPECTRA_V1)
+# The estimates a spectrum writes (the rest are analyses', with spectrum_id NULL).
+SPECTRUM_ESTIMATES = ("trace", "frobenius_sq", "trace_exact", "frobenius_sq_exact", "log_volume_exact", "log_volume_k")
+
+# Tables keyed by run_id besides runs, in the current schema.
+CHILD_TABLES: dict[str, Columns] = {
+    "curves": (("run_id", "VARCHAR"), ("epoch", "INTEGER"), ("lr", "DOUBLE"), *_M),
+    # idx counts from 1: idx 1 is the largest eigenvalue (kind 'lanczos': top-k; 'exact': all, descending)
+    **{name: columns + (("spectrum_id", "VARCHAR"),) for name, columns in _SPECTRA_V1.items()},
     # kind: 'interpolation' (alpha along the segment to other_run_id), 'slice1d', 'surface2d', ...;
     # point: index of the grid point (row-major), so a stopped grid resumes; analysis_id: see `analyses`
     "landscapes": _LANDSCAPES_V2 + (("analysis_id", "VARCHAR"), ("point", "INTEGER")),
@@ -121,8 +136,8 @@ LEASE_COLUMNS: Columns = (("pair_id", "VARCHAR"), ("pid", "BIGINT"), ("host", "V
                           ("started_at", "TIMESTAMP"), ("heartbeat_at", "TIMESTAMP"))
 
 # ORDER BY of each table when it is read whole or exported.
-ORDER = {"runs": "created_at DESC, run_id", "curves": "run_id, epoch", "spectra": "run_id, kind, idx",
-         "densities": "run_id, vector, idx", "estimates": "run_id, name, k",
+ORDER = {"runs": "created_at DESC, run_id", "curves": "run_id, epoch", "spectra": "run_id, spectrum_id, kind, idx",
+         "densities": "run_id, spectrum_id, vector, idx", "estimates": "run_id, spectrum_id, name, k",
          "landscapes": "run_id, analysis_id, point, kind, direction_seed, alpha, beta",
          "basin_trials": "run_id, analysis_id, kind, radius, trial", "analyses": "run_id, created_at, analysis_id",
          "provenance": "run_id", "missing_checkpoints": "run_id", "deleted_runs": "run_id",
@@ -159,20 +174,22 @@ def create_v1_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Schema version 1, as first released (also how tests make old stores): no attack_labels,
     git_commit, error or extra_json in runs; no landscapes, basin_trials or analyses; density_grid."""
     con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    create_table(con, "runs", tuple(c for c in RUN_COLUMNS if c[0] not in _RUN_COLUMNS_NEW_IN_V2))
-    for name in ("curves", "spectra", "densities"):
-        create_table(con, name, CHILD_TABLES[name])
+    later = _RUN_COLUMNS_NEW_IN_V2 + _RUN_COLUMNS_NEW_IN_V7
+    create_table(con, "runs", tuple(c for c in RUN_COLUMNS if c[0] not in later))
+    create_table(con, "curves", CHILD_TABLES["curves"])
+    for name in ("spectra", "densities"):
+        create_table(con, name, _SPECTRA_V1[name])
     create_table(con, "density_grid", _DENSITY_GRID_V1)
-    create_table(con, "estimates", CHILD_TABLES["estimates"])
+    create_table(con, "estimates", _SPECTRA_V1["estimates"])
     con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', '1')")
 
 
 def _v1_to_v2(con: duckdb.DuckDBPyConnection) -> None:
     """Rebuild runs with the new columns (attack_labels recovered from config_json), add the
     landscape tables; a migrated store is column for column a fresh one."""
-    old = [c for c, _ in RUN_COLUMNS if c not in _RUN_COLUMNS_NEW_IN_V2]
+    old = [c for c, _ in RUN_COLUMNS if c not in _RUN_COLUMNS_NEW_IN_V2 + _RUN_COLUMNS_NEW_IN_V7]
     con.execute("ALTER TABLE runs RENAME TO runs_v1")
-    create_table(con, "runs", RUN_COLUMNS)
+    create_table(con, "runs", tuple(c for c in RUN_COLUMNS if c[0] not in _RUN_COLUMNS_NEW_IN_V7))
     con.execute(f"INSERT INTO runs ({', '.join(old)}, attack_labels) SELECT {', '.join(old)}, "
                 f"json_extract_string(config_json, '$.attack.labels') FROM runs_v1")
     con.execute("DROP TABLE runs_v1")
@@ -208,9 +225,59 @@ def _v5_to_v6(con: duckdb.DuckDBPyConnection) -> None:
     create_table(con, "leases", LEASE_COLUMNS)
 
 
+def _v6_to_v7(con: duckdb.DuckDBPyConnection) -> None:
+    """Training and measurement part: runs learn the id of their minimum and of their config's spectrum, each
+    spectrum row the settings it was measured with; ids from each run's stored config (pair ids stay)."""
+    for name in _RUN_COLUMNS_NEW_IN_V7:
+        con.execute(f"ALTER TABLE runs ADD COLUMN {name} VARCHAR")
+    for name in SPECTRUM_TABLES:
+        con.execute(f"ALTER TABLE {name} ADD COLUMN spectrum_id VARCHAR")
+    fill_ids(con)
+
+
+def _measured_with(settings_json: str | None) -> str | None:
+    """The spectrum id of the settings a stored spectrum's estimates record, None where they don't parse."""
+    try:
+        return SpectrumConfig(**json.loads(settings_json)).spectrum_id() if settings_json else None
+    except (ValueError, TypeError, RecursionError):  # ConfigError is a ValueError
+        return None
+
+
+def run_ids_of(config_json: str, role: str, settings_json: str | None = None) -> tuple[str, str] | None:
+    """(train_id, spectrum_id) of a stored run: from its config, the spectrum's from the settings its estimates
+    record (else its config's); None where the config does not parse."""
+    try:
+        cfg = ExperimentConfig.from_json(config_json)
+    except ConfigError:
+        return None
+    train_id = cfg.good_hash() if role == "good" else cfg.training_hash()
+    return train_id, _measured_with(settings_json) or cfg.spectrum_id()
+
+
+def fill_ids(con: duckdb.DuckDBPyConnection) -> None:
+    """Give runs without them their train_id and spectrum_id, and the spectrum rows without one their run's
+    spectrum_id (a store or bundle from before schema 7)."""
+    found = con.execute("SELECT run_id, config_json, role, (SELECT any_value(e.settings_json) FROM estimates e "
+                        "WHERE e.run_id = runs.run_id AND e.name = 'trace') FROM runs "
+                        "WHERE spectrum_id IS NULL").fetchall()
+    ids = {rid: run_ids_of(text, role, settings) for rid, text, role, settings in found}
+    ids = {rid: v for rid, v in ids.items() if v is not None}
+    if ids:
+        con.register("_lossland_ids_v7", pa.table({"run_id": list(ids), "train_id": [v[0] for v in ids.values()],
+                                                   "spectrum_id": [v[1] for v in ids.values()]}))
+        con.execute("UPDATE runs SET train_id = i.train_id, spectrum_id = i.spectrum_id FROM _lossland_ids_v7 i "
+                    "WHERE runs.run_id = i.run_id")
+        con.unregister("_lossland_ids_v7")
+    names = ", ".join(f"'{n}'" for n in SPECTRUM_ESTIMATES)
+    for table in SPECTRUM_TABLES:
+        only = f" AND {table}.name IN ({names})" if table == "estimates" else ""
+        con.execute(f"UPDATE {table} SET spectrum_id = r.spectrum_id FROM runs r WHERE {table}.run_id = r.run_id "
+                    f"AND {table}.spectrum_id IS NULL{only}")
+
+
 # MIGRATIONS[i] takes a store from schema version i to i + 1 (0: an empty file).
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [create_v1_schema, _v1_to_v2, _v2_to_v3, _v3_to_v4,
-                                                                  _v4_to_v5, _v5_to_v6]
+                                                                  _v4_to_v5, _v5_to_v6, _v6_to_v7]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

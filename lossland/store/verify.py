@@ -1,6 +1,7 @@
 """A bundle's rows, verified before anything of it is written (a bundle is untrusted input).
 
-    runs          each config valid (ExperimentConfig.from_json) and hashing to its pair id; run_id =
+    runs          each config valid (ExperimentConfig.from_json) and hashing to its pair id (by today's rule,
+                  or, for a run stored before schema 7, the one of its time: `legacy_hash`); run_id =
                   <pair_id>-<role>; one good and one bad run per pair; the columns that restate the config
                   equal to it; n_params that of the config's model, which is within the parameter cap
     every table   its columns of the store's types; its keys unique; required values present; numbers
@@ -9,7 +10,8 @@
                   2000-01-01 and tomorrow; text of bounded length
     counts        what the config can produce: curves ≤ train.max_epochs per run, Lanczos eigenvalues
                   ≤ spectrum.k, exact ones ≤ n_params (none above spectrum.exact_max_params), densities
-                  ≤ slq_vectors × slq_steps, estimates ≤ MAX_ESTIMATE_NAMES names (+ k log-volumes)
+                  ≤ slq_vectors × slq_steps, estimates ≤ MAX_ESTIMATE_NAMES names (+ k log-volumes); a bundle
+                  carries of each run the spectrum its runs row sums up (runs.spectrum_id)
     labels        tags and notes of the bundle's runs and pairs only, well-formed keys, bounded text (labels.verify)
     analyses      each id recomputed from its kind, settings and pair (specs.Spec.analysis_id); its rows
                   of runs of that pair only, landscape points ≤ the spec's grid, basin trials ≤ its count
@@ -21,6 +23,7 @@ Landscape and basin rows that belong to no analysis (schema 2) are left out: not
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,11 +34,11 @@ import duckdb
 import pyarrow as pa
 
 from .. import pairs
-from ..config import ConfigError, ExperimentConfig
+from ..config import RESULT_FORMAT_VERSION, ConfigError, ExperimentConfig, digest
 from ..specs import from_stored
 from .errors import BundleError, first_line
 from .labels import verify_labels
-from .rows import config_facts, now
+from .rows import config_facts, now, train_id
 from .schema import SCHEMA_VERSION, TABLES, column_names
 
 if TYPE_CHECKING:
@@ -67,11 +70,14 @@ RULES: dict[str, tuple[tuple[str, str], ...]] = {
              ("n_params is not the parameter count of its config's model", "t.n_params <> b.n_params")),
     "curves": (("epoch outside [1, train.max_epochs]", "t.epoch < 1 OR t.epoch > b.max_epochs"),),
     "spectra": (("kind is not lanczos or exact", "t.kind NOT IN ('lanczos', 'exact')"),
+                ("spectrum_id is not the one its run sums up", "t.spectrum_id <> b.spectrum_id"),
                 ("idx outside [1, spectrum.k] (lanczos) or [1, n_params] (exact, none past exact_max_params)",
                  "t.idx < 1 OR t.idx > CASE t.kind WHEN 'lanczos' THEN b.k ELSE b.n_exact END")),
     "densities": (("vector or idx outside [0, spectrum.slq_vectors) × [0, spectrum.slq_steps)",
-                   "t.vector >= b.slq_vectors OR t.idx >= b.slq_steps"),),
-    "estimates": (("k outside [1, spectrum.k]", "t.k < 1 OR t.k > b.k"), ("eps is not positive", "t.eps <= 0")),
+                   "t.vector >= b.slq_vectors OR t.idx >= b.slq_steps"),
+                  ("spectrum_id is not the one its run sums up", "t.spectrum_id <> b.spectrum_id")),
+    "estimates": (("k outside [1, spectrum.k]", "t.k < 1 OR t.k > b.k"), ("eps is not positive", "t.eps <= 0"),
+                  ("spectrum_id is not the one its run sums up", "t.spectrum_id <> b.spectrum_id")),
     "landscapes": (("belongs to no analysis of its pair in the bundle, or to one of another kind",
                     "a.kind IS NULL OR t.kind <> a.kind OR a.pair_id <> b.pair_id"),
                    ("point outside the analysis' grid", "t.point >= a.grid_points"),
@@ -119,6 +125,7 @@ def verify(bundle: Unpacked, caps: Any = None) -> Verified:
             check.table(table, sum(_run_bound(table, configs[r], sizes[r]) for r in configs))
         check.analyses(configs)
         left_out = {table: check.table(table, check.analysis_rows(table)) for table in _BY_ANALYSIS}
+        check.minima(configs)
         verify_labels(con, bundle.path, bundle.run_ids, bundle.labels)
         return Verified(configs, sizes, check.kept, {t: n for t, n in left_out.items() if n})
 
@@ -130,6 +137,16 @@ def _database() -> Iterator[duckdb.DuckDBPyConnection]:
         yield con
     finally:
         con.close()
+
+
+def legacy_hash(config_json: str) -> str | None:
+    """The pair id a run got before schema 7 (every section but `record` hashed, spectrum and device too): stored
+    runs keep it."""
+    try:
+        config = json.loads(config_json)
+        return digest({"v": RESULT_FORMAT_VERSION, "config": {k: v for k, v in config.items() if k != "record"}})
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return None
 
 
 def _run_bound(table: str, cfg: ExperimentConfig, n_params: int) -> int:
@@ -259,18 +276,24 @@ class _Check:
             cfg = ExperimentConfig.from_json(row["config_json"])
         except ConfigError as e:
             self.fail("runs", f"run {rid} has an invalid config ({e})")
-        if cfg.config_hash() != row["pair_id"]:
+        if row["pair_id"] not in (cfg.config_hash(), legacy_hash(row["config_json"])):
             self.fail("runs", f"run {rid} claims pair {row['pair_id']}, but its config hashes to {cfg.config_hash()}")
         if row["role"] not in pairs.ROLES or rid != pairs.run_id(row["pair_id"], row["role"]):
             self.fail("runs", f"run id {rid} is not <pair_id>-<role> of its pair {row['pair_id']} and role "
                               f"{row['role']!r}")
-        for column, value in config_facts(cfg).items():
+        for column, value in (config_facts(cfg) | {"pair_id": row["pair_id"]}).items():
             if row[column] != value and not (row[column] is None and column not in self.present["runs"]):
                 self.fail("runs", f"run {rid}: {column} = {row[column]!r}, its config says {value!r}")
         if self.caps is not None and cfg.train.max_epochs > self.caps.max_epochs:
             self.fail("runs", f"run {rid}: train.max_epochs = {cfg.train.max_epochs:,} is over this store's cap of "
                               f"{self.caps.max_epochs:,} (LOSSLAND_MAX_EPOCHS)")
         return cfg
+
+    def minima(self, configs: dict[str, ExperimentConfig]) -> None:
+        """Each run's train_id, where the bundle has one, is the id of its minimum (a later run may reuse it)."""
+        for rid, role, claimed in self.con.execute("SELECT run_id, role, train_id FROM runs").fetchall():
+            if claimed is not None and claimed != train_id(configs[rid], role):
+                self.fail("runs", f"run {rid}: train_id = {claimed!r} is not the id of its minimum")
 
     def sizes(self, configs: dict[str, ExperimentConfig]) -> dict[str, int]:
         """Each run's parameter count, its model built on the meta device (torch is imported only here)."""
@@ -281,7 +304,7 @@ class _Check:
         out = {}
         stated = dict(self.con.execute("SELECT run_id, n_params FROM runs").fetchall())  # a factory model's count
         for rid, cfg in configs.items():
-            pair_id = cfg.config_hash()
+            pair_id = cfg.config_hash()  # the model's size: the same for a legacy pair id
             if pair_id not in by_pair:
                 try:
                     by_pair[pair_id] = model_size(cfg, cap, stated.get(rid))
@@ -292,7 +315,9 @@ class _Check:
 
     def bounds(self, configs: dict[str, ExperimentConfig], sizes: dict[str, int]) -> None:
         diverged = {r[0] for r in self.con.execute("SELECT run_id FROM runs WHERE status = 'diverged'").fetchall()}
-        rows = [{"run_id": rid, "pair_id": cfg.config_hash(), "max_epochs": cfg.train.max_epochs, "k": cfg.spectrum.k,
+        ids = {r[0]: r[1:] for r in self.con.execute("SELECT run_id, pair_id, spectrum_id FROM runs").fetchall()}
+        rows = [{"run_id": rid, "pair_id": ids[rid][0], "spectrum_id": ids[rid][1],
+                 "max_epochs": cfg.train.max_epochs, "k": cfg.spectrum.k,
                  "n_exact": _exact(cfg, sizes[rid]), "slq_vectors": cfg.spectrum.slq_vectors,
                  "slq_steps": cfg.spectrum.slq_steps, "n_params": sizes[rid], "diverged": rid in diverged}
                 for rid, cfg in configs.items()]
