@@ -49,10 +49,13 @@ def test_a_v5_store_migrates_to_run_management_keeping_its_runs(two_pairs, tmp_p
     con = duckdb.connect(str(store.path))
     for table in ("deleted_runs", "tags", "notes", "leases"):
         con.execute(f"DROP TABLE {table}")
+    for table, column in (("runs", "train_id"), ("runs", "spectrum_id"), ("spectra", "spectrum_id"),
+                          ("densities", "spectrum_id"), ("estimates", "spectrum_id")):  # schema 7's
+        con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     con.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
     con.close()
     again = Store(store.path)
-    assert again.table("meta").set_index("key")["value"]["schema_version"] == str(SCHEMA_VERSION) == "6"
+    assert again.table("meta").set_index("key")["value"]["schema_version"] == str(SCHEMA_VERSION) == "7"
     assert again.tables() == fresh and again.count_runs() == 4 and again.has_pair(ids[0])
 
 

@@ -222,8 +222,9 @@ def test_failed_migration_changes_nothing(tmp_path, monkeypatch):
 def test_newer_schema_is_refused(store):
     store.count_runs()
     with duckdb.connect(str(store.path)) as con:
-        con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match=f"schema version 7, newer than the {SCHEMA_VERSION}.*upgrade lossland"):
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)])
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer than the {SCHEMA_VERSION}.*"
+                                         f"upgrade lossland"):
         Store(store.path).runs()
 
 
