@@ -24,6 +24,7 @@ from lossland.data import DatasetError, load_experiment_data
 from lossland.experiments import run_pair, sweep
 from lossland.external import is_external, load_module_file
 from lossland.store import Store
+from lossland.store.verify import legacy_hash
 from lossland.train import cross_entropy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,7 +205,8 @@ def test_dataset_factories_accept_tensors_datasets_and_loaders_and_name_every_pr
 
 
 def test_config_factory_fields_are_validated_and_leave_old_ids_alone():
-    assert ExperimentConfig().config_hash() == "20551c7745bf9e67"  # as before factories existed
+    assert legacy_hash(ExperimentConfig().to_json()) == "20551c7745bf9e67"  # as before factories existed
+    assert ExperimentConfig().config_hash() == "717dfcfc3fe30e45"  # schema 7's rule: no spectrum, no device
     for changes, message in (({"model.factory": "a:b"}, "model.name = 'mlp'"),
                              ({"model.name": "custom"}, "model.factory = None"),
                              ({"model.name": "custom", "model.factory": "a b:c"}, "an import path"),
