@@ -26,8 +26,8 @@ def layer_chart(df: pd.DataFrame, title: str = "Curvature per parameter block (d
             "trace_method"]
     base = alt.Chart(d).encode(x=x, xOffset=alt.XOffset("role:N", sort=list(ROLES)), color=color, tooltip=tips)
     top = base.mark_bar().encode(y=alt.Y("top_eigenvalue:Q", title="top eigenvalue λ₁ (symlog)",
-                                         scale=alt.Scale(type="symlog"))).properties(title="top eigenvalue of each block",
-                                                                                     width=320, height=240)
+                                         scale=alt.Scale(type="symlog")))
+    top = top.properties(title="top eigenvalue of each block", width=320, height=240)
     bars = base.mark_bar().encode(y=alt.Y("trace:Q", title="trace"))
     rules = base.mark_rule(color="black").encode(y="lo:Q", y2="hi:Q")
     trace = alt.layer(bars, rules).properties(title="trace of each block (± 2 s.e.)", width=320, height=240)

@@ -147,9 +147,8 @@ def main(argv: list[str]) -> None:
             _say(f"saved {seed}")
             seed += 1
     elif mode == "lease":
-        from lossland.leases import claimed
-
         from lossland.config import ExperimentConfig
+        from lossland.leases import claimed
 
         go = Path(argv[3])
         pair_id = ExperimentConfig().with_changes(**{"model.seed": int(argv[2])}).config_hash()  # make_pair's

@@ -63,7 +63,7 @@ def imports(root: Path, package: str) -> dict[str, dict[str, list[tuple[str, boo
         module = ".".join(rel.parts[:-1] if is_package else rel.parts)
         found: dict[str, list] = {"top": [], "inner": []}
 
-        def visit(node: ast.AST, inner: bool) -> None:
+        def visit(node: ast.AST, inner: bool, found=found, module=module, is_package=is_package) -> None:
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, ast.If) and _is_type_checking(child):
                     continue
