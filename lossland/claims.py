@@ -341,17 +341,31 @@ def _slice_rise(e: DatasetEvidence) -> Comparison | str:
 
 
 def _escape(e: DatasetEvidence) -> tuple[Comparison, str] | str:
+    """Escape probability bad − good. Where the trials include radius 0 (retraining without a perturbation,
+    the negative control of "the perturbation made it escape"), each role's escape probability is taken in
+    excess of its unperturbed one: a minimum that retraining alone moves counts for nothing."""
     if len(e.escape) == 0:
         return "no escape trials"
     t = e.escape.assign(escaped=e.escape["escaped"].astype(float))
-    per_seed = t.pivot_table(index="seed", columns="role", values="escaped", aggfunc="mean")
+    control = t["radius"].astype(float) == 0.0 if "radius" in t.columns else pd.Series(False, index=t.index)
+    per_seed = t[~control].pivot_table(index="seed", columns="role", values="escaped", aggfunc="mean")
     if not {"good", "bad"} <= set(per_seed.columns):
         return "escape trials of only one role"
-    counts = t.groupby("role")["escaped"].agg(["sum", "size"])
-    text = "; ".join(count_text(int(counts.loc[r, "sum"]), int(counts.loc[r, "size"]), f"trials escaped from {r}")
-                     for r in ("good", "bad"))
+    text = "; ".join(_escape_counts(t[~control], "trials escaped from"))
+    name = "escape probability bad − good"
+    if control.any():
+        still = t[control].pivot_table(index="seed", columns="role", values="escaped", aggfunc="mean")
+        per_seed = per_seed - still.reindex(index=per_seed.index, columns=per_seed.columns)
+        text += "; unperturbed (r = 0): " + "; ".join(_escape_counts(t[control], "escaped from"))
+        name = "escape probability in excess of the unperturbed retrain, bad − good"
     wide = per_seed[["good", "bad"]].dropna()
-    return effect("escape probability bad − good", bootstrap_mean(wide["bad"] - wide["good"]), fmt="{:+.0%}"), text
+    return effect(name, bootstrap_mean(wide["bad"] - wide["good"]), fmt="{:+.0%}"), text
+
+
+def _escape_counts(t: pd.DataFrame, what: str) -> list[str]:
+    counts = t.groupby("role")["escaped"].agg(["sum", "size"])
+    return [count_text(int(counts.loc[r, "sum"]), int(counts.loc[r, "size"]), f"{what} {r}")
+            for r in ("good", "bad") if r in counts.index]
 
 
 def perturbation_check(e: DatasetEvidence) -> Check:
@@ -384,7 +398,8 @@ CLAIMS = (
     ("Under equal filter-normalised perturbation the loss rises more at the bad minimum, and perturb-and-retrain "
      "escapes it more often.",
      "95% intervals above 0: mean log(loss rise bad / good) over the slices; mean escape probability bad − good "
-     "(|Δ test acc| > margin after retraining, both roles alike)", perturbation_check),
+     "(|Δ test acc| > margin after retraining, both roles alike), each in excess of its unperturbed retrain (r = 0) "
+     "where the plan runs one", perturbation_check),
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -108,12 +109,12 @@ def slices(good: list[float], bad: list[float]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def escape(good: list[int], bad: list[int], trials: int = 4) -> pd.DataFrame:
+def escape(good: list[int], bad: list[int], trials: int = 4, radius: float = 0.1) -> pd.DataFrame:
     """Perturb-and-retrain trials: per seed, how many of `trials` escaped, per role."""
     rows = []
     for role, ks in (("good", good), ("bad", bad)):
         for s, k in enumerate(ks):
-            rows += [{"seed": s, "role": role, "radius": 0.1, "trial": t, "escaped": t < k} for t in range(trials)]
+            rows += [{"seed": s, "role": role, "radius": radius, "trial": t, "escaped": t < k} for t in range(trials)]
     return pd.DataFrame(rows)
 
 
@@ -310,6 +311,19 @@ def test_perturbation_needs_both_halves_and_counts_escapes_with_their_bounds():
     assert no_escape.verdict == NO_DATA and no_escape.detail == "no escape trials"
     falling = perturbation_check(DatasetEvidence("d", slices=slices([2.0] * 5, [0.2] * 5)))
     assert falling.verdict == FAIL, "a half that fails is a FAIL even without the other half"
+
+
+def test_escape_that_retraining_alone_causes_counts_for_nothing():
+    """The unperturbed retrain (radius 0) is the control of "the perturbation made it escape": a bad minimum
+    that escapes as often without a perturbation fails the escape half; one that stays put passes it."""
+    e = passing()
+    perturbed = escape(good=[0] * 5, bad=[3] * 5)
+    moved = pd.concat([perturbed, escape(good=[0] * 5, bad=[3] * 5, radius=0.0)], ignore_index=True)
+    check = perturbation_check(replace(e, escape=moved))
+    assert check.verdict == FAIL and "unperturbed (r = 0)" in check.measured
+    assert "15 of 20 escaped from bad" in check.measured and "in excess of the unperturbed" in check.measured
+    still = pd.concat([perturbed, escape(good=[0] * 5, bad=[0] * 5, radius=0.0)], ignore_index=True)
+    assert perturbation_check(replace(e, escape=still)).verdict == PASS
 
 
 def test_the_two_layer_claim_passes_on_trained_minima_and_fails_on_untrained_networks():

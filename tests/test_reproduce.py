@@ -48,7 +48,7 @@ def tiny_plan(**changes) -> Plan:
         "data.n_train": 100, "train.loss_target": 1e-2, "train.max_epochs": 600, "spectrum.k": 3,
         "spectrum.slq_vectors": 1, "spectrum.slq_steps": 10, "spectrum.trace_samples": 6})
     settings = dict(seeds=3, attack_factors=(0.5, 1.0), sweep_seeds=3, slices=slice_specs(1, n_points=9),
-                    surfaces=surface_specs(n=5), escape=EscapeSpec(radii=(0.2,), n_trials=2, retrain_epochs=50),
+                    surfaces=surface_specs(n=5), escape=EscapeSpec(radii=(0.0, 0.2), n_trials=2, retrain_epochs=50),
                     random_init=RandomInitSpec(n_seeds=3), optimizers=(OPTIMIZER_GRID[2],), robustness_seeds=2,
                     two_layer=two_layer, two_layer_widths=(8, 16), two_layer_factors=(0.5, 1.0), two_layer_seeds=2,
                     curve_fit=CurveFitSpec(ns=(5,), n_seeds=1, steps=100, n_grid=41),
@@ -222,7 +222,9 @@ def test_the_small_plan_has_five_seeds_controls_wrong_labels_and_the_optimizer_g
     assert len(widths) >= 2 and len({c.attack.n_attack for c in small.two_layer_configs()}) >= 3
     full, _ = plan_for("full")
     assert full.robustness_datasets is None and full.seeds > small.seeds
-    assert (full.escape, full.random_init, full.interpolation) == (EscapeSpec(), RandomInitSpec(), InterpolationSpec())
+    assert (full.random_init, full.interpolation) == (RandomInitSpec(), InterpolationSpec())
+    assert full.escape.radii == (0.0, *EscapeSpec().radii), "the unperturbed retrain is claim 6's control"
+    assert small.escape.radii[0] == 0.0
     assert full.slices == (SliceSpec(seed=0), SliceSpec(seed=1), SliceSpec(seed=2))
     assert full.surfaces == (SurfaceSpec(role="good"), SurfaceSpec(role="bad"))
     with pytest.raises(ConfigError, match="plan.escape"):
