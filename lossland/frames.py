@@ -362,6 +362,20 @@ def estimate_frame(estimates: pd.DataFrame, runs: pd.DataFrame, names: Iterable[
     return e[e["name"].isin(list(names))]
 
 
+def curvature_frame(estimates: pd.DataFrame, runs: pd.DataFrame, exact: bool = False,
+                    spectrum_id: str | None = None) -> pd.DataFrame:
+    """Trace and ‖H‖_F with roles (name "trace" / "‖H‖_F"; `exact`: the dense Hessian's, where stored): the
+    store keeps the estimate of ‖H‖_F² = tr(H²); shown is its root, the standard error by the delta method."""
+    names = ["trace_exact", "frobenius_sq_exact"] if exact else ["trace", "frobenius_sq"]
+    e = estimate_frame(estimates, runs, names, spectrum_id).copy()
+    sq = e["name"] == names[1]
+    norm = e.loc[sq, "value"].astype(float).clip(lower=0) ** 0.5
+    if "stderr" in e.columns:
+        e.loc[sq, "stderr"] = (e.loc[sq, "stderr"].astype(float) / (2 * norm)).where(norm > 0, 0.0)
+    e.loc[sq, "value"] = norm
+    return e.assign(name=np.where(sq, "‖H‖_F", "trace"))
+
+
 def log_volume_frame(estimates: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """The log-volume proxy over the top k eigenvalues, for each k: columns role, k, value, eps."""
     return estimate_frame(estimates, runs, ["log_volume_k"])[["role", "k", "value", "eps"]]

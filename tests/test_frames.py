@@ -112,3 +112,16 @@ def test_the_html_page_carries_the_same_table(stored):
     page = report.pair_html(view.runs, view.spectra, f"pair {pair.pair_id}")
     assert frames.pair_table(view.runs).to_html(classes="cmp", border=0) in page
     assert html.escape(frames.pair_sentence(view.runs)) in page
+
+
+def test_the_spectrum_page_frame_shows_the_frobenius_norm_with_its_delta_method_error(stored):
+    """Stored is the estimate of ‖H‖_F² = tr(H²) (make_pair: 80 + r ± 4, exact 79 + r); shown is ‖H‖_F."""
+    _, _, spectra, view = stored
+    e = frames.curvature_frame(view.estimates, view.runs).set_index(["role", "name"])
+    for role in ROLES:
+        sq = spectra[role].frobenius_sq
+        assert e.loc[(role, "‖H‖_F"), "value"] == pytest.approx(math.sqrt(sq.value), rel=1e-12)
+        assert e.loc[(role, "‖H‖_F"), "stderr"] == pytest.approx(sq.stderr / (2 * math.sqrt(sq.value)), rel=1e-12)
+        assert e.loc[(role, "trace"), "value"] == pytest.approx(spectra[role].trace.value, rel=1e-12)
+    exact = frames.curvature_frame(view.estimates, view.runs, exact=True).set_index(["role", "name"])
+    assert exact.loc[("good", "‖H‖_F"), "value"] == pytest.approx(math.sqrt(spectra["good"].frobenius_sq_exact))

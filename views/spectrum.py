@@ -1,5 +1,6 @@
 """Spectrum: top-k eigenvalues, spectral densities, trace and Frobenius norm, log-volume vs k, curvature per layer."""
 
+import pandas as pd
 import streamlit as st
 
 import ui
@@ -33,16 +34,18 @@ else:
 
 c1, c2 = st.columns(2)
 with c1:
-    st.subheader("Trace and ‖H‖_F²")
-    e = frames.estimate_frame(view.estimates, runs, ["trace", "frobenius_sq"])
+    st.subheader("Trace and ‖H‖_F")
+    e = frames.curvature_frame(view.estimates, runs)
     if len(e):
         echart = charts.estimate_chart(e)
         st.altair_chart(echart)
         ui.chart_downloads(echart, f"estimates-{pair_id}", key="spectrum-est")
-        exact = frames.estimate_frame(view.estimates, runs, ["trace_exact", "frobenius_sq_exact", "log_volume_exact"])
+        exact = pd.concat([frames.curvature_frame(view.estimates, runs, exact=True),
+                           frames.estimate_frame(view.estimates, runs, ["log_volume_exact"])
+                           .assign(name="log-volume")], ignore_index=True)
         if len(exact):
             st.caption("Exact values (dense Hessian): " + "; ".join(
-                f"{r['role']} {r['name'].replace('_exact', '')} = {r['value']:.5g}" for _, r in exact.iterrows()))
+                f"{r['role']} {r['name']} = {r['value']:.5g}" for _, r in exact.iterrows()))
 with c2:
     st.subheader("Basin volume proxy")
     lv = frames.log_volume_frame(view.estimates, runs)
