@@ -65,7 +65,7 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     """A spectrum of a stored run (both of a pair), or of a checkpoint: measured on the checkpoint without
     training, stored under its run when the store holds it (a second call reads it), printed."""
     store = _store(args)
-    changes = {name: getattr(args, name) for name in ("k", "tol", "seed", "chunk_size")}
+    changes = {name: getattr(args, name) for name in ("k", "tol", "seed", "chunk_size", "max_steps")}
     done = measure.for_target(store, args.target, args.exact, changes,
                               lambda what: term.progress_bar(what, args.quiet), _say)
     if args.json:
@@ -261,6 +261,7 @@ def _compute_commands(sub: argparse._SubParsersAction) -> None:
                         "`train` or `run`")
     p.add_argument("--k", type=int, help="number of top eigenvalues (default: the config's)")
     p.add_argument("--tol", type=float, help="relative residual tolerance")
+    p.add_argument("--max-steps", type=int, help="Lanczos steps at most (default: the config's, at least 6·k with --k)")
     p.add_argument("--seed", type=int, help="seed of the random start vectors")
     p.add_argument("--chunk-size", dest="chunk_size", type=int, help="samples per HVP chunk")
     p.add_argument("--exact", action="store_true",
@@ -378,6 +379,8 @@ def _store_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "" not in sys.path and os.getcwd() not in sys.path:  # the `lossland` command finds the current folder's
+        sys.path.insert(0, os.getcwd())  # modules (factories) as `python -m lossland` does
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

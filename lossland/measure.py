@@ -53,6 +53,8 @@ def settings_for(base: SpectrumConfig, n_params: int, exact: bool = False, **cha
                           f"({n_params ** 2 * 8 / 2 ** 30:.0f} GiB in float64); Lanczos, SLQ and Hutch++ need no "
                           f"dense matrix")
     most = max(base.exact_max_params, n_params) if exact else min(base.exact_max_params, EXACT_DEFAULT_MAX)
+    if changes.get("k") is not None and changes.get("max_steps") is None:  # more eigenpairs need more steps
+        changes["max_steps"] = max(base.max_steps, min(n_params, 6 * changes["k"]))
     try:
         out = replace(base, exact_max_params=most, **{k: v for k, v in changes.items() if v is not None})
     except TypeError as e:

@@ -97,6 +97,9 @@ def format_spectrum(d: dict) -> str:
              f"log-volume   {d['log_volume_k'][-1]:.6g} over the top {len(d['log_volume_k'])} (ε = {d['eps']:g})"
              + (f"; {d['log_volume_exact']:.6g} over all" if d["log_volume_exact"] is not None else ""),
              f"{d['hvps']} Hessian-vector products ({d['lanczos_hvps']} for Lanczos), {d['seconds']:.2f} s"]
+    if not d.get("converged", True):
+        lines.append("warning: not every eigenpair reached the residual tolerance (residual ≤ tol·|λ|); "
+                     "raise --max-steps")
     return "\n".join(lines)
 
 

@@ -128,6 +128,17 @@ def test_the_spectrum_command_measures_a_stored_run_without_training_then_reads_
     assert len(view.estimates[(view.estimates["role"] == "bad") & (view.estimates["name"] == "trace")]) == 1
 
 
+def test_more_eigenpairs_get_more_lanczos_steps_and_a_short_run_says_it_did_not_converge(swept, capsys):
+    store, outcomes, _ = swept
+    rid = f"{outcomes[1].pair_id}-bad"
+    base = ["spectrum", rid, "--k", "12", "--store", str(store.path), "--quiet"]
+    assert main([*base, "--json"]) == 0
+    enough = json.loads(capsys.readouterr().out)[0]
+    assert enough["converged"] and len(enough["eigenvalues"]) == 12, "6·k steps: all 12 reach the tolerance"
+    assert main([*base, "--max-steps", "13"]) == 0
+    assert "warning: not every eigenpair reached the residual tolerance" in capsys.readouterr().out
+
+
 def test_the_exact_hessian_is_opt_in_its_cost_is_printed_first_and_it_agrees_with_lanczos(swept, capsys):
     store, outcomes, _ = swept
     rid = f"{outcomes[1].pair_id}-good"

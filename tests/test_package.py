@@ -1,6 +1,7 @@
 """lossland as an installed package: `pip install .` gives a `lossland` command with `--version`, and the
 public names import from a folder outside the repository (no `pythonpath` help from pytest)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -75,3 +76,14 @@ def test_the_readme_from_python_example_runs_as_written(tmp_path, monkeypatch):
     assert len(shown[3][0]) == 5 and shown[3][0][0] > 0
     external = store.query("SELECT run_id FROM runs WHERE run_id LIKE 'ext-%'").frame
     assert len(external) == 1, "analyze kept the own model as an external run"
+
+
+def test_the_console_command_finds_factories_in_the_current_folder(installed, tmp_path):
+    """`lossland run` from a project folder imports that folder's factory modules, as `python -m lossland` does."""
+    env_store = tmp_path / "runs.duckdb"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(installed),
+                                                                         "LOSSLAND_STORE": str(env_store)}
+    done = subprocess.run([str(installed / "bin" / "lossland"), "run", "--config", "examples/own_model/config.json",
+                           "--quiet", "--json"], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["from_store"] is False and env_store.is_file()
