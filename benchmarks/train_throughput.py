@@ -29,9 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lossland.config import preset  # noqa: E402
 from lossland.data import load_experiment_data  # noqa: E402
+from lossland.ensemble import train_ensemble  # noqa: E402
 from lossland.machine import describe  # noqa: E402
 from lossland.models import build_model  # noqa: E402
-from lossland.train import loss_function, train, train_ensemble  # noqa: E402
+from lossland.train import loss_function, train  # noqa: E402
 
 N_SEEDS = 16
 TARGET_LOOP = 3.0  # lossland's loop at least this many times the DataLoader loop's samples/s

@@ -72,7 +72,7 @@ def sweep(cfg: ExperimentConfig, store: Store, progress) -> None:
     """The attack-size sweep of the default pair over two seeds: every seed a point over the mean."""
     grid = {"attack.n_attack": [0, 250, 500], "train.seed": [0, 1]}
     experiments.sweep(cfg, grid, store, progress)
-    runs = analyses.attack_sweep_frame(store, cfg, grid)
+    runs = experiments.attack_sweep_frame(store, cfg, grid)
     save(charts.to_png(alt.hconcat(charts.sweep_chart(runs, "test_acc", "digits: test accuracy vs attack size"),
                                    charts.sweep_chart(runs, "top_eigenvalue", "digits: top eigenvalue vs attack size")),
                        scale=1.0), "sweep.png")

@@ -19,18 +19,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import basins, fitting, landscape, path_analyses
+from . import basins, figure1, landscape, path_analyses
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import ConfigError, ExperimentConfig
+from .config import ConfigError
 from .curvature import adaptive_sharpness
 from .data import attack_labels
-from .experiments import grid_configs
 from .frames import with_run_roles
 from .layers import layer_curvature
 from .models import build_model
 from .pairs import ROLES, Progress, quiet, role_of, run_id, run_ids, scaled
 from .specs import (
-    CURVE_FIT,
     BoundSpec,
     CurveFitSpec,
     EscapeSearchSpec,
@@ -435,58 +433,13 @@ _COMPUTE[TrajectorySpec.kind] = _trajectory
 _COMPUTE[EscapeSearchSpec.kind] = _escape_search
 
 
-# --- the attack-size sweep ---------------------------------------------------------------------
-
-def attack_sweep_grid(cfg: ExperimentConfig, n_points: int = 5, seeds: int = 3) -> dict[str, list]:
-    """Attack sizes from 0 to 2× the clean size (clipped to the pool) × seeds, for experiments.sweep."""
-    return {"attack.n_attack": basins.attack_size_grid(cfg, 2.0, n_points), "train.seed": list(range(seeds))}
-
-
-def attack_sweep_frame(store: Store, cfg: ExperimentConfig, grid: dict[str, list]) -> pd.DataFrame:
-    """The stored runs of an attack-size sweep (points not yet stored are simply absent)."""
-    ids = [c.config_hash() for c in grid_configs(cfg, grid)]
-    runs = store.runs(pair_id=ids) if ids else store.runs(pair_id="")
-    return runs[runs["status"] != "failed"]
-
-
-# --- the paper's Figure 1 (no pair: its subject is specs.CURVE_FIT) ---------------------------------
+# --- the paper's Figure 1 (no pair: its subject is specs.CURVE_FIT; rows in figure1.py) --------------
 
 def _curve_fit(store: Store, subject: str, spec: CurveFitSpec, progress: Progress) -> Analysis:
-    """Figure 1 (fitting.curve_fit), stored as landscape rows of kind curve_fit owned by `subject`: fit in
-    other_run_id, seed in direction_seed, part in normalization, x in alpha, n in beta, the fit's value in
-    clean_loss and the target in test_loss (_curve_fit_frame reads them back by these names)."""
-    progress(0.0, "fitting the points with a network and polynomials")
-    res = fitting.curve_fit(**spec.settings())
-    f = res.to_frame()
-    rows = pd.DataFrame({"run_id": subject, "kind": spec.kind, "other_run_id": f["fit"], "direction_seed": f["seed"],
-                         "normalization": f["part"], "alpha": f["x"], "beta": f["n"].astype(float),
-                         "clean_loss": f["value"], "test_loss": f["target"], "point": np.arange(len(f))})
+    seconds = figure1.save(store, subject, spec, progress)
     aid = spec.analysis_id(subject)
-    store.save_analysis(subject, aid, spec.kind, spec.to_json(), res.seconds, landscapes=rows)
-    progress(1.0, "curve fit stored")
-    return Analysis(spec, aid, False, _curve_fit_frame(store, subject, aid), res.seconds)
+    return Analysis(spec, aid, False, figure1.read(store, subject, aid), seconds)
 
 
-def _curve_fit_frame(store: Store, subject: str, aid: str) -> pd.DataFrame | None:
-    """The stored curve fit as fitting.CurveFitResult.to_frame() wrote it (None when it has no rows)."""
-    df = store.landscape(aid)
-    if not len(df):
-        return None
-    return pd.DataFrame({"fit": df["other_run_id"].astype(str), "n": df["beta"].astype(int),
-                         "seed": df["direction_seed"].astype(int), "part": df["normalization"].astype(str),
-                         "x": df["alpha"].astype(float), "value": df["clean_loss"].astype(float),
-                         "target": df["test_loss"].astype(float)})
-
-
-_READERS[CurveFitSpec.kind] = _curve_fit_frame
+_READERS[CurveFitSpec.kind] = figure1.read
 _COMPUTE[CurveFitSpec.kind] = _curve_fit
-
-
-def get_curve_fit(store: Store, spec: CurveFitSpec | None = None) -> Analysis | None:
-    """The stored Figure 1 of `spec` (default settings when None), or None; never computes."""
-    return get(store, CURVE_FIT, spec or CurveFitSpec())
-
-
-def compute_curve_fit(store: Store, spec: CurveFitSpec | None = None, progress: Progress = quiet) -> Analysis:
-    """The stored Figure 1 of `spec`, or — when it isn't stored — computed now (seconds on a CPU) and stored."""
-    return compute(store, CURVE_FIT, spec or CurveFitSpec(), progress)

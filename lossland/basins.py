@@ -25,6 +25,7 @@ from torch import nn
 from .config import ExperimentConfig
 from .curvature import HessianOperator
 from .data import Dataset
+from .ensemble import train_ensemble
 from .lanczos import top_eigenpairs
 from .landscape import LossSurface, filter_normalized_direction, flat_params, unflatten
 from .pairs import METRICS, Progress, check_role, quiet, scaled
@@ -33,7 +34,7 @@ from .theory import BoundSettings as BoundSettings
 from .theory import TwoLayerMeasure as TwoLayerMeasure
 from .theory import two_layer_bound as two_layer_bound
 from .theory import two_layer_measure as two_layer_measure
-from .train import loss_function, resolve_device, train, train_ensemble
+from .train import loss_function, resolve_device, train
 
 
 def _frozen(a, dtype=np.float64) -> np.ndarray:

@@ -19,7 +19,7 @@ the sharpness measures, which span orders of magnitude.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -436,9 +436,7 @@ CLAIM_7 = ("Among two_layer minima, lower complexity E‖∇ₓf‖² goes with 
 # --- the claims and their controls -----------------------------------------------------------------
 
 def _controlled(check_fn, e: DatasetEvidence) -> Check:
-    check = check_fn(e)
-    control = check_fn(e.control) if e.control is not None else None
-    return Check(check.dataset, check.verdict, check.measured, check.detail, check.tests, control)
+    return replace(check_fn(e), control=check_fn(e.control) if e.control is not None else None)
 
 
 def evaluate(evidence: Evidence) -> list[Claim]:
@@ -446,19 +444,5 @@ def evaluate(evidence: Evidence) -> list[Claim]:
     each check beside the same rule on its negative control."""
     out = [Claim(i + 1, statement, test, tuple(_controlled(check, e) for e in evidence.datasets))
            for i, (statement, test, check) in enumerate(CLAIMS)]
-    main = two_layer_check(evidence.two_layer)
     control = two_layer_check(evidence.two_layer_control, "untrained two_layer networks")
-    out.append(Claim(7, *CLAIM_7, (Check(main.dataset, main.verdict, main.measured, main.detail, main.tests,
-                                         control),)))
-    return out
-
-
-def _rows(found: list[Claim] | list[dict]) -> list[dict]:
-    return [c.to_dict() if isinstance(c, Claim) else c for c in found]
-
-
-def claims_frame(found: list[Claim] | list[dict]) -> pd.DataFrame:
-    """The claims table, one row per claim, from Claims or their `to_dict()` (as claims.json holds them)."""
-    return pd.DataFrame([{"#": r["number"], "claim": r["statement"], "measured": r["measured"], "test": r["test"],
-                          "result": r["verdict"]} for r in _rows(found)],
-                        columns=["#", "claim", "measured", "test", "result"])
+    return [*out, Claim(7, *CLAIM_7, (replace(two_layer_check(evidence.two_layer), control=control),))]

@@ -12,12 +12,12 @@ from . import __version__, cli_manage, measure
 from . import terminal as term
 from .arguments import assignments, json_value, load_config, split_values
 from .checkpoint import CheckpointError, write_checkpoint_bytes
-from .claims import claims_frame
 from .config import DEFAULT_PRESET, PRESETS, ConfigError
 from .data import DatasetError, download
 from .executors import ExecutorError, make_executor
 from .experiments import grid_configs, run_pair, sweep, verify_pair
 from .external import add_analyze_command
+from .frames import claims_frame
 from .manage import grid_points
 from .pairs import is_run_id, run_id, run_ids
 from .pipeline import compute_pair

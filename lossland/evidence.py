@@ -23,7 +23,7 @@ from .frames import density_frame
 from .lanczos import DensityResult, log_volume, slq_logdet
 from .pairs import role_of
 from .robustness import Robustness, robustness
-from .specs import BoundSpec, Spec
+from .specs import CURVE_FIT, BoundSpec, Spec
 from .store import PairView, Store
 
 if TYPE_CHECKING:
@@ -281,6 +281,6 @@ def collect(plan: Plan, store: Store) -> tuple:
                else two_layer)  # minima: runs that reached the loss target
     untrained = two_layer[two_layer["state"] == "untrained"] if len(two_layer) else two_layer
     found = claims.evaluate(claims.Evidence(tuple(d.evidence for d in datasets), trained, untrained))
-    fit = analyses.get_curve_fit(store, plan.curve_fit) if plan.curve_fit is not None else None
+    fit = analyses.get(store, CURVE_FIT, plan.curve_fit) if plan.curve_fit is not None else None
     return (datasets, two_layer, tuple(found), robustness(robustness_runs(plan, store)),
             fit.frame if fit is not None else pd.DataFrame(), bound)

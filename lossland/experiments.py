@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from . import leases
+from .basins import attack_size_grid
 from .checkpoint import CheckpointError, load_checkpoint, write_checkpoint_bytes
 from .config import ConfigError, ExperimentConfig
 from .executors import Executor, PointResult, PointTask, make_executor
@@ -270,3 +271,17 @@ class _SweepTally:
         self.failed += failed
         self.new += not failed
         self.report(f"{result.pair_id} " + (f"failed: {result.error}" if failed else "stored"))
+
+
+# --- the attack-size sweep ---------------------------------------------------------------------
+
+def attack_sweep_grid(cfg: ExperimentConfig, n_points: int = 5, seeds: int = 3) -> dict[str, list]:
+    """Attack sizes from 0 to 2× the clean size (clipped to the pool) × seeds, for experiments.sweep."""
+    return {"attack.n_attack": attack_size_grid(cfg, 2.0, n_points), "train.seed": list(range(seeds))}
+
+
+def attack_sweep_frame(store: Store, cfg: ExperimentConfig, grid: dict[str, list]) -> pd.DataFrame:
+    """The stored runs of an attack-size sweep (points not yet stored are simply absent)."""
+    ids = [c.config_hash() for c in grid_configs(cfg, grid)]
+    runs = store.runs(pair_id=ids) if ids else store.runs(pair_id="")
+    return runs[runs["status"] != "failed"]

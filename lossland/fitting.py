@@ -1,7 +1,7 @@
 """The paper's Figure 1: a few 1-D points fitted by an over-parameterised network (smooth) and by polynomials (wild).
 
-The report gets the stored result with `analyses.get_curve_fit(store, CurveFitSpec())` (None until it is
-computed; `analyses.compute_curve_fit` computes and stores it) and draws it with
+The report gets the stored result with `analyses.get(store, CURVE_FIT, CurveFitSpec())` (None until it is
+computed; `analyses.compute` computes and stores it) and draws it with
 `charts.curve_fit_chart(a.frame, fitting.summary(a.frame))`.
 
 n points x_i evenly spaced on [−1, 1], y_i = target(x_i) + noise·ε_i (ε standard normal, seeded by

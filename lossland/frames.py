@@ -406,3 +406,11 @@ def density_frame(densities: pd.DataFrame, runs: pd.DataFrame, sigma: float, n_p
         own = r.width(1.0)  # the role's own range: smooth() multiplies sigma by it
         frames.append(pd.DataFrame({"x": grid, "density": r.smooth(grid, width / own), "role": role}))
     return pd.concat(frames, ignore_index=True)
+
+
+def claims_frame(found: Sequence) -> pd.DataFrame:
+    """The claims table, one row per claim, from claims.Claim objects or their `to_dict()` (as claims.json
+    holds them)."""
+    rows = [c.to_dict() if hasattr(c, "to_dict") else c for c in found]
+    return pd.DataFrame([{"#": r["number"], "claim": r["statement"], "measured": r["measured"], "test": r["test"],
+                          "result": r["verdict"]} for r in rows], columns=["#", "claim", "measured", "test", "result"])

@@ -38,7 +38,7 @@ from .plan import (
     slice_specs,
     surface_specs,
 )
-from .specs import BoundSpec, Spec
+from .specs import CURVE_FIT, BoundSpec, Spec
 from .store import Store, git_commit
 
 __all__ = ["DATASET_MODELS", "DATASET_PRESETS", "OPTIMIZER_GRID", "SCALES", "Plan", "Reproduction", "Setting",
@@ -134,7 +134,7 @@ def steps(plan: Plan, store: Store, device=None, executor=None) -> list[Step]:
             out.append((0.1, f"{tag}: identity check", analysis(cfg.config_hash(), BoundSpec())))
     if plan.curve_fit is not None:
         spec = plan.curve_fit
-        out.append((1.0, "Figure 1: curve fits", lambda p: not analyses.compute_curve_fit(store, spec, p).from_store))
+        out.append((1.0, "Figure 1: curve fits", lambda p: not analyses.compute(store, CURVE_FIT, spec, p).from_store))
     return out
 
 

@@ -10,16 +10,11 @@ stay valid.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, fields, replace
-from typing import Any, ClassVar
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from .config import (
-    MAX_TRAJECTORY_POINTS,
-    RESULT_FORMAT_VERSION,
     ConfigError,
-    _choice,
     _fail,
     _int,
     _is_num,
@@ -28,89 +23,8 @@ from .config import (
 )
 from .pairs import ROLES
 
-SEED_MAX = 2**31 - 1
-MAX_RADII = 64
-
-
-class Spec:
-    """What every spec has: its kind (the store's `analyses.kind`), its settings and its analysis id."""
-
-    kind: ClassVar[str]
-    title: ClassVar[str]  # what the dashboard calls it ("escape trials")
-    choices: ClassVar[dict[str, tuple[str, ...]]] = {}  # fields with a fixed set of values
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            if isinstance(getattr(self, f.name), list):
-                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
-        self.validate()
-        for f in fields(self):  # 1 and 1.0 are one setting: one JSON text, one id
-            value = getattr(self, f.name)
-            if f.type == "float":
-                object.__setattr__(self, f.name, float(value))
-            elif f.type == "tuple[float, ...]":
-                object.__setattr__(self, f.name, tuple(float(v) for v in value))
-
-    def validate(self) -> None:
-        for name, allowed in self.choices.items():
-            _choice(self.field(name), getattr(self, name), allowed)
-
-    def field(self, name: str) -> str:
-        return f"{self.kind}.{name}"
-
-    # --- what it costs (the operator's caps, limits.check_analysis) ----------------------------------
-    def grid_points(self) -> int:
-        return 0
-
-    def trials(self) -> int:
-        return 0
-
-    # --- serialisation -----------------------------------------------------------------------------
-    def settings(self) -> dict[str, Any]:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
-
-    def to_json(self) -> str:
-        return json.dumps(self.settings())
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> Spec:
-        if not isinstance(settings, dict):
-            raise ConfigError(f"{cls.kind} settings must be an object of fields, got {type(settings).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(map(str, set(settings) - known))
-        if unknown:
-            raise ConfigError(f"unknown field(s) {', '.join(f'{cls.kind}.{u[:40]}' for u in unknown[:5])}; "
-                              f"allowed: {', '.join(sorted(known)) or 'none'}")
-        return cls(**settings)
-
-    @classmethod
-    def from_json(cls, text: str) -> Spec:
-        try:
-            settings = json.loads(text)
-        except (TypeError, ValueError, RecursionError) as e:
-            raise ConfigError(f"{cls.kind} settings are not valid JSON: {_shown(str(e), 200)}") from None
-        return cls.from_settings(settings)
-
-    def analysis_id(self, subject: str) -> str:
-        """16 hex digits of sha256 over (result format, kind, the pair or run it looks at, settings)."""
-        payload = json.dumps({"v": RESULT_FORMAT_VERSION, "kind": self.kind, "subject": subject,
-                              "settings": self.settings()}, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-    def describe(self, skip: tuple[str, ...] = ()) -> str:
-        """The settings (but those in `skip`) in one line, for a picker."""
-        return " · ".join(f"{k} {_text(v)}" for k, v in self.settings().items() if k not in skip) or "no settings"
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, list):
-        return "[" + ", ".join(_text(v) for v in value) + "]"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _seed(spec: Spec, name: str) -> None:
-    _int(spec.field(name), getattr(spec, name), 0, SEED_MAX)
-
+# The base every spec extends, and its helpers (spec_base.py: path_specs extends it too without a cycle)
+from .spec_base import MAX_RADII, SEED_MAX, Spec, _seed, _text  # noqa: E402, F401
 
 # --- landscapes ----------------------------------------------------------------------------------
 
@@ -398,67 +312,8 @@ class LayerSpec(Spec):
 SPECS[LayerSpec.kind] = LayerSpec
 
 
-# --- optimizer trajectories and the escape transition (lossland.trajectory, lossland.escape) ---------
-
-@dataclass(frozen=True)
-class TrajectorySpec(Spec):
-    """Per minimum, the loss on an n × n grid of the plane of its training path's top two PCA directions
-    (Li et al. 2018, §7), covering the path and `margin` × its extent beyond, and the path on it."""
-
-    kind: ClassVar[str] = "trajectory"
-    title: ClassVar[str] = "optimizer trajectory"
-    n: int = 25
-    margin: float = 0.25
-
-    def validate(self) -> None:
-        _int(self.field("n"), self.n, 2, 10_000)
-        _num(self.field("margin"), self.margin, 0.0, 10.0)
-
-    def grid_points(self) -> int:  # the grid's points and the path's (point index n² + t) of both roles
-        return len(ROLES) * (self.n * self.n + MAX_TRAJECTORY_POINTS)
-
-
-@dataclass(frozen=True)
-class EscapeSearchSpec(Spec):
-    """Per minimum, the smallest radius where the escape probability (EscapeSpec's rule, n_trials trials per
-    radius) crosses 50%: `scan` radii from r_lo to r_hi, evenly in log r, the bracket moved by `factor` up to
-    `expand` times when they do not hold the crossing (and r = 0 where even the smallest radius escapes), then
-    `steps` bisections in log r (escape.bisect_escape)."""
-
-    kind: ClassVar[str] = "escape_search"
-    title: ClassVar[str] = "escape transition"
-    r_lo: float = 0.02
-    r_hi: float = 2.0
-    steps: int = 3
-    scan: int = 3
-    expand: int = 2
-    factor: float = 10.0
-    n_trials: int = 4
-    seed: int = 0
-    retrain_epochs: int = 300
-    margin: float = 0.05
-
-    def validate(self) -> None:
-        _num(self.field("r_lo"), self.r_lo, 0.0, 1000.0, lo_open=True)
-        _num(self.field("r_hi"), self.r_hi, 0.0, 1000.0, lo_open=True)
-        if not self.r_hi > self.r_lo:
-            _fail(self.field("r_hi"), self.r_hi, f"greater than r_lo = {self.r_lo}")
-        _int(self.field("steps"), self.steps, 0, 20)
-        _int(self.field("scan"), self.scan, 2, 20)
-        _int(self.field("expand"), self.expand, 0, 10)
-        _num(self.field("factor"), self.factor, 1.0, 1000.0, lo_open=True)
-        _int(self.field("n_trials"), self.n_trials, 1, 10_000)
-        _seed(self, "seed")
-        _int(self.field("retrain_epochs"), self.retrain_epochs, 1, 1_000_000)
-        _num(self.field("margin"), self.margin, 0.0, 1.0)
-
-    def probes(self) -> int:
-        """The most radii one minimum's search evaluates."""
-        return self.scan + self.expand + self.steps + 1  # + the unperturbed control, r = 0
-
-    def trials(self) -> int:
-        return len(ROLES) * self.probes() * self.n_trials
-
+# The specs of paths (the optimizer's trajectory, the escape transition) live in path_specs; registered here.
+from .path_specs import EscapeSearchSpec, TrajectorySpec  # noqa: E402
 
 SPECS[TrajectorySpec.kind] = TrajectorySpec
 SPECS[EscapeSearchSpec.kind] = EscapeSearchSpec

@@ -10,7 +10,6 @@ The loops differ only in how one epoch steps: one model, or N stacked models und
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -20,7 +19,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
 
 from .config import ExperimentConfig, TrainConfig
 from .data import Dataset, load_experiment_data
@@ -327,134 +325,3 @@ def train_pair(cfg: ExperimentConfig, progress: Progress = quiet, device: torch.
     good = train(cfg, data, "good", scaled(progress, 0.0, 0.5), device, on_epoch=on_epoch, trajectory_points=points)
     bad = train(cfg, data, "bad", scaled(progress, 0.5, 1.0), device, on_epoch=on_epoch, trajectory_points=points)
     return PairResult(config=cfg, good=good, bad=bad)
-
-
-# --- ensembles: N seeds as one vectorised model ------------------------------------------
-
-class _Ensemble:
-    """N models of one architecture stacked for torch.func.vmap: called on shared inputs it returns
-    (N, B, C); `step_epoch` gives each member its own mini-batches."""
-
-    def __init__(self, members: list[nn.Module]):
-        self.params, self.buffers = stack_module_state(members)
-        base = copy.deepcopy(members[0]).to("meta")
-
-        def one(p, b, x):
-            return functional_call(base, (p, b), (x,))
-
-        self.per_member = vmap(one)  # each member its own batch
-        self.shared = vmap(one, in_dims=(0, 0, None))  # all members on the same inputs
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shared(self.params, self.buffers, x)
-
-    def step_epoch(self, opt: torch.optim.Optimizer, loss_fn, x: torch.Tensor, y: torch.Tensor,
-                   gens: list[torch.Generator], batch_size: int) -> None:
-        n, m = len(y), len(gens)
-        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(x.device)
-        for i in range(0, n, batch_size):
-            idx = perms[:, i:i + batch_size]
-            out = self.per_member(self.params, self.buffers, x[idx])
-            yb = y[idx]
-            # Σ of the members' mean losses, as one mean over all members' samples: every member's batch
-            # has the same size, and vmap over the loss costs more than the model on CPU
-            loss = loss_fn(out.flatten(0, 1), yb.flatten(0, 1)) * m
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    @torch.no_grad()
-    def hold(self, frozen: dict[str, torch.Tensor], stopped: list[bool]) -> None:
-        """Put stopped members back where they stopped (the optimizer moved them with the others)."""
-        if any(stopped):
-            for k, v in self.params.items():
-                mask = torch.tensor(stopped, device=v.device)
-                v[mask] = frozen[k][mask]
-
-    @torch.no_grad()
-    def freeze(self, frozen: dict[str, torch.Tensor], j: int) -> None:
-        """Record member j's parameters as where it stopped."""
-        for k, v in self.params.items():
-            frozen[k][j] = v[j]
-
-    @torch.no_grad()
-    def unstack(self, members: list[nn.Module]) -> None:
-        for j, model in enumerate(members):
-            for name, p in model.named_parameters():
-                p.copy_(self.params[name][j])
-            model.eval()
-
-
-def _start_members(members: list[nn.Module], init: list[dict[str, torch.Tensor]] | None,
-                   evaluator: _Evaluator) -> list[float] | None:
-    """Load each member's `init`; returns the untrained members' clean losses (None without init)."""
-    if init is None:
-        return None
-    if len(init) != len(members):
-        raise ValueError(f"init holds {len(init)} parameter sets for {len(members)} seeds; one per seed")
-    untrained = [float(evaluator(member.eval())["clean_loss"]) for member in members]
-    for member, params_j in zip(members, init, strict=True):
-        load_params(member.train(), params_j)
-    return untrained
-
-
-def train_ensemble(cfg: ExperimentConfig, data: Dataset, seeds: list[int], role: str = "good",
-                   progress: Progress = quiet, device: torch.device | str | None = None,
-                   init: list[dict[str, torch.Tensor]] | None = None) -> list[TrainResult]:
-    """Train one model per seed (model.seed = train.seed = seed) at once with torch.func.vmap.
-
-    With `init`, member i starts from the parameters init[i] (by name) instead of its seeded
-    initialisation; its seed then only orders its mini-batches.
-
-    Member i equals `train(cfg with model.seed = train.seed = seeds[i])` within float tolerance:
-    the same initialisation, the same mini-batch order, the same optimizer arithmetic (Adam and
-    SGD are elementwise, so stepping the stacked tensors steps every member alike) and the same
-    StopRule. A member that stops is held where it stopped while the others go on.
-    """
-    if not seeds:
-        raise ValueError("seeds must name at least one seed")
-    if cfg.model.batchnorm:
-        raise ValueError("model.batchnorm = True can't be trained as a vmap ensemble; train the seeds one by one")
-    tc, dev, m = cfg.train, _device(device, cfg.train), len(seeds)
-    data = data.to(dev)
-    x_fit, y_fit = _fit_set(data, role)
-    progress = Throttled(progress)
-    members = [build_model(cfg.with_changes(**{"model.seed": s}).model, data.in_shape, data.n_classes).to(dev)
-               for s in seeds]
-    evaluator = _Evaluator(data, tc.loss)
-    untrained = _start_members(members, init, evaluator)
-    ens = _Ensemble(members)
-    loss_fn = loss_function(tc.loss)
-    opt = _make_optimizer(list(ens.params.values()), tc)
-    schedule = _make_schedule(opt, tc)
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    frozen = {k: v.detach().clone() for k, v in ens.params.items()}
-    start_losses = evaluator(ens)["clean_loss"].expand(m).tolist()
-    rules = [StopRule.for_run(tc, start_losses[j], untrained[j] if untrained else None) for j in range(m)]
-    logs, verdicts, epochs = [_Log() for _ in seeds], [None] * m, [tc.max_epochs] * m
-    start = time.perf_counter()
-    for epoch in range(1, tc.max_epochs + 1):
-        lr = opt.param_groups[0]["lr"]
-        ens.step_epoch(opt, loss_fn, x_fit, y_fit, gens, tc.batch_size)
-        schedule.step()
-        ens.hold(frozen, [v is not None for v in verdicts])
-        rows = _ensemble_rows(ens, evaluator, epoch, lr, m)
-        for j in (j for j in range(m) if verdicts[j] is None):
-            logs[j].add(rows[j])
-            verdicts[j] = rules[j].verdict(epoch, rows[j]["clean_loss"], lr)
-            if verdicts[j] is not None:
-                epochs[j] = epoch
-                ens.freeze(frozen, j)
-        finished = sum(v is not None for v in verdicts)
-        progress(max(finished / m, epoch / tc.max_epochs), f"ensemble {role}: epoch {epoch}, {finished}/{m} done")
-        if finished == m:
-            break
-    seconds = time.perf_counter() - start
-    ens.unstack(members)
-    return [logs[j].result(role, verdicts[j] or rules[j].unfinished, epochs[j], seconds / m, dev, members[j])
-            for j in range(m)]
-
-
-def _ensemble_rows(forward, evaluator: _Evaluator, epoch: int, lr: float, m: int) -> list[dict]:
-    values = {k: v.expand(m).tolist() for k, v in evaluator(forward).items()}
-    return [{"epoch": epoch, "lr": float(lr)} | {k: float(v[j]) for k, v in values.items()} for j in range(m)]

@@ -29,9 +29,10 @@ from lossland.basins import (
 from lossland.config import preset
 from lossland.curvature import HessianOperator, exact_hessian
 from lossland.data import load_experiment_data
+from lossland.ensemble import train_ensemble
 from lossland.landscape import filter_normalized_direction, flat_params, slice_1d, unflatten
 from lossland.models import TwoLayer, build_model
-from lossland.train import loss_function, train, train_ensemble
+from lossland.train import loss_function, train
 
 CFG = tiny_config(**{"train.device": "cpu"})
 

@@ -29,7 +29,6 @@ from lossland.claims import (
     Comparison,
     DatasetEvidence,
     Evidence,
-    claims_frame,
     drop_check,
     evaluate,
     fit_check,
@@ -39,6 +38,7 @@ from lossland.claims import (
     sharpness_check,
     two_layer_check,
 )
+from lossland.frames import claims_frame
 from lossland.robustness import control_pairs, robustness
 
 SEEDS = 5

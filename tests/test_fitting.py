@@ -86,12 +86,12 @@ def test_negative_control_an_interpolant_that_reproduces_a_cubic_target_is_not_r
 def test_the_curve_fit_is_stored_like_any_analysis_and_read_back_whole(tmp_path):
     store = Store(tmp_path / "runs.duckdb")
     spec = CurveFitSpec(ns=(5,), n_seeds=1, steps=50)
-    assert analyses.get_curve_fit(store, spec) is None
-    done = analyses.compute_curve_fit(store, spec)
-    again = analyses.get_curve_fit(store, spec)
+    assert analyses.get(store, CURVE_FIT, spec) is None
+    done = analyses.compute(store, CURVE_FIT, spec)
+    again = analyses.get(store, CURVE_FIT, spec)
     assert not done.from_store and again.from_store and again.analysis_id == spec.analysis_id(CURVE_FIT)
     expected = fitting.curve_fit(**spec.settings()).to_frame()
     assert list(again.frame.columns) == list(expected.columns) and len(again.frame) == len(expected)
     assert again.frame[["fit", "n", "seed", "part"]].equals(expected[["fit", "n", "seed", "part"]])
     np.testing.assert_allclose(again.frame[["x", "value", "target"]], expected[["x", "value", "target"]], rtol=1e-12)
-    assert analyses.compute_curve_fit(store, spec).from_store
+    assert analyses.compute(store, CURVE_FIT, spec).from_store

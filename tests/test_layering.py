@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = {"data", "models", "train", "curvature", "lanczos", "landscape", "basins", "theory", "fitting", "layers"}
+CORE = {"data", "models", "train", "ensemble", "curvature", "lanczos", "landscape", "basins", "theory", "fitting",
+        "layers"}
 ABOVE_CORE = {"store", "pipeline", "executors", "experiments", "analyses", "plan", "reproduce", "claims", "report",
               "frames", "charts", "cli", "specs", "layer_charts", "live_charts", "manage", "cli_manage", "leases",
               "figures3d", "contour_charts"}

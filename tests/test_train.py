@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from lossland import load_checkpoint, preset, save_checkpoint
 from lossland.checkpoint import CheckpointError
 from lossland.data import load_experiment_data
+from lossland.ensemble import train_ensemble
 from lossland.models import build_model
 from lossland.train import (
     CURVE_COLUMNS,
     half_squared_error,
     loss_function,
     train,
-    train_ensemble,
     train_pair,
 )
 

@@ -3,7 +3,7 @@
 import streamlit as st
 
 import ui
-from lossland import analyses, charts, fitting
+from lossland import analyses, charts, experiments, fitting
 from lossland.config import ConfigError, ExperimentConfig
 from lossland.experiments import sweep
 from lossland.limits import check_analysis, check_experiment, check_grid
@@ -43,10 +43,10 @@ else:
                                           "hessian_frobenius", "rhs", "ratio", "holds"]], width="stretch")
 
 st.subheader("Attack-size sweep")
-grid = analyses.attack_sweep_grid(cfg)
+grid = experiments.attack_sweep_grid(cfg)
 st.caption(f"This pair's config with attack sizes {grid['attack.n_attack']} × seeds {grid['train.seed']}: "
            "test accuracy should fall and sharpness rise with the attack size.")
-frame = analyses.attack_sweep_frame(store, cfg, grid)
+frame = experiments.attack_sweep_frame(store, cfg, grid)
 n_points = len(grid["attack.n_attack"]) * len(grid["train.seed"])
 stored = frame["pair_id"].nunique() if len(frame) else 0
 st.write(f"{stored} of {n_points} sweep points are stored.")
@@ -77,14 +77,14 @@ st.markdown(f"n = {', '.join(map(str, fit_spec.ns))} evenly spaced points of {fi
             f"the minimum-norm one of degree n − 1 + {max(fit_spec.extra_degrees)}, and a degree-{fit_spec.low_degree} "
             "fit that does not interpolate (the control). Test error is against the noise-free target on a dense "
             "grid; roughness is ∫ f''² dx.")
-figure = analyses.get_curve_fit(store, fit_spec)
+figure = analyses.get(store, CURVE_FIT, fit_spec)
 if figure is None and ui.read_only():
     st.caption("Figure 1: not computed yet, and this dashboard is read-only.")
 elif figure is None:
     try:  # the operator's caps: its networks count as trials
         check_analysis(fit_spec, "Figure 1", ui.caps())
         launch(f"curve-fit:{fit_spec.analysis_id(CURVE_FIT)}", "Compute Figure 1 (seconds)", "theory-curve-fit",
-               lambda p: analyses.compute_curve_fit(store, fit_spec, p))
+               lambda p: analyses.compute(store, CURVE_FIT, fit_spec, p))
     except ConfigError as e:
         ui.show_config_error(e)
 else:
