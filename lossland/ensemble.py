@@ -150,7 +150,8 @@ def train_ensemble(cfg: ExperimentConfig, data: Dataset, seeds: list[int], role:
             break
     seconds = time.perf_counter() - start
     ens.unstack(members)
-    return [logs[j].result(role, verdicts[j] or rules[j].unfinished, epochs[j], seconds / m, dev, members[j])
+    return [logs[j].result(role, verdicts[j] or rules[j].unfinished, epochs[j], seconds / m, dev, members[j],
+                           evaluator)
             for j in range(m)]
 
 

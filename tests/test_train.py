@@ -94,6 +94,30 @@ def test_an_ensemble_equals_its_members_trained_one_by_one(cfg, data, case):
             assert getattr(t.curves, col) == pytest.approx(getattr(s.curves, col), rel=1e-4, abs=1e-6), col
 
 
+def _whole_test(model, data):
+    with torch.no_grad():
+        out = model(data.x_test)
+    return F.cross_entropy(out, data.y_test).item(), (out.argmax(-1) == data.y_test).double().mean().item()
+
+
+def test_curves_see_a_spaced_test_subset_and_the_result_the_whole_test_split(cfg, data, monkeypatch):
+    import lossland.train as train_module
+    assert len(data.y_test) > 100
+    full = train(cfg, data, "good")
+    monkeypatch.setattr(train_module, "CURVE_TEST_MAX", 100)
+    thin = train(cfg, data, "good")
+    together = train_ensemble(cfg.with_changes(**{"train.seed": cfg.model.seed}), data, [cfg.model.seed], "good")[0]
+    keep = torch.linspace(0, len(data.y_test) - 1, 100).round().long()
+    with torch.no_grad():
+        sub_acc = (thin.model(data.x_test[keep]).argmax(-1) == data.y_test[keep]).double().mean().item()
+    assert _max_diff(full.model, thin.model) == 0  # what is evaluated never changes the training
+    assert thin.curves.test_acc[-1] == pytest.approx(sub_acc) and thin.curves.test_acc != full.curves.test_acc
+    for r in (thin, together):
+        loss, acc = _whole_test(r.model, data)
+        assert (r.test_loss, r.test_acc) == pytest.approx((loss, acc), rel=1e-5)
+        assert r.test_acc == pytest.approx(full.test_acc, rel=1e-5) and r.clean_loss == full.clean_loss
+
+
 def test_ensemble_refuses_batchnorm_and_empty_seed_lists(cfg, data):
     with pytest.raises(ValueError, match="seeds must name at least one seed"):
         train_ensemble(cfg, data, [])
