@@ -10,7 +10,9 @@ set) — where it must not pass. A check is
 
 - PASS when every test of its rule passes and none passes on the control,
 - NOT INFORMATIVE when its rule passes but a test also passes on the control (or there is no control),
-- FAIL when a test of its rule fails, and NO DATA without the evidence it needs.
+- FAIL when a test of its rule fails, and NO DATA without the evidence it needs — also when the only tests
+  that fail are effects measured without an interval (one seed has none: a one-seed run shows its effects,
+  it does not fail them).
 
 Comparisons are of paired seeds (the good and the bad minimum of one seed); log-ratios are used for
 the sharpness measures, which span orders of magnitude.
@@ -85,6 +87,12 @@ class Comparison:
     n: int = 0
     rule: bool = True  # part of the claim's rule (False: reported beside it)
     controlled: bool = True  # must not pass on the control (False: a precondition, true of any good run)
+    interval: bool = False  # an effect judged by its interval (see `effect`)
+
+    @property
+    def unjudged(self) -> bool:
+        """An effect measured on too few units for an interval (e.g. one seed)."""
+        return self.interval and self.n > 0 and not (math.isfinite(self.lo) and math.isfinite(self.hi))
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,8 @@ def log_ratio(wide: pd.DataFrame) -> pd.Series:
 
 def effect(name: str, iv: Interval, unit: str = "seeds", fmt: str = "{:+.3g}", rule: bool = True) -> Comparison:
     """A test that passes when the interval of the effect lies above 0."""
-    return Comparison(name, iv.above_zero, f"{iv.text(fmt)} over {iv.n} {unit}", iv.value, iv.lo, iv.hi, iv.n, rule)
+    return Comparison(name, iv.above_zero, f"{iv.text(fmt)} over {iv.n} {unit}", iv.value, iv.lo, iv.hi, iv.n, rule,
+                      interval=True)
 
 
 def _no_data(dataset: str, why: str) -> Check:
@@ -188,6 +197,10 @@ def _no_data(dataset: str, why: str) -> Check:
 
 def _judge(dataset: str, tests: list[Comparison], measured: str, notes: str = "") -> Check:
     failed = [t for t in tests if t.rule and not t.passed]
+    if failed and all(t.unjudged for t in failed):
+        short = "; ".join(f"{t.name}: {t.effect}" for t in failed)
+        return Check(dataset, NO_DATA, measured, f"too few units for an interval ({short})"
+                     + (f"; {notes}" if notes else ""), tuple(tests))
     detail = "; ".join([f"{t.name}: {t.effect} does not pass" for t in failed] + ([notes] if notes else []))
     return Check(dataset, FAIL if failed else PASS, measured, detail, tuple(tests))
 

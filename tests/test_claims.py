@@ -281,6 +281,15 @@ def test_sharpness_compares_log_ratios_at_matched_loss_and_reports_adaptive_shar
     assert sharpness_check(DatasetEvidence("d", unmatched)).tests[0].n == 4, "the unmatched seed is left out"
 
 
+def test_one_seed_shows_its_effects_without_a_verdict_and_two_seeds_can_fail():
+    one = sharpness_check(DatasetEvidence("d", pairs(seeds=1)))
+    assert one.verdict == NO_DATA and "too few units for an interval" in one.detail
+    assert one.tests[0].value == pytest.approx(math.log(2.0)) and "over 1 seeds" in one.tests[0].effect
+    two = sharpness_check(DatasetEvidence("d", pairs(bad={"trace": [300.0, 50.0]}, seeds=2)))
+    assert two.verdict == FAIL and two.detail.startswith("log(trace bad / good)")
+    assert sharpness_check(DatasetEvidence("d", pairs(seeds=2))).verdict == PASS
+
+
 def test_log_volume_holds_only_when_every_eps_holds_and_names_its_method():
     check = log_volume_check(passing())
     assert check.measured.startswith("whole spectrum (exact): ε=0.0001: +5 [+5, +5] over 5 seeds")
