@@ -238,8 +238,11 @@ def _gauss_newton(twin: nn.Module, theta: torch.Tensor, x: torch.Tensor, name: s
     return 0.5 * (G + G.T)
 
 
+BOUND_MAX_PARAMS = 5000  # the exact float64 Hessian and Gauss-Newton matrices of the identity check, at most
+
+
 def two_layer_bound(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str | Callable,
-                    max_params: int = 5000, sample_chunk: int = 256) -> BoundResult:
+                    max_params: int = BOUND_MAX_PARAMS, sample_chunk: int = 256) -> BoundResult:
     """Identity check, not the claim: C_Λ ≤ ‖W‖₂² tr(G_bb) ≤ √m ‖W‖₂² ‖G_bb‖_F ≤ √m ‖W‖₂² ‖G‖_F with exact
     float64 matrices (steps (1)-(3) of the module docstring, in the Gauss-Newton matrix G).
 

@@ -264,6 +264,18 @@ def test_a_dataset_with_several_models_gives_a_row_per_model_and_one_seed_shrink
         assert len(one.sweep_configs(base)) == len(one.attack_factors), "every attack size, one seed each"
 
 
+def test_the_identity_check_runs_on_the_two_layer_widths_whose_exact_matrices_are_affordable(tmp_path):
+    from lossland.reproduce import steps
+    from lossland.theory import BOUND_MAX_PARAMS
+
+    plan, _ = plan_for("full", ["digits"], seeds=1)
+    assert 256 in plan.two_layer_widths  # 5,890 parameters: above the exact matrices' limit
+    labels = [label for _, label, _ in steps(plan, Store(tmp_path / "s.duckdb"))]
+    checked = {int(label.split()[2]) for label in labels if label.endswith("identity check")}
+    assert checked == {16, 64} and BOUND_MAX_PARAMS == 5000
+    assert sum(label.endswith("2-layer measurement") for label in labels) == len(plan.two_layer_configs())
+
+
 def test_a_failed_figure_leaves_no_report_folder(tiny_report, monkeypatch, tmp_path):
     _, _, rep, _, _ = tiny_report
 
