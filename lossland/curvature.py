@@ -20,6 +20,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from .config import SpectrumConfig
 from .lanczos import DensityResult, EigenResult, log_volume, log_volume_curve, spectral_density, top_eigenpairs
+from .machine import tune_allocator
 from .pairs import Progress
 
 __all__ = ["DeterminismError", "Estimate", "HessianOperator", "SpectrumResult", "exact_hessian", "frobenius_sq",
@@ -294,14 +295,25 @@ def frobenius_sq(op, n_samples: int, seed: int = 0) -> Estimate:
 
 # --- the one call -------------------------------------------------------------------------------
 
+FLOAT32_HVP_PARAMS = 50_000  # above this many parameters `spectrum` runs its HVPs in float32 by default
+
+
+def hvp_dtype(n: int) -> torch.dtype:
+    """The dtype of a spectrum's HVPs for a model of n parameters: float64 up to FLOAT32_HVP_PARAMS, float32
+    above (the Krylov arithmetic stays float64; eigenvalues move by ~5e-8 relative and every pair still meets
+    the float64 residual rule: BENCHMARKS.md; a float64 convolution on CPU has no oneDNN kernel, 3-9x slower)."""
+    return torch.float64 if n <= FLOAT32_HVP_PARAMS else torch.float32
+
+
 def spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, cfg: SpectrumConfig,
-             progress: Progress | None = None, dtype: torch.dtype | None = torch.float64) -> SpectrumResult:
+             progress: Progress | None = None, dtype: torch.dtype | str | None = "auto") -> SpectrumResult:
     """Top-k eigenpairs (Lanczos), SLQ density, Hutch++ trace, Frobenius estimate and log-volumes of
     the Hessian of the mean loss over (x, y); plus the exact spectrum when n ≤ cfg.exact_max_params.
 
     Log-volume of the top k: −½ Σ_{i≤k} log(max(λ_i, 0) + eps), negative eigenvalues clipped at 0.
-    HVPs run in `dtype` (a copy of the model; the model itself is untouched): float64 by default,
-    because float32 HVPs carry ~1e-7·λ_max of noise, which the residual rule tol·|λ_i| cannot get
+    HVPs run in `dtype` (a copy of the model; the model itself is untouched); "auto" (the default) is
+    `hvp_dtype` of the model's size: float64 up to FLOAT32_HVP_PARAMS parameters, because float32 HVPs carry
+    ~1e-7·λ_max of noise, which the residual rule tol·|λ_i| cannot get
     under for eigenvalues much smaller than λ_max. None keeps the model's dtype. For a large model,
     dtype=torch.float32 runs the products in float32 (half the memory per chunk's graph, 2-3× faster on
     CPU) while Lanczos, SLQ and the estimators keep float64 arithmetic; its accuracy cost is measured in
@@ -312,6 +324,9 @@ def spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
     report = progress or (lambda fraction, message: None)
     start = time.perf_counter()
     report(0.0, "Hessian operator: checking the loss is deterministic")
+    tune_allocator()
+    if dtype == "auto":
+        dtype = hvp_dtype(sum(p.numel() for p in model.parameters()))
     if dtype is not None and next(model.parameters()).dtype != dtype:
         model = copy.deepcopy(model).to(dtype)
     op = HessianOperator(model, x, y, loss_fn, chunk_size=cfg.chunk_size)

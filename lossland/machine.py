@@ -34,3 +34,29 @@ def describe(device: torch.device | str | None = None) -> str:
              else f"CPU only, {n} torch thread{'s' * (n != 1)}")
     return (f"{cpu_model()}, {cores} cores{load}; {where}; torch {torch.__version__}; "
             f"Python {platform.python_version()}; {platform.system()} {platform.release()}")
+
+
+ALLOCATOR_MMAP_THRESHOLD = 256 * 2**20  # bytes: glibc serves blocks below this from its heap ...
+ALLOCATOR_TRIM_THRESHOLD = 512 * 2**20  # ... and keeps up to this much freed heap instead of returning it
+_tuned: list[bool] = []
+
+
+def tune_allocator() -> bool:
+    """Let glibc's malloc reuse large blocks instead of mapping fresh pages for each one (its default maps any
+    block over 32 MiB anew). The double-backward graph of a convolution allocates tens of MiB per product: on a
+    2-core CPU a float64 HVP of a LeNet over 3,000 images took 4.1 s, 3.2 s of it in the kernel clearing new
+    pages, and 2.5 s after this (float32: 0.73 s either way). The process keeps up to ALLOCATOR_TRIM_THRESHOLD
+    of freed memory. Results are unchanged; once per process; False where there is no glibc (macOS, Windows)."""
+    if _tuned:
+        return _tuned[0]
+    ok = False
+    if platform.system() == "Linux":
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            ok = bool(libc.mallopt(-3, ALLOCATOR_MMAP_THRESHOLD)) and bool(libc.mallopt(-1, ALLOCATOR_TRIM_THRESHOLD))
+        except (OSError, AttributeError):  # another C library (musl) or none to load
+            ok = False
+    _tuned.append(ok)
+    return ok

@@ -267,10 +267,40 @@ def plan_for(scale: str = "small", datasets: list[str] | None = None, seeds: int
                     escape_search=EscapeSearchSpec(retrain_epochs=200))
     else:
         n = 8 if seeds is None else seeds
-        few = n < 5  # a few-seed version of the plan: fewer of everything, the same experiments
-        plan = Plan("full", tuple(bases), seeds=n, attack_factors=(0.5, 1.0, 1.5, 2.0),
-                    slices=slice_specs(1 if few else 3), sweep_seeds=min(5, n), robustness_seeds=min(5, n),
-                    escape=EscapeSpec(radii=(0.0, 0.1, 0.4), n_trials=4, retrain_epochs=100) if few else FULL_ESCAPE,
-                    random_init=RandomInitSpec(n_seeds=8 * n if few else 32), two_layer_widths=(16, 64, 256),
-                    two_layer_factors=(0.25, 0.5, 1.0, 2.0), two_layer_seeds=min(5, max(2, n)))
+        plan = (_few_seed_plan(bases, n) if n < 5 else
+                Plan("full", tuple(bases), seeds=n, attack_factors=FULL_ATTACK_FACTORS, slices=slice_specs(3),
+                     sweep_seeds=5, robustness_seeds=5, escape=FULL_ESCAPE, random_init=RandomInitSpec(n_seeds=32),
+                     two_layer_widths=FULL_TWO_LAYER_WIDTHS, two_layer_factors=FULL_TWO_LAYER_FACTORS,
+                     two_layer_seeds=5))
     return plan, skipped
+
+
+FULL_ATTACK_FACTORS = (0.5, 1.0, 1.5, 2.0)
+FULL_TWO_LAYER_WIDTHS = (16, 64, 256)
+FULL_TWO_LAYER_FACTORS = (0.25, 0.5, 1.0, 2.0)
+FEW_CLEAN_MAX = 1000  # the few-seed plan's clean set at most (the attack set keeps its ratio to it)
+
+
+def _few_seed_plan(bases: list[tuple[str, ExperimentConfig]], n: int) -> Plan:
+    """The full plan's experiments with fewer of everything, sized to finish on a 2-core CPU at one seed (the
+    Fashion-MNIST MLP and LeNet: BENCHMARKS.md): n seeds; every attack size and 2-layer width; clean sets of at
+    most FEW_CLEAN_MAX images (the LeNet's 2,000 + 4,000 become 1,000 + 2,000); the small plan's spectra (top 10,
+    SLQ log-volumes) and 21 × 21 surfaces; escape trials at r = 0 and 0.4; the optimizer grid on the first model
+    of each dataset (the MLP of Fashion-MNIST: full-batch GD on a CNN runs for hours on a CPU)."""
+    lean = {"spectrum.exact_max_params": 0, "spectrum.k": 10, "spectrum.slq_steps": 40}
+
+    def sized(cfg: ExperimentConfig) -> ExperimentConfig:
+        if cfg.data.n_train <= FEW_CLEAN_MAX:
+            return cfg.with_changes(**lean)
+        ratio = cfg.attack.n_attack / cfg.data.n_train
+        return cfg.with_changes(**lean, **{"data.n_train": FEW_CLEAN_MAX,
+                                           "attack.n_attack": int(round(ratio * FEW_CLEAN_MAX))})
+
+    firsts = tuple(dict.fromkeys(name.split(" ")[0] for name, _ in bases))
+    grid = tuple(next(name for name, _ in bases if name.split(" ")[0] == d) for d in firsts)
+    return Plan("full", tuple((d, sized(c)) for d, c in bases), seeds=n, attack_factors=FULL_ATTACK_FACTORS,
+                slices=slice_specs(1), sweep_seeds=n, robustness_seeds=n, surfaces=surface_specs(n=21),
+                escape=EscapeSpec(radii=(0.0, 0.4), n_trials=2, retrain_epochs=100),
+                random_init=RandomInitSpec(n_seeds=8 * n), robustness_datasets=grid,
+                two_layer_widths=FULL_TWO_LAYER_WIDTHS, two_layer_factors=FULL_TWO_LAYER_FACTORS,
+                two_layer_seeds=max(2, n), escape_search=EscapeSearchSpec(n_trials=2, retrain_epochs=100))

@@ -40,8 +40,8 @@ from .plan import (
     surface_specs,
 )
 from .specs import CURVE_FIT, BoundSpec, Spec
-from .theory import BOUND_MAX_PARAMS
 from .store import Store, git_commit
+from .theory import BOUND_MAX_PARAMS
 
 __all__ = ["DATASET_MODELS", "DATASET_PRESETS", "OPTIMIZER_GRID", "SCALES", "Plan", "Reproduction", "Setting",
            "collect", "plan_for", "reports_dir", "reproduce", "run", "slice_specs", "surface_specs"]

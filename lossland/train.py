@@ -22,6 +22,7 @@ from torch import nn
 
 from .config import ExperimentConfig, TrainConfig
 from .data import Dataset, load_experiment_data
+from .machine import tune_allocator
 from .models import build_model, n_params
 from .pairs import CURVE_COLUMNS, METRICS, Progress, Throttled, check_role, quiet, scaled
 from .trajectory import Recorder, Trajectory
@@ -288,6 +289,7 @@ def train(cfg: ExperimentConfig, data: Dataset, role: str = "good", progress: Pr
     sees each epoch's curve row (epoch, lr and the metrics) as it is logged, e.g. to draw live curves. With
     trajectory_points ≥ 3 the result carries the thinned optimizer trajectory (lossland.trajectory)."""
     tc, dev = cfg.train, _device(device, cfg.train)
+    tune_allocator()
     data = data.to(dev)
     x_fit, y_fit = _fit_set(data, role)
     progress = Throttled(progress)

@@ -18,7 +18,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 # Tests never write into the working tree's data/: every store lives under a temporary folder.
-os.environ.setdefault("LOSSLAND_STORE", str(Path(os.environ.get("TMPDIR", "/tmp")) / "lossland-test-default.duckdb"))
+# One per pytest-xdist worker: DuckDB lets one process write a file.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+os.environ.setdefault("LOSSLAND_STORE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"lossland-test-{_WORKER}.duckdb"))
 
 
 def tiny_config(**changes) -> ExperimentConfig:
