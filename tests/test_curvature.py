@@ -368,3 +368,27 @@ def test_float32_hvps_with_float64_lanczos_cost_little_accuracy_at_the_top(mlp, 
     assert res.top.converged
     err = np.abs(np.array(res.top.eigenvalues) - exact[:3]) / exact[:3]
     assert err.max() < 1e-5, err
+
+
+def test_spectra_of_large_models_run_float32_hvps_and_small_ones_float64(digits, monkeypatch):
+    """"auto" picks the products' dtype by the model's size: the same float64 model above the threshold gives
+    float32-rounded eigenvalues (within 1e-5 of the float64 ones, not equal), at or below it the float64 ones."""
+    import lossland.curvature as curvature
+    from lossland.machine import tune_allocator
+
+    x, y = digits
+    model = _trained(build_model(ModelConfig(name="mlp", widths=(16,)), (1, 8, 8), 10).double(), x, y)
+    n = sum(p.numel() for p in model.parameters())
+    assert curvature.hvp_dtype(curvature.FLOAT32_HVP_PARAMS) == torch.float64
+    assert curvature.hvp_dtype(curvature.FLOAT32_HVP_PARAMS + 1) == torch.float32
+    cfg = SpectrumConfig(k=3, tol=1e-4, max_steps=200, slq_vectors=1, slq_steps=5, trace_samples=3,
+                         exact_max_params=0)
+    f64 = spectrum(model, x, y, LOSS, cfg, dtype=torch.float64)
+    assert spectrum(model, x, y, LOSS, cfg).top.eigenvalues == f64.top.eigenvalues  # n ≤ threshold: float64
+    monkeypatch.setattr(curvature, "FLOAT32_HVP_PARAMS", n - 1)
+    auto = spectrum(model, x, y, LOSS, cfg)
+    assert auto.top.eigenvalues == spectrum(model, x, y, LOSS, cfg, dtype=torch.float32).top.eigenvalues
+    err = np.abs(np.array(auto.top.eigenvalues) - np.array(f64.top.eigenvalues)) / np.array(f64.top.eigenvalues)
+    assert 0 < err.max() < 1e-5, err
+    assert next(model.parameters()).dtype == torch.float64
+    assert tune_allocator() is tune_allocator() is True  # Linux with glibc: large blocks are reused

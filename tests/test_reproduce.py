@@ -262,6 +262,13 @@ def test_a_dataset_with_several_models_gives_a_row_per_model_and_one_seed_shrink
     for _, base in one.bases:
         assert len(one.control_configs(base)) == 1, "the one seed still has its control"
         assert len(one.sweep_configs(base)) == len(one.attack_factors), "every attack size, one seed each"
+    (_, mlp), (_, lenet) = one.bases
+    assert (mlp.data.n_train, mlp.attack.n_attack) == (1000, 1000), "the MLP preset's own sizes"
+    assert (lenet.data.n_train, lenet.attack.n_attack) == (1000, 2000), "the LeNet's 2,000 + 4,000 at ratio 2"
+    assert lenet.spectrum.k == 10 and one.surfaces[0].n == 21 and full.surfaces[0].n == 41
+    assert one.robustness_configs(mlp) and not one.robustness_configs(lenet), "the grid on the MLP only"
+    assert dict(full.bases)["fashion-mnist lenet"].data.n_train == 2000 and full.robustness_configs(
+        dict(full.bases)["fashion-mnist lenet"])
 
 
 def test_the_identity_check_runs_on_the_two_layer_widths_whose_exact_matrices_are_affordable(tmp_path):
