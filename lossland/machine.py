@@ -5,6 +5,7 @@ Reports and benchmarks print it beside their figures, so a table read later says
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 from pathlib import Path
@@ -52,8 +53,6 @@ def tune_allocator() -> bool:
     ok = False
     if platform.system() == "Linux":
         try:
-            import ctypes
-
             libc = ctypes.CDLL("libc.so.6")
             ok = bool(libc.mallopt(-3, ALLOCATOR_MMAP_THRESHOLD)) and bool(libc.mallopt(-1, ALLOCATOR_TRIM_THRESHOLD))
         except (OSError, AttributeError):  # another C library (musl) or none to load
