@@ -26,7 +26,19 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from .stats import Interval, bootstrap_mean, bootstrap_spearman, count_text, percent, spread
+from .stats import bootstrap_mean, bootstrap_spearman, count_text, percent, spread
+from .verdicts import (  # noqa: F401  (the verdict types are part of claims' interface)
+    FAIL,
+    NO_DATA,
+    NOT_INFORMATIVE,
+    PASS,
+    Check,
+    Claim,
+    Comparison,
+    _judge,
+    _no_data,
+    effect,
+)
 
 FIT_ACCURACY = 0.99  # "≈100%" training accuracy (clean set for both minima; attack set for the bad one)
 MATCHED_LOSS_RATIO = 2.0  # clean losses of a pair within this factor of each other count as matched
@@ -34,7 +46,6 @@ LOG_VOLUME_EPS = (1e-4, 1e-3, 1e-2)  # log-volume −½ Σᵢ log(λᵢ⁺ + ε)
 NEAR_CHANCE = 0.15  # reported: a bad minimum within 15 points of chance accuracy ("like a random guess")
 FLOOR = 1e-12  # log-ratios of non-negative measures are of max(value, FLOOR)
 
-PASS, FAIL, NO_DATA, NOT_INFORMATIVE = "PASS", "FAIL", "NO DATA", "NOT INFORMATIVE"
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,82 +85,6 @@ class Evidence:
     two_layer_control: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """One tested effect of a check: its value and interval, and whether it passed its rule."""
-
-    name: str
-    passed: bool
-    effect: str  # as shown: "+0.52 [+0.31, +0.70] over 5 seeds"
-    value: float = math.nan
-    lo: float = math.nan
-    hi: float = math.nan
-    n: int = 0
-    rule: bool = True  # part of the claim's rule (False: reported beside it)
-    controlled: bool = True  # must not pass on the control (False: a precondition, true of any good run)
-    interval: bool = False  # an effect judged by its interval (see `effect`)
-
-    @property
-    def unjudged(self) -> bool:
-        """An effect measured on too few units for an interval (e.g. one seed)."""
-        return self.interval and self.n > 0 and not (math.isfinite(self.lo) and math.isfinite(self.hi))
-
-
-@dataclass(frozen=True)
-class Check:
-    """One claim on one dataset (or on the 2-layer runs), with the same rule on its control."""
-
-    dataset: str
-    verdict: str  # the rule on this evidence: PASS | FAIL | NO DATA
-    measured: str
-    detail: str = ""  # what failed, in numbers; or why there is no data
-    tests: tuple[Comparison, ...] = ()
-    control: Check | None = None
-
-    def passing_on_control(self) -> list[str]:
-        """Names of this check's controlled rule tests that also pass on the control."""
-        if self.control is None:
-            return []
-        ours = {t.name for t in self.tests if t.rule and t.controlled}
-        return [t.name for t in self.control.tests if t.passed and t.name in ours]
-
-    @property
-    def result(self) -> str:
-        if self.verdict != PASS:
-            return self.verdict
-        if self.control is None or self.control.verdict == NO_DATA or self.passing_on_control():
-            return NOT_INFORMATIVE
-        return PASS
-
-    def to_dict(self) -> dict:
-        return {"dataset": self.dataset, "verdict": self.verdict, "result": self.result, "measured": self.measured,
-                "detail": self.detail, "tests": [t.__dict__ for t in self.tests],
-                "control": self.control.to_dict() if self.control is not None else None}
-
-
-@dataclass(frozen=True)
-class Claim:
-    number: int
-    statement: str
-    test: str
-    checks: tuple[Check, ...]
-
-    @property
-    def verdict(self) -> str:
-        results = {c.result for c in self.checks}
-        if results <= {NO_DATA} or results == {PASS}:
-            return results.pop() if results else NO_DATA
-        return NOT_INFORMATIVE if results <= {PASS, NOT_INFORMATIVE} else FAIL
-
-    @property
-    def measured(self) -> str:
-        return "; ".join(f"{c.dataset}: {c.measured}" for c in self.checks)
-
-    def to_dict(self) -> dict:
-        return {"number": self.number, "statement": self.statement, "test": self.test, "verdict": self.verdict,
-                "measured": self.measured, "checks": [c.to_dict() for c in self.checks]}
-
-
 # --- building blocks -----------------------------------------------------------------------------
 
 def by_role(pairs: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -183,26 +118,6 @@ def _left_out(pairs: pd.DataFrame) -> str:
 
 def log_ratio(wide: pd.DataFrame) -> pd.Series:
     return np.log(wide["bad"].clip(lower=FLOOR)) - np.log(wide["good"].clip(lower=FLOOR))
-
-
-def effect(name: str, iv: Interval, unit: str = "seeds", fmt: str = "{:+.3g}", rule: bool = True) -> Comparison:
-    """A test that passes when the interval of the effect lies above 0."""
-    return Comparison(name, iv.above_zero, f"{iv.text(fmt)} over {iv.n} {unit}", iv.value, iv.lo, iv.hi, iv.n, rule,
-                      interval=True)
-
-
-def _no_data(dataset: str, why: str) -> Check:
-    return Check(dataset, NO_DATA, "—", why)
-
-
-def _judge(dataset: str, tests: list[Comparison], measured: str, notes: str = "") -> Check:
-    failed = [t for t in tests if t.rule and not t.passed]
-    if failed and all(t.unjudged for t in failed):
-        short = "; ".join(f"{t.name}: {t.effect}" for t in failed)
-        return Check(dataset, NO_DATA, measured, f"too few units for an interval ({short})"
-                     + (f"; {notes}" if notes else ""), tuple(tests))
-    detail = "; ".join([f"{t.name}: {t.effect} does not pass" for t in failed] + ([notes] if notes else []))
-    return Check(dataset, FAIL if failed else PASS, measured, detail, tuple(tests))
 
 
 def _paired_log_ratios(pairs: pd.DataFrame, measures) -> list[Comparison]:
