@@ -23,18 +23,19 @@ import torch
 from torch import nn
 
 from .config import ExperimentConfig
-from .curvature import HessianOperator
+from .curvature import HessianOperator, hvp_dtype
 from .data import Dataset
-from .ensemble import train_ensemble
+from .ensemble import train_seeds
 from .lanczos import top_eigenpairs
 from .landscape import LossSurface, filter_normalized_direction, flat_params, unflatten
+from .models import n_params
 from .pairs import METRICS, Progress, check_role, quiet, scaled
 from .theory import BoundResult as BoundResult
 from .theory import BoundSettings as BoundSettings
 from .theory import TwoLayerMeasure as TwoLayerMeasure
 from .theory import two_layer_bound as two_layer_bound
 from .theory import two_layer_measure as two_layer_measure
-from .train import loss_function, resolve_device, train
+from .train import loss_function, resolve_device
 
 
 def _frozen(a, dtype=np.float64) -> np.ndarray:
@@ -97,16 +98,6 @@ _TRIAL_COLUMNS = ("radius", "trial", "seed", "status", "epochs", "start_clean_lo
                   "distance_from_minimum", "distance_travelled")
 
 
-def _retrain(cfg: ExperimentConfig, data: Dataset, seeds: list[int], init: list[dict[str, torch.Tensor]],
-             ensemble: bool, device: torch.device, progress: Progress) -> list:
-    """Retrain perturbed copies on the clean set: one vmap ensemble, or one by one (BatchNorm)."""
-    if ensemble:
-        return train_ensemble(cfg, data, seeds, "good", progress=progress, device=device, init=init)
-    return [train(cfg.with_changes(**{"train.seed": s}), data, "good", device=device, init=p,
-                  progress=scaled(progress, j / len(seeds), (j + 1) / len(seeds)))
-            for j, (s, p) in enumerate(zip(seeds, init, strict=True))]
-
-
 def escape_trials(cfg: ExperimentConfig, data: Dataset, model: nn.Module, radii: list[float], n_trials: int,
                   seed: int, retrain_epochs: int | None = None, progress: Progress | None = None, *,
                   role: str = "bad", escape_margin: float = 0.05, ensemble: bool | None = None,
@@ -116,10 +107,10 @@ def escape_trials(cfg: ExperimentConfig, data: Dataset, model: nn.Module, radii:
     Trial t uses seed + t at every radius, for its direction and its mini-batch order, so the radii
     are compared on the same random directions. Retraining uses cfg.train (optimizer, lr, batch size,
     loss target) with max_epochs = retrain_epochs or cfg.train.max_epochs, from a fresh optimizer
-    state. The trials of one radius train together as a vmap ensemble (train_ensemble with init);
-    `ensemble=False` (the default for BatchNorm models) trains them one by one with train(init=...),
-    which gives the same result within float tolerance; there BatchNorm statistics start fresh and
-    are re-estimated by the retraining. See EscapeResult for `escaped`.
+    state. The trials of one radius train together (ensemble.train_seeds with init): as one vmap ensemble
+    where that pays (`ensemble=None`: ensemble.ensemble_pays), else one by one with train(init=...), which
+    gives the same result within float tolerance; BatchNorm models train one by one, their statistics
+    start fresh and are re-estimated by the retraining. See EscapeResult for `escaped`.
     """
     check_role(role)
     if n_trials < 1 or not radii or any(not (math.isfinite(r) and r >= 0) for r in radii):
@@ -129,7 +120,6 @@ def escape_trials(cfg: ExperimentConfig, data: Dataset, model: nn.Module, radii:
     epochs = retrain_epochs or cfg.train.max_epochs
     cfg = cfg.with_changes(**{"train.max_epochs": epochs})
     dev = torch.device(device) if device is not None else resolve_device(cfg.train.device)
-    ensemble = (not cfg.model.batchnorm) if ensemble is None else ensemble
     model = copy.deepcopy(model).to(dev).eval()
     surface = LossSurface(model, data, cfg.train.loss)
     theta0 = flat_params(model)
@@ -142,7 +132,7 @@ def escape_trials(cfg: ExperimentConfig, data: Dataset, model: nn.Module, radii:
         before = surface.evaluate(starts)
         init = [{k: v.clone() for k, v in unflatten(model, s).items()} for s in starts]
         part = scaled(report, i / len(radii), (i + 1) / len(radii), f"radius {r:g}: ")
-        for t, res in enumerate(_retrain(cfg, data, seeds, init, ensemble, dev, part)):
+        for t, res in enumerate(train_seeds(cfg, data, seeds, "good", part, dev, init, ensemble)):
             end = flat_params(res.model).to(theta0)
             row = {"radius": float(r), "trial": t, "seed": seeds[t], "status": res.status, "epochs": res.epochs,
                    "start_clean_loss": before["clean_loss"][t], "start_test_acc": before["test_acc"][t],
@@ -169,7 +159,7 @@ def escape_trials(cfg: ExperimentConfig, data: Dataset, model: nn.Module, radii:
 
 @dataclass(frozen=True, eq=False)
 class RandomInitResult:
-    """One entry per seed: the minimum train_ensemble reached on the clean set and its sharpness."""
+    """One entry per seed: the minimum it reached trained on the clean set, and its sharpness."""
 
     seeds: np.ndarray
     status: tuple[str, ...]
@@ -188,19 +178,20 @@ class RandomInitResult:
 def random_init_statistics(cfg: ExperimentConfig, data: Dataset, n_seeds: int = 32, seed0: int = 0,
                            spectrum_k: int = 1, progress: Progress | None = None,
                            device: torch.device | str | None = None) -> RandomInitResult:
-    """Train seeds seed0 .. seed0 + n_seeds − 1 on the clean set as one vmap ensemble, then the top
-    spectrum_k Hessian eigenvalues of each member's clean training loss (Lanczos on a float64 copy,
-    cfg.spectrum's tol, max_steps, chunk_size and seed)."""
+    """Train seeds seed0 .. seed0 + n_seeds − 1 on the clean set (ensemble.train_seeds: one vmap ensemble where it
+    pays), then the top spectrum_k Hessian eigenvalues of each member's clean training loss (Lanczos, cfg.spectrum's
+    tol, max_steps, chunk_size and seed, on a copy whose products run in curvature.hvp_dtype of its size: float64,
+    float32 above FLOAT32_HVP_PARAMS, as the stored spectra)."""
     if n_seeds < 1 or spectrum_k < 1:
         raise ValueError(f"n_seeds = {n_seeds} and spectrum_k = {spectrum_k} must both be ≥ 1")
     report = progress or quiet
     start = time.perf_counter()
     seeds = list(range(seed0, seed0 + n_seeds))
-    members = train_ensemble(cfg, data, seeds, "good", progress=lambda f, m: report(0.7 * f, m), device=device)
+    members = train_seeds(cfg, data, seeds, "good", progress=lambda f, m: report(0.7 * f, m), device=device)
     sc, loss_fn = cfg.spectrum, loss_function(cfg.train.loss)
     eig, lanczos_ok = [], []
     for j, res in enumerate(members):
-        twin = copy.deepcopy(res.model).to(torch.float64)
+        twin = copy.deepcopy(res.model).to(hvp_dtype(n_params(res.model)))
         op = HessianOperator(twin, data.x_train, data.y_train, loss_fn, chunk_size=sc.chunk_size)
         top = top_eigenpairs(op, min(spectrum_k, op.n), tol=sc.tol, max_steps=sc.max_steps, seed=sc.seed)
         eig.append(top.eigenvalues)

@@ -1,6 +1,7 @@
 """N seeds of one config trained at once: the models stacked into one vectorised model (torch.func.vmap),
-each member with its own mini-batches, its own stop rule, frozen when it stops (used by random inits and the
-perturb-and-retrain trials; `train` is the one-model loop these results equal)."""
+each member with its own mini-batches, its own stop rule, frozen when it stops (`train` is the one-model loop
+these results equal). `train_seeds`, what random inits and the perturb-and-retrain trials call, stacks them
+where that pays and trains them one after another where it does not."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .config import ExperimentConfig
 from .data import Dataset
-from .models import build_model
-from .pairs import Progress, Throttled, quiet
+from .models import build_model, n_params
+from .pairs import Progress, Throttled, quiet, scaled
 from .train import (
     StopRule,
     TrainResult,
@@ -26,7 +27,41 @@ from .train import (
     _make_schedule,
     load_params,
     loss_function,
+    train,
 )
+
+# Above this many parameters a vmap ensemble is no faster than seed after seed on a CPU: the model is
+# compute-bound, and vmapped convolutions are slower than plain ones (BENCHMARKS.md: 8 seeds of the Fashion-MNIST
+# LeNet took 1.8x as long stacked, of its 235k-parameter MLP 1.7x; 16 seeds of the 3.5k digits MLP 2.3-3.2x less).
+ENSEMBLE_CPU_MAX_PARAMS = 50_000
+
+
+def ensemble_pays(cfg: ExperimentConfig, data: Dataset, device: torch.device | str | None = None) -> bool:
+    """Whether `train_seeds` stacks the seeds: never with BatchNorm (its statistics can't be vmapped), always on a
+    GPU, and on a CPU for models of at most ENSEMBLE_CPU_MAX_PARAMS parameters."""
+    if cfg.model.batchnorm:
+        return False
+    if _device(device, cfg.train).type != "cpu":
+        return True
+    return n_params(build_model(cfg.model, data.in_shape, data.n_classes)) <= ENSEMBLE_CPU_MAX_PARAMS
+
+
+def train_seeds(cfg: ExperimentConfig, data: Dataset, seeds: list[int], role: str = "good",
+                progress: Progress = quiet, device: torch.device | str | None = None,
+                init: list[dict[str, torch.Tensor]] | None = None, ensemble: bool | None = None) -> list[TrainResult]:
+    """One run per seed, as `train_ensemble` defines them (model.seed = train.seed = seed; with `init`, member i
+    starts from init[i] and its seed orders its mini-batches): stacked when `ensemble` (None: `ensemble_pays`),
+    else one after another with `train`, which gives the same results within float tolerance."""
+    if ensemble is None:
+        ensemble = ensemble_pays(cfg, data, device)
+    if ensemble:
+        return train_ensemble(cfg, data, seeds, role, progress=progress, device=device, init=init)
+    if init is not None and len(init) != len(seeds):
+        raise ValueError(f"init holds {len(init)} parameter sets for {len(seeds)} seeds; one per seed")
+    changes = (lambda s: {"train.seed": s}) if init is not None else (lambda s: {"model.seed": s, "train.seed": s})
+    return [train(cfg.with_changes(**changes(s)), data, role, device=device, init=None if init is None else init[j],
+                  progress=scaled(progress, j / len(seeds), (j + 1) / len(seeds), f"seed {s}: "))
+            for j, s in enumerate(seeds)]
 
 # --- ensembles: N seeds as one vectorised model ------------------------------------------
 

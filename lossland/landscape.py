@@ -5,7 +5,9 @@ Everything evaluates the model at many flat parameter vectors θ (the order of
 points: the vectors are unflattened into stacked parameter dicts and the model runs through
 torch.func.functional_call under vmap, so a batch of P points is one forward pass per data chunk
 instead of P. Every point reports loss and accuracy on clean train, attack and test (the six
-METRICS), with the model in eval mode and its buffers (BatchNorm statistics) held fixed.
+METRICS), with the model in eval mode and its buffers (BatchNorm statistics) held fixed; test numbers come from at
+most train.CURVE_TEST_MAX evenly spaced test samples, as in each epoch's curve row (on Fashion-MNIST's 10,000 test
+images the whole split was 2/3 of a LeNet surface's cost).
 
 Directions follow Li, Xu, Taylor, Studer & Goldstein, "Visualizing the Loss Landscape of Neural
 Nets" (2018): a Gaussian direction whose every filter is rescaled to the norm of the matching
@@ -30,7 +32,7 @@ from .curvature import HessianOperator
 from .data import Dataset
 from .lanczos import top_eigenpairs
 from .pairs import METRICS, Progress
-from .train import per_sample_loss
+from .train import evenly_spaced, per_sample_loss
 
 OnBatch = Callable[[np.ndarray, dict[str, np.ndarray]], None]
 INTERPOLATION_ALPHAS = tuple(np.linspace(-0.5, 1.5, 41))  # the default: both minima and half the gap beyond
@@ -87,7 +89,7 @@ class LossSurface:
         self.n = sum(p.numel() for p in self.base.parameters())
         self.buffers = dict(self.base.named_buffers())
         data = data.to(self.device)
-        sets = [(data.x_train, data.y_train), (data.x_attack, data.y_attack), (data.x_test, data.y_test)]
+        sets = [(data.x_train, data.y_train), (data.x_attack, data.y_attack), evenly_spaced(data.x_test, data.y_test)]
         x = torch.cat([x for x, _ in sets])
         self.x = x.to(self.dtype) if x.is_floating_point() else x
         self.y = torch.cat([y for _, y in sets])

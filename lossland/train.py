@@ -139,6 +139,16 @@ CURVE_TEST_MAX = 2000  # test samples in each epoch's curve row; a run's final t
 EVAL_CHUNK_ELEMENTS = 2**19  # input numbers per forward chunk: about a cache's worth (8192 digits, 668 images)
 
 
+def evenly_spaced(x: torch.Tensor, y: torch.Tensor, most: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most `most` (None: CURVE_TEST_MAX) samples of (x, y), evenly spaced over the split (all of them when it
+    is no larger): the test samples of each epoch's curve row and of every landscape point."""
+    most = CURVE_TEST_MAX if most is None else most
+    if len(y) <= most:
+        return x, y
+    keep = torch.linspace(0, len(y) - 1, most).round().long().to(y.device)
+    return x[keep], y[keep]
+
+
 def eval_chunk(x: torch.Tensor) -> int:
     """Samples per no-grad forward chunk: large chunks for small inputs, a few hundred images (on a 2-core CPU a
     LeNet evaluates 16,000 images in 0.7 s at 512 a chunk, 1.5 s at 8,192)."""
@@ -157,12 +167,8 @@ class _Evaluator:
     PARTS = ("clean", "attack", "test")
 
     def __init__(self, data: Dataset, loss: str, chunk: int | None = None):
-        x_test, y_test = data.x_test, data.y_test
-        self.whole_test = None
-        if len(y_test) > CURVE_TEST_MAX:
-            self.whole_test = (x_test, y_test)
-            keep = torch.linspace(0, len(y_test) - 1, CURVE_TEST_MAX).round().long().to(y_test.device)
-            x_test, y_test = x_test[keep], y_test[keep]
+        x_test, y_test = evenly_spaced(data.x_test, data.y_test)
+        self.whole_test = (data.x_test, data.y_test) if len(y_test) < len(data.y_test) else None
         sets = [(data.x_train, data.y_train), (data.x_attack, data.y_attack), (x_test, y_test)]
         self.x = torch.cat([x for x, _ in sets])
         self.y = torch.cat([y for _, y in sets])

@@ -196,3 +196,20 @@ def test_the_loss_curves_along_the_top_eigenvectors_as_the_exact_eigenvalues(dat
         curve = slice_1d(twin, data, "cross_entropy", v, [-h, 0.0, h])
         curvature = (curve.clean_loss[0] - 2 * curve.clean_loss[1] + curve.clean_loss[2]) / h ** 2
         assert curvature == pytest.approx(lam, rel=1e-3)  # λ1, λ2 differ by ~15%: each is told apart
+
+
+def test_landscape_test_numbers_come_from_the_curve_rows_evenly_spaced_test_samples(data, good, monkeypatch):
+    import lossland.train as train_module
+    monkeypatch.setattr(train_module, "CURVE_TEST_MAX", 100)
+    assert len(data.y_test) > 100
+    keep = torch.linspace(0, len(data.y_test) - 1, 100).round().long()
+    theta = flat_params(good.model)[None]
+    thin = LossSurface(good.model, data, "cross_entropy").evaluate(theta)
+    whole = dataclasses.replace(data, x_test=data.x_test[keep], y_test=data.y_test[keep])
+    monkeypatch.setattr(train_module, "CURVE_TEST_MAX", 10**9)
+    ref = LossSurface(good.model, whole, "cross_entropy").evaluate(theta)
+    full = LossSurface(good.model, data, "cross_entropy").evaluate(theta)
+    for m in METRICS:
+        assert thin[m][0] == pytest.approx(ref[m][0], rel=1e-6), m
+    assert thin["clean_loss"][0] == pytest.approx(full["clean_loss"][0], rel=1e-6)
+    assert thin["test_loss"][0] != full["test_loss"][0]  # the cap is what changed the test numbers

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lossland import load_checkpoint, preset, save_checkpoint
 from lossland.checkpoint import CheckpointError
 from lossland.data import load_experiment_data
-from lossland.ensemble import train_ensemble
+from lossland.ensemble import ENSEMBLE_CPU_MAX_PARAMS, ensemble_pays, train_ensemble, train_seeds
 from lossland.models import build_model
 from lossland.train import (
     CURVE_COLUMNS,
@@ -124,6 +124,25 @@ def test_ensemble_refuses_batchnorm_and_empty_seed_lists(cfg, data):
     bn = cfg.with_changes(**{"model.name": "resnet", "model.channels": (4,), "model.batchnorm": True})
     with pytest.raises(ValueError, match="batchnorm"):
         train_ensemble(bn, data, [0, 1])
+
+
+def test_seeds_are_stacked_only_where_a_cpu_gains_from_it_and_one_by_one_give_the_same_runs(cfg, data):
+    assert ensemble_pays(cfg, data, "cpu")  # the tiny MLP: overhead-bound, vmap wins
+    wide = cfg.with_changes(**{"model.widths": (ENSEMBLE_CPU_MAX_PARAMS // data.in_shape[0] + 1,)})
+    assert not ensemble_pays(wide, data, "cpu")
+    assert not ensemble_pays(cfg.with_changes(**{"model.name": "resnet", "model.channels": (4,),
+                                                 "model.batchnorm": True}), data, "cpu")
+    c = cfg.with_changes(**{"train.max_epochs": 8})
+    init = [{k: v + 0.01 for k, v in build_model(c.model, data.in_shape, data.n_classes).named_parameters()}
+            for _ in range(2)]
+    for start in (None, init):
+        stacked = train_seeds(c, data, [3, 4], "good", init=start, ensemble=True)
+        alone = train_seeds(c, data, [3, 4], "good", init=start, ensemble=False)
+        assert [r.epochs for r in stacked] == [r.epochs for r in alone]
+        assert max(_max_diff(a.model, b.model) for a, b in zip(stacked, alone, strict=True)) < 1e-5
+    assert _max_diff(stacked[0].model, train_seeds(c, data, [3, 4], init=None, ensemble=False)[0].model) > 1e-4
+    with pytest.raises(ValueError, match="init holds 1 parameter sets for 2 seeds"):
+        train_seeds(c, data, [3, 4], init=init[:1], ensemble=False)
 
 
 def test_a_diverging_run_stops_with_status_diverged_and_keeps_its_curves(cfg, data):
