@@ -96,6 +96,8 @@ class Plan:
     robustness_seeds: int = 3
     robustness_fraction: float = 1.0  # of the base's clean set (and attack set) for the optimizer grid
     robustness_datasets: tuple[str, ...] | None = None  # where the grid runs (None: every dataset)
+    # where the first main pair's costliest analyses run: random inits, the escape search, trajectories (None: all)
+    extras_datasets: tuple[str, ...] | None = None
     two_layer: ExperimentConfig | None = field(default_factory=lambda: preset("teacher-2layer"))
     two_layer_widths: tuple[int, ...] = (16, 64)
     two_layer_factors: tuple[float, ...] = (0.25, 0.5, 1.0)  # × data.n_train, random labels
@@ -164,6 +166,37 @@ class Plan:
         return {s.name: [s.apply(small).with_changes(**{"model.seed": small.model.seed + k})
                          for k in range(self.robustness_seeds)] for s in self.optimizers}
 
+    def extras(self, name: str) -> bool:
+        """Whether dataset `name` gets the random inits, the escape search and the optimizer trajectories."""
+        return self.extras_datasets is None or name in self.extras_datasets
+
+    def describe(self) -> list[str]:
+        """What the plan runs, a line per part, for the report."""
+        def on(names: list[str]) -> str:
+            return ", ".join(names) or "no dataset"
+
+        def base_line(d: str, c: ExperimentConfig) -> str:
+            channels = f"channels {list(c.model.channels)}, " if c.model.name != "mlp" else ""
+            shape = f"{c.model.name}, {channels}widths {list(c.model.widths)}"
+            return (f"{d}: {shape}, {c.data.n_train} clean + {c.attack.n_attack} attack ({self.attack_labels} "
+                    f"labels), attack sizes {', '.join(map(str, self.sweep_configs(c)))}; top-{c.spectrum.k} "
+                    f"spectra, SLQ {c.spectrum.slq_vectors} × {c.spectrum.slq_steps} steps")
+
+        lines = [base_line(d, c) for d, c in self.bases]
+        e, names = self.escape, [d for d, _ in self.bases]
+        lines += [f"{self.seeds} seed(s); {len(self.slices)} 1-D slice(s); 2-D surfaces of "
+                  f"{self.surfaces[0].n if self.surfaces else 0}² points; escape trials at r = "
+                  f"{', '.join(f'{r:g}' for r in e.radii)}, {e.n_trials} each",
+                  f"{self.random_init.n_seeds} random inits, the 50% escape radii and the optimizer trajectories on "
+                  f"{on([d for d in names if self.extras(d)])}",
+                  f"the optimizer grid ({len(self.optimizers)} settings × {self.robustness_seeds} seed(s)) on "
+                  f"{on([d for d in names if self.robustness_configs(dict(self.bases)[d])])}"]
+        if self.two_layer is not None:
+            fractions = ", ".join(f"{f:g}" for f in self.two_layer_factors)
+            lines.append(f"2-layer networks: widths {', '.join(map(str, self.two_layer_widths))}, random-label "
+                         f"fractions {fractions}, {self.two_layer_seeds} seeds")
+        return lines
+
     # --- the two_layer networks ----------------------------------------------------------------------
     def two_layer_configs(self) -> list[ExperimentConfig]:
         if self.two_layer is None:
@@ -192,6 +225,7 @@ class Plan:
                 "sharpness": self.sharpness.settings(), "optimizers": [s.name for s in self.optimizers],
                 "robustness_seeds": self.robustness_seeds, "robustness_fraction": self.robustness_fraction,
                 "robustness_datasets": list(self.robustness_datasets or [d for d, _ in self.bases]),
+                "extras_datasets": [d for d, _ in self.bases if self.extras(d)],
                 "two_layer": self.two_layer.config_hash() if self.two_layer else None,
                 "two_layer_widths": list(self.two_layer_widths), "two_layer_factors": list(self.two_layer_factors),
                 "two_layer_seeds": self.two_layer_seeds,
@@ -276,6 +310,7 @@ def plan_for(scale: str = "small", datasets: list[str] | None = None, seeds: int
 
 
 FULL_ATTACK_FACTORS = (0.5, 1.0, 1.5, 2.0)
+FEW_ATTACK_FACTORS = (0.5, 1.0, 2.0)
 FULL_TWO_LAYER_WIDTHS = (16, 64, 256)
 FULL_TWO_LAYER_FACTORS = (0.25, 0.5, 1.0, 2.0)
 FEW_CLEAN_MAX = 1000  # the few-seed plan's clean set at most (the attack set keeps its ratio to it)
@@ -284,9 +319,11 @@ FEW_CLEAN_MAX = 1000  # the few-seed plan's clean set at most (the attack set ke
 def _few_seed_plan(bases: list[tuple[str, ExperimentConfig]], n: int) -> Plan:
     """The full plan's experiments with fewer of everything, sized to finish on a 2-core CPU at one seed (the
     Fashion-MNIST MLP and LeNet: BENCHMARKS.md): n seeds; every attack size and 2-layer width; clean sets of at
-    most FEW_CLEAN_MAX images (the LeNet's 2,000 + 4,000 become 1,000 + 2,000); the small plan's spectra (top 10,
-    SLQ log-volumes) and 21 × 21 surfaces; escape trials at r = 0 and 0.4; the optimizer grid on the first model
-    of each dataset (the MLP of Fashion-MNIST: full-batch GD on a CNN runs for hours on a CPU)."""
+    most FEW_CLEAN_MAX images (the LeNet's 2,000 + 4,000 become 1,000 + 2,000) and attack sets at ½, 1 and 2× the
+    main one; the small plan's spectra (top 10, SLQ log-volumes) and 21 × 21 surfaces; escape trials at r = 0 and
+    0.4; the optimizer grid, the random inits, the escape search and the trajectories on the small model of each
+    dataset (the MLP of Fashion-MNIST, when it is picked: on a 2-core CPU the LeNet's 8 random inits took 10
+    minutes, its escape search 6, and full-batch GD on a CNN runs for hours)."""
     lean = {"spectrum.exact_max_params": 0, "spectrum.k": 10, "spectrum.slq_steps": 40}
 
     def sized(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -296,11 +333,12 @@ def _few_seed_plan(bases: list[tuple[str, ExperimentConfig]], n: int) -> Plan:
         return cfg.with_changes(**lean, **{"data.n_train": FEW_CLEAN_MAX,
                                            "attack.n_attack": int(round(ratio * FEW_CLEAN_MAX))})
 
-    firsts = tuple(dict.fromkeys(name.split(" ")[0] for name, _ in bases))
-    grid = tuple(next(name for name, _ in bases if name.split(" ")[0] == d) for d in firsts)
-    return Plan("full", tuple((d, sized(c)) for d, c in bases), seeds=n, attack_factors=FULL_ATTACK_FACTORS,
+    # the grid on each dataset's small model (Fashion-MNIST's MLP), none where it was not picked (`--models lenet`)
+    grid = tuple(name for name, _ in bases if name.split(" ")[0] not in DATASET_MODELS
+                 or name == f"{name.split(' ')[0]} {next(iter(DATASET_MODELS[name.split(' ')[0]]))}")
+    return Plan("full", tuple((d, sized(c)) for d, c in bases), seeds=n, attack_factors=FEW_ATTACK_FACTORS,
                 slices=slice_specs(1), sweep_seeds=n, robustness_seeds=n, surfaces=surface_specs(n=21),
                 escape=EscapeSpec(radii=(0.0, 0.4), n_trials=2, retrain_epochs=100),
-                random_init=RandomInitSpec(n_seeds=8 * n), robustness_datasets=grid,
+                random_init=RandomInitSpec(n_seeds=8 * n), robustness_datasets=grid, extras_datasets=grid,
                 two_layer_widths=FULL_TWO_LAYER_WIDTHS, two_layer_factors=FULL_TWO_LAYER_FACTORS,
                 two_layer_seeds=max(2, n), escape_search=EscapeSearchSpec(n_trials=2, retrain_epochs=100))

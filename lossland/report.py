@@ -315,6 +315,7 @@ def report_markdown(rep: Reproduction, figs: list[Figure]) -> str:
              "## Claims", "", f"{verdicts.count('PASS')} of {len(verdicts)} claims pass, "
              f"{verdicts.count('NOT INFORMATIVE')} not informative, {verdicts.count('FAIL')} fail. {RULES}", ""]
     lines += _md_table(claims_verdicts(list(rep.claims)))
+    lines += ["", "## What ran", ""] + [f"- {_md_cell(p)}" for p in rep.plan.describe()]
     lines += ["", "## Effects and their controls", ""]
     effects = effects_frame(list(rep.claims))
     for c in rep.claims:
@@ -363,7 +364,8 @@ def report_html(rep: Reproduction, figs: list[Figure]) -> str:
         f"<h1>lossland reproduces Wu, Zhu &amp; E (2017)</h1><p>Scale <b>{esc(m['scale'])}</b> · datasets "
         f"<b>{esc(', '.join(m['datasets']))}</b> · {m['seeds']} seed(s) · started {esc(m['started'])} · took "
         f"<b>{_minutes(rep.seconds)}</b> on {esc(m['machine'])}; {esc(m['code'])}.</p>"
-        f"<h2>Claims</h2><p>{esc(RULES.replace('**', ''))}</p>{_html_table(table)}"
+        f"<h2>Claims</h2><p>{esc(RULES.replace('**', ''))}</p>{_html_table(table)}<h2>What ran</h2><ul>"
+        + "".join(f"<li>{esc(p)}</li>" for p in rep.plan.describe()) + "</ul>"
         f"<h2>Effects and their controls</h2>{details}"
         f"<h2>Robustness over the optimizer</h2><ul>{counts}"
         f"<h2>Discussion</h2><ul>{discussion}</ul><h2>Figures</h2>{pics}<h2>Runs</h2><ul>{runs}</ul>"

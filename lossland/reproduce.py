@@ -119,10 +119,11 @@ def steps(plan: Plan, store: Store, device=None, executor=None) -> list[Step]:
         first, tag = mains[0].config_hash(), f"{name} seed {mains[0].model.seed}"
         out.append((0.2, f"{tag}: interpolation", analysis(first, plan.interpolation)))
         out += [(0.5, f"{tag}: 2-D surface of the {s.role} minimum", analysis(first, s)) for s in plan.surfaces]
-        out.append((3.0, f"{name}: {plan.random_init.n_seeds} random inits", analysis(first, plan.random_init)))
-        if plan.escape_search is not None:
+        if plan.extras(name):
+            out.append((3.0, f"{name}: {plan.random_init.n_seeds} random inits", analysis(first, plan.random_init)))
+        if plan.escape_search is not None and plan.extras(name):
             out.append((2.0, f"{tag}: 50% escape radii", analysis(first, plan.escape_search)))
-        if plan.trajectory is not None:
+        if plan.trajectory is not None and plan.extras(name):
             out.append((0.3, f"{tag}: optimizer trajectories", _unless_unrecorded(analysis(first, plan.trajectory))))
         for cfg in mains + plan.control_configs(base):
             out += _per_minimum(plan, analysis, f"{name} seed {cfg.model.seed} attack {cfg.attack.n_attack}", cfg)

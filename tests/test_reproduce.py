@@ -26,6 +26,7 @@ from lossland.reproduce import (
     reproduce,
     run,
     slice_specs,
+    steps,
     surface_specs,
 )
 from lossland.specs import (
@@ -87,6 +88,9 @@ def test_report_folder_holds_markdown_html_claims_and_png_figures(tiny_report):
         assert f"### {c.number}. {c.statement} — **{c.verdict}**" in md
         assert c.verdict in ("PASS", "FAIL", "NO DATA", "NOT INFORMATIVE")
     assert "## Robustness over the optimizer" in md and "holds in" in md and "Identity check (not a claim)" in md
+    ran = md.split("## What ran")[1].split("##")[0]
+    assert all(f"- {line}" in ran for line in rep.plan.describe()) and "digits: mlp, widths" in ran
+    assert "<h2>What ran</h2>" in (folder / "report.html").read_text()
     for f in figures:
         assert f"(figures/{f})" in md and f"src='figures/{f}'" in (folder / "report.html").read_text()
     assert data["robustness"]["counts"] and not list(folder.parent.glob(".*partial"))
@@ -249,7 +253,7 @@ def test_plan_for_refuses_bad_arguments_and_skips_missing_files(tmp_path, monkey
         plan_for("full", ["fashion-mnist"], models=["vgg"])
 
 
-def test_a_dataset_with_several_models_gives_a_row_per_model_and_one_seed_shrinks_the_full_plan(monkeypatch):
+def test_a_dataset_with_several_models_gives_a_row_per_model_and_one_seed_shrinks_the_full_plan(monkeypatch, tmp_path):
     monkeypatch.setattr("lossland.plan.dataset_problem", lambda cfg: None)  # as if the files were there
     full, _ = plan_for("full", ["fashion-mnist"])
     assert [d for d, _ in full.bases] == ["fashion-mnist mlp", "fashion-mnist lenet", "fashion-mnist cnn"]
@@ -267,12 +271,21 @@ def test_a_dataset_with_several_models_gives_a_row_per_model_and_one_seed_shrink
     assert (lenet.data.n_train, lenet.attack.n_attack) == (1000, 2000), "the LeNet's 2,000 + 4,000 at ratio 2"
     assert lenet.spectrum.k == 10 and one.surfaces[0].n == 21 and full.surfaces[0].n == 41
     assert one.robustness_configs(mlp) and not one.robustness_configs(lenet), "the grid on the MLP only"
+    alone, _ = plan_for("full", ["fashion-mnist", "digits"], seeds=1, models=["lenet"])
+    assert alone.robustness_datasets == ("digits",), "no full-batch GD on a LeNet when the MLP is not picked"
+    assert one.attack_factors == (0.5, 1.0, 2.0) and [len(one.sweep_configs(b)) for _, b in one.bases] == [3, 3]
+    labels = [label for _, label, _ in steps(one, Store(tmp_path / "s.duckdb"))]
+    for costly in ("random inits", "50% escape radii", "optimizer trajectories"):
+        assert [lab.split(":")[0].split(" seed")[0] for lab in labels if costly in lab] == ["fashion-mnist mlp"]
+    assert sum("lenet" in lab and "escape trials" in lab for lab in labels) == 2, "main and control keep theirs"
+    described = "\n".join(one.describe())
+    assert "cnn, channels [6, 16], widths [120, 84], 1000 clean + 2000 attack" in described
+    assert "trajectories on fashion-mnist mlp\n" in described and "attack sizes 1000, 2000, 4000" in described
     assert dict(full.bases)["fashion-mnist lenet"].data.n_train == 2000 and full.robustness_configs(
         dict(full.bases)["fashion-mnist lenet"])
 
 
 def test_the_identity_check_runs_on_the_two_layer_widths_whose_exact_matrices_are_affordable(tmp_path):
-    from lossland.reproduce import steps
     from lossland.theory import BOUND_MAX_PARAMS
 
     plan, _ = plan_for("full", ["digits"], seeds=1)
