@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py [--preset NAME] [--samples N] [--pair] [--no-ensemble]
                                           [--device cpu|cuda] [--epochs N] [--repeats R] [--threads T]
+                                          [--seeds S]
 
 (a) `train.train` on a preset (default digits-mlp, bad role: 500 clean + 500 attack = 1,000 samples;
     --pair: both roles, one pair; --samples N: N clean + N attack images, to keep a CNN epoch short on a CPU)
@@ -9,7 +10,8 @@
     its defaults, on the same model, data, hyperparameters, batch size and epochs. Both loops evaluate loss
     and accuracy on clean, attack and test after every epoch with the same `evaluate`, as train() does,
     so the difference is how lossland batches and steps.
-(b) `train.train_ensemble` of 16 seeds against 16 `train` calls one after another, same epochs.
+(b) `train.train_ensemble` of --seeds seeds (default 16) against as many `train` calls one after another, same
+    epochs (what `ensemble.ensemble_pays` decides between).
 
 The loss target is set out of reach so every run trains exactly --epochs epochs. Each timing is the
 best of --repeats after one warm-up run.
@@ -98,6 +100,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
+    ap.add_argument("--seeds", type=int, default=N_SEEDS, help=f"(b)'s seeds (default {N_SEEDS})")
     return ap.parse_args(argv)
 
 
@@ -144,17 +147,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ensemble_rows(cfg, short, data, device, args) -> tuple[list[tuple], float]:
-    """(b): train_ensemble of N_SEEDS seeds (bad role) against the same seeds one train() after another."""
-    seeds = list(range(N_SEEDS))
+    """(b): train_ensemble of --seeds seeds (bad role) against the same seeds one train() after another."""
+    seeds, n = list(range(args.seeds)), args.seeds
     train_ensemble(short, data, seeds, "bad", device=device)
     t_ensemble = best_seconds(lambda: train_ensemble(cfg, data, seeds, "bad", device=device), args.repeats)
     t_sequential = best_seconds(
         lambda: [train(cfg.with_changes(**{"model.seed": s, "train.seed": s}), data, "bad", device=device)
                  for s in seeds], max(1, args.repeats - 1))
-    ratio, model_epochs = t_sequential / t_ensemble, N_SEEDS * args.epochs
+    ratio, model_epochs = t_sequential / t_ensemble, n * args.epochs
     images = model_epochs * (len(data.y_train) + len(data.y_attack))
-    return [(f"(b) train_ensemble, {N_SEEDS} seeds", t_ensemble, model_epochs, images, ""),
-            (f"(b) {N_SEEDS} × train() in turn", t_sequential, model_epochs, images, ""),
+    return [(f"(b) train_ensemble, {n} seeds", t_ensemble, model_epochs, images, ""),
+            (f"(b) {n} × train() in turn", t_sequential, model_epochs, images, ""),
             ("(b) ensemble speedup", None, None, None, f"{ratio:.1f}× (target ≥ {TARGET_ENSEMBLE:g}×)")], ratio
 
 

@@ -14,7 +14,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .config import ExperimentConfig
 from .data import Dataset
-from .models import build_model, n_params
+from .models import build_model
 from .pairs import Progress, Throttled, quiet, scaled
 from .train import (
     StopRule,
@@ -30,20 +30,18 @@ from .train import (
     train,
 )
 
-# Above this many parameters a vmap ensemble is no faster than seed after seed on a CPU: the model is
-# compute-bound, and vmapped convolutions are slower than plain ones (BENCHMARKS.md: 8 seeds of the Fashion-MNIST
-# LeNet took 1.8x as long stacked, of its 235k-parameter MLP 1.7x; 16 seeds of the 3.5k digits MLP 2.3-3.2x less).
-ENSEMBLE_CPU_MAX_PARAMS = 50_000
-
 
 def ensemble_pays(cfg: ExperimentConfig, data: Dataset, device: torch.device | str | None = None) -> bool:
     """Whether `train_seeds` stacks the seeds: never with BatchNorm (its statistics can't be vmapped), always on a
-    GPU, and on a CPU for models of at most ENSEMBLE_CPU_MAX_PARAMS parameters."""
+    GPU, and on a CPU unless the model has a convolution: vmapped convolutions run slower than one model after
+    another there (benchmarks/train_throughput.py, 8 seeds on the 2-core VM: the Fashion-MNIST LeNet 0.7x, its
+    235k-parameter MLP 1.3x, the 3.5k digits MLP 2.3-3.2x)."""
     if cfg.model.batchnorm:
         return False
     if _device(device, cfg.train).type != "cpu":
         return True
-    return n_params(build_model(cfg.model, data.in_shape, data.n_classes)) <= ENSEMBLE_CPU_MAX_PARAMS
+    model = build_model(cfg.model, data.in_shape, data.n_classes)
+    return not any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in model.modules())
 
 
 def train_seeds(cfg: ExperimentConfig, data: Dataset, seeds: list[int], role: str = "good",

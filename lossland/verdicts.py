@@ -4,7 +4,8 @@ control) and a `Claim`, and the rules that turn tests into verdicts (`lossland.c
 A check is PASS when every test of its rule passes and none passes on the control, NOT INFORMATIVE when its
 rule passes but a test also passes on the control (or there is no control), FAIL when a test of its rule fails,
 and NO DATA without the evidence it needs — also when the only failing tests are effects measured without an
-interval (one seed has none: a one-seed run shows its effects, it does not fail them).
+interval (one seed has none: a one-seed run shows its effects, it does not fail them). A claim is judged on the
+datasets whose checks have evidence.
 """
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ class Claim:
 
     @property
     def verdict(self) -> str:
-        results = {c.result for c in self.checks}
-        if results <= {NO_DATA} or results == {PASS}:
+        """Over the checks with evidence (a dataset without any, NO DATA in the table, neither passes nor fails
+        the claim: the one-seed plan runs random inits on the small model only): FAIL if one fails, NOT
+        INFORMATIVE if one is, PASS if all pass, NO DATA when none has evidence."""
+        results = {c.result for c in self.checks} - {NO_DATA}
+        if not results or results == {PASS}:
             return results.pop() if results else NO_DATA
         return NOT_INFORMATIVE if results <= {PASS, NOT_INFORMATIVE} else FAIL
 

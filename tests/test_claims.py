@@ -353,7 +353,8 @@ def test_a_two_layer_association_that_the_untrained_networks_share_is_not_inform
 
 @pytest.mark.parametrize("results, expected", [
     ((), NO_DATA), ((NO_DATA,), NO_DATA), ((PASS,), PASS), ((PASS, PASS), PASS), ((PASS, FAIL), FAIL),
-    ((PASS, NO_DATA), FAIL), ((PASS, NOT_INFORMATIVE), NOT_INFORMATIVE), ((NOT_INFORMATIVE, FAIL), FAIL),
+    ((PASS, NO_DATA), PASS), ((FAIL, NO_DATA), FAIL), ((NOT_INFORMATIVE, NO_DATA), NOT_INFORMATIVE),
+    ((PASS, NOT_INFORMATIVE), NOT_INFORMATIVE), ((NOT_INFORMATIVE, FAIL), FAIL),
 ])
 def test_claim_verdict_over_its_checks(results, expected):
     checks = []
