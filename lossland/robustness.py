@@ -101,4 +101,6 @@ def robustness_frame(rob: dict) -> pd.DataFrame:
     for n in rob.get("counts", []):
         rows.setdefault(n["measure"], {"measure": n["measure"]})["holds in"] = n["text"]
     frame = pd.DataFrame(list(rows.values()))
+    if "holds in" in frame:  # last, also when a setting's only cell (a diverged grid point's) came after it
+        frame = frame[[c for c in frame.columns if c != "holds in"] + ["holds in"]]
     return frame.replace({np.nan: "—"}) if len(frame) else frame

@@ -39,7 +39,7 @@ from lossland.claims import (
     two_layer_check,
 )
 from lossland.frames import claims_frame
-from lossland.robustness import control_pairs, robustness
+from lossland.robustness import control_pairs, robustness, robustness_frame
 
 SEEDS = 5
 GOOD_RUN = {"status": "converged", "clean_loss": 0.010, "clean_acc": 1.0, "attack_acc": 0.05, "test_acc": 0.90,
@@ -397,3 +397,12 @@ def test_robustness_counts_the_settings_where_each_measure_holds_and_its_control
     assert counts["log-volume (ε = 1e-3)"].startswith("holds in 2 of 2")
     ctrl = control_pairs(pairs(seeds=3))
     assert sorted(ctrl["seed"]) == [0, 0, 1, 1] and set(ctrl["role"]) == {"good", "bad"}
+
+
+def test_the_robustness_table_ends_with_its_counts_even_when_a_settings_only_cell_comes_last():
+    rob = {"cells": [{"measure": "λ₁", "setting": "a", "holds": True, "effect": "+1"},
+                     {"measure": "sharpness", "setting": "diverged", "holds": False, "effect": "—"}],
+           "counts": [{"measure": "λ₁", "text": "holds in 1 of 1"}, {"measure": "sharpness", "text": "holds in 0"}]}
+    frame = robustness_frame(rob)
+    assert list(frame.columns) == ["measure", "a", "diverged", "holds in"]
+    assert frame.loc[0, "diverged"] == "—" and frame.loc[1, "a"] == "—" and frame.loc[0, "a"] == "✓ +1"
