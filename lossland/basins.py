@@ -121,7 +121,7 @@ def escape_trials(cfg: ExperimentConfig, data: Dataset, model: nn.Module, radii:
     cfg = cfg.with_changes(**{"train.max_epochs": epochs})
     dev = torch.device(device) if device is not None else resolve_device(cfg.train.device)
     model = copy.deepcopy(model).to(dev).eval()
-    surface = LossSurface(model, data, cfg.train.loss)
+    surface = LossSurface(model, data, cfg.train.loss, whole_test=True)  # as the retrained runs' test_acc
     theta0 = flat_params(model)
     at_min = surface.evaluate(theta0[None])
     seeds = [seed + t for t in range(n_trials)]

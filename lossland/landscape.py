@@ -77,10 +77,13 @@ class LossSurface:
     functional_call each. `chunk` bounds the sample evaluations per forward pass, *summed over the
     points of a batch* (each point sees chunk // batch_points samples at a time), so memory does
     not grow with batch_points. The model is copied and put in eval mode; its buffers are shared by
-    every point. Data and vectors go to the model's device and dtype.
+    every point. Data and vectors go to the model's device and dtype. Test numbers come from the curve rows'
+    evenly spaced test samples (train.evenly_spaced), or from the whole split with `whole_test`, to compare
+    with a run's result (escape trials: a retrained run's test_acc is on the whole split).
     """
 
-    def __init__(self, model: nn.Module, data: Dataset, loss_name: str, chunk: int = 8192, batch_points: int = 64):
+    def __init__(self, model: nn.Module, data: Dataset, loss_name: str, chunk: int = 8192, batch_points: int = 64,
+                 whole_test: bool = False):
         if chunk < 1 or batch_points < 1:
             raise ValueError(f"chunk = {chunk} and batch_points = {batch_points} must both be ≥ 1")
         first = next(model.parameters())
@@ -89,7 +92,8 @@ class LossSurface:
         self.n = sum(p.numel() for p in self.base.parameters())
         self.buffers = dict(self.base.named_buffers())
         data = data.to(self.device)
-        sets = [(data.x_train, data.y_train), (data.x_attack, data.y_attack), evenly_spaced(data.x_test, data.y_test)]
+        test = (data.x_test, data.y_test) if whole_test else evenly_spaced(data.x_test, data.y_test)
+        sets = [(data.x_train, data.y_train), (data.x_attack, data.y_attack), test]
         x = torch.cat([x for x, _ in sets])
         self.x = x.to(self.dtype) if x.is_floating_point() else x
         self.y = torch.cat([y for _, y in sets])

@@ -333,9 +333,11 @@ def _few_seed_plan(bases: list[tuple[str, ExperimentConfig]], n: int) -> Plan:
         return cfg.with_changes(**lean, **{"data.n_train": FEW_CLEAN_MAX,
                                            "attack.n_attack": int(round(ratio * FEW_CLEAN_MAX))})
 
-    # the grid on each dataset's small model (Fashion-MNIST's MLP), none where it was not picked (`--models lenet`)
-    grid = tuple(name for name, _ in bases if name.split(" ")[0] not in DATASET_MODELS
-                 or name == f"{name.split(' ')[0]} {next(iter(DATASET_MODELS[name.split(' ')[0]]))}")
+    def small(name: str) -> bool:  # a dataset's only model, or the first of its several (Fashion-MNIST's MLP)
+        dataset, _, model = name.partition(" ")
+        return dataset not in DATASET_MODELS or model == next(iter(DATASET_MODELS[dataset]))
+
+    grid = tuple(name for name, _ in bases if small(name))  # none where the small model was not picked
     return Plan("full", tuple((d, sized(c)) for d, c in bases), seeds=n, attack_factors=FEW_ATTACK_FACTORS,
                 slices=slice_specs(1), sweep_seeds=n, robustness_seeds=n, surfaces=surface_specs(n=21),
                 escape=EscapeSpec(radii=(0.0, 0.4), n_trials=2, retrain_epochs=100),

@@ -93,6 +93,16 @@ def test_escapes_follow_their_definition_and_radius_zero_starts_at_the_minimum(d
     np.testing.assert_array_equal(around_good.escaped, moved & (np.array(around_good.status) == "converged"))
 
 
+def test_escape_compares_test_accuracies_on_the_same_whole_test_split(data, pair, monkeypatch):
+    import lossland.train as train_module
+    monkeypatch.setattr(train_module, "CURVE_TEST_MAX", 50)  # the landscapes' test subset is now 50 samples
+    assert len(data.y_test) > 50
+    _, bad = pair
+    result = escape_trials(CFG, data, bad.model, [0.0], n_trials=1, seed=0, retrain_epochs=5)
+    assert result.minimum_test_acc == pytest.approx(bad.test_acc, abs=1e-6), "the minimum on the whole split"
+    assert result.start_test_acc[0] == pytest.approx(bad.test_acc, abs=1e-6)
+
+
 def test_random_init_statistics_give_each_seeds_exact_top_eigenvalues(data):
     result = random_init_statistics(CFG, data, n_seeds=3, seed0=4, spectrum_k=2)
     members = train_ensemble(CFG, data, [4, 5, 6], "good")
